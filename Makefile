@@ -1,0 +1,59 @@
+# cem-pipeline. `make help` lists the targets. Each target does its own set-up.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STACK := scripts/stack.sh
+
+.PHONY: help setup stack-install up down status demo test test-unit test-integration lint typecheck check clean wipe
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv with cem and the dev tools (installs `.venv/bin/cem`)
+
+stack-install: setup ## install Kafka (Maven Central jars) and ClickHouse (apt)
+	$(STACK) install
+
+up: setup ## start Kafka and ClickHouse on 127.0.0.1 (safe to run twice)
+	$(STACK) up
+
+down: ## stop Kafka and ClickHouse
+	$(STACK) down
+
+status: ## show what runs where
+	$(STACK) status
+
+demo: up ## run the main job end to end: story + generated workload -> summary
+	$(BIN)/cem demo
+
+test: setup check ## lint, type-check, unit and integration tests (starts its own stack)
+	$(BIN)/pytest tests
+
+test-unit: setup ## pure tests only: no services
+	$(BIN)/pytest tests/unit
+
+test-integration: setup stack-install ## real Kafka + ClickHouse tests (their own ports)
+	$(BIN)/pytest tests/integration
+
+lint: setup ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup ## mypy --strict
+	$(BIN)/mypy pipeline schemas processors sinks
+
+check: lint typecheck ## lint + type-check
+
+clean: ## remove caches (keeps .venv and .local)
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
+
+wipe: down ## stop the stack and delete its data
+	$(STACK) wipe

@@ -1,0 +1,195 @@
+"""Kafka administration and producing, with kafka-python: topics, lag, feeding files."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+
+from pipeline.settings import Settings, Topics
+
+DEFAULT_TOPICS = Topics()
+
+
+class KafkaUnavailable(Exception):
+    pass
+
+
+def _servers(settings: Settings) -> list[str]:
+    return [h.strip() for h in settings.kafka.bootstrap_servers.split(",")]
+
+
+def admin_client(settings: Settings) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(bootstrap_servers=_servers(settings), request_timeout_ms=10_000)
+    except NoBrokersAvailable as e:
+        raise KafkaUnavailable(
+            f"no Kafka broker answers at {settings.kafka.bootstrap_servers} "
+            "(start one with `make up`, or set kafka.bootstrap_servers)"
+        ) from e
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    k = settings.kafka
+    t = k.topics
+    n, rf = k.partitions, k.replication_factor
+    dlq_ms = str(k.deadletter_retention_days * 86_400_000)
+    return [
+        NewTopic(t.web, n, rf),
+        NewTopic(t.callcenter, n, rf),
+        NewTopic(t.booking, n, rf),
+        # the CRM snapshot topic is compacted: the latest profile (or tombstone) per customer
+        NewTopic(t.profiles, n, rf, topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}),
+        NewTopic(t.by_customer, n, rf),
+        NewTopic(t.alerts, n, rf),
+        NewTopic(t.deadletter, n, rf, topic_configs={"retention.ms": dlq_ms}),
+    ]
+
+
+def create_topics(settings: Settings) -> list[tuple[str, str]]:
+    """Create every topic cem uses; existing ones are checked for their partition count."""
+    admin = admin_client(settings)
+    report = []
+    try:
+        existing = _partition_counts(admin)
+        for spec in topic_specs(settings):
+            if spec.name in existing:
+                have = existing[spec.name]
+                if have != spec.num_partitions and spec.name != settings.kafka.topics.deadletter:
+                    raise RuntimeError(
+                        f"topic {spec.name} has {have} partitions but kafka.partitions is {spec.num_partitions}: "
+                        "co-partitioned topics must agree"
+                    )
+                report.append((spec.name, f"exists ({have} partitions)"))
+                continue
+            try:
+                admin.create_topics([spec])
+                report.append((spec.name, f"created ({spec.num_partitions} partitions)"))
+            except TopicAlreadyExistsError:
+                report.append((spec.name, "exists"))
+    finally:
+        admin.close()
+    return report
+
+
+def _partition_counts(admin: KafkaAdminClient) -> dict[str, int]:
+    out = {}
+    for meta in admin.describe_topics():
+        if not meta.get("error_code"):
+            out[meta["topic"]] = len(meta["partitions"])
+    return out
+
+
+@dataclass
+class Lag:
+    by_topic: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_topic.values())
+
+
+def consumer_lag(settings: Settings, topics: Iterable[str] | None = None) -> Lag:
+    """Messages not yet committed by the worker's consumer group, per topic."""
+    t = settings.kafka.topics
+    names = list(topics or (t.web, t.callcenter, t.booking, t.profiles, t.by_customer))
+    admin = admin_client(settings)
+    consumer = KafkaConsumer(bootstrap_servers=_servers(settings), enable_auto_commit=False)
+    try:
+        # Sources first, then the internal topic: a source committed means what it sent is on
+        # the internal topic, so reading its end offsets afterwards cannot miss it.
+        committed = admin.list_consumer_group_offsets(settings.worker.app_id)
+        lag: dict[str, int] = {}
+        for name in names:
+            parts = consumer.partitions_for_topic(name) or set()
+            tps = [TopicPartition(name, p) for p in parts]
+            ends = consumer.end_offsets(tps) if tps else {}
+            lag[name] = sum(max(0, end - (committed[tp].offset if tp in committed else 0)) for tp, end in ends.items())
+        return Lag(lag)
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def wait_until_processed(
+    settings: Settings,
+    timeout_s: float = 600.0,
+    on_progress: Callable[[Lag], None] | None = None,
+    settle_checks: int = 2,
+) -> Lag:
+    """Block until the worker has committed everything on its topics (stable for a few checks)."""
+    deadline = time.monotonic() + timeout_s
+    zero_streak = 0
+    while True:
+        lag = consumer_lag(settings)
+        if on_progress:
+            on_progress(lag)
+        zero_streak = zero_streak + 1 if lag.total == 0 else 0
+        if zero_streak >= settle_checks:
+            return lag
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still {lag.total} messages unprocessed after {timeout_s:.0f}s: {lag.by_topic}")
+        time.sleep(max(0.5, settings.worker.commit_interval_s))
+
+
+def producer(settings: Settings) -> KafkaProducer:
+    try:
+        return KafkaProducer(bootstrap_servers=_servers(settings), acks="all", linger_ms=20, batch_size=256 * 1024)
+    except NoBrokersAvailable as e:
+        raise KafkaUnavailable(f"no Kafka broker answers at {settings.kafka.bootstrap_servers}") from e
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+
+
+def encode_value(value: Any) -> bytes | None:
+    """JSON objects are serialized; a string is sent as its raw bytes (handy for bad input)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def read_jsonl(path: Path, settings: Settings) -> Iterator[Record]:
+    """Lines of {"topic", "key", "value"}; default topic names map to the configured ones."""
+    rename = {getattr(DEFAULT_TOPICS, f): getattr(settings.kafka.topics, f) for f in Topics.model_fields}
+    with path.open() as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                topic = rename.get(obj["topic"], obj["topic"])
+                key = obj.get("key")
+                yield Record(topic, None if key is None else str(key).encode(), encode_value(obj.get("value")))
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: expected {{'topic', 'key', 'value'}}: {e}") from e
+
+
+def send_all(prod: KafkaProducer, records: Iterable[Record]) -> int:
+    count = 0
+    for r in records:
+        prod.send(r.topic, key=r.key, value=r.value)
+        count += 1
+    prod.flush()
+    return count
+
+
+def is_reachable(settings: Settings) -> bool:
+    try:
+        admin_client(settings).close()
+        return True
+    except (KafkaUnavailable, KafkaError):
+        return False

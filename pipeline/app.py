@@ -1,0 +1,284 @@
+"""The Faust app: thin agents around the pure core in `processors/`.
+
+    cem.touchpoints.{web,callcenter,booking} --resolve----+
+                                                          +--> cem.internal.by-customer --judge--> ClickHouse
+    cem.crm.profiles -----------------ingest_profiles-----+      (keyed by customer)       +--> cem.friction.alerts
+                          bad input -> cem.deadletter (original bytes + reason headers)
+
+Stage A (`resolve`, `ingest_profiles`) is stateless but for the identity index, a GlobalTable
+of identifier fingerprint -> customer id that every worker holds. It validates, resolves the
+customer, and re-keys by customer id, so stage B (`judge`) sees all of a customer's events on
+one partition, co-partitioned with the `customers` state table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+import orjson
+from faust.types import EventT
+from pydantic import ValidationError
+
+from pipeline.decode import Rejected, decode_profile, decode_touchpoint
+from pipeline.settings import Settings
+from pipeline.stats import Stats
+from processors.identity import profile_fingerprints, resolve
+from processors.judge import CustomerState, Profile, apply_profile, judge
+from processors.model import Touch
+from processors.normalize import to_micros, to_touch
+from schemas.internal import ENVELOPE, EraseEnvelope, ProfileEnvelope, TouchEnvelope
+from schemas.profile import ProfileSnapshot
+from schemas.touchpoints import Channel
+from sinks.alerts import to_alert
+from sinks.clickhouse.client import connect
+from sinks.clickhouse.writer import ClickHouseSink, alert_row, now_utc, timeline_row
+
+log = logging.getLogger("cem.pipeline")
+
+RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+class Pipeline:
+    """Builds the Faust app, its topics, tables and agents from one Settings object."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = s = settings
+        self.stats = Stats()
+        self.rules = s.rules_obj
+        self.vocabulary = frozenset(s.rules.field_vocabulary)
+        self.max_future = timedelta(hours=s.worker.max_future_skew_hours)
+        self._sink: ClickHouseSink | None = None
+        t = s.kafka.topics
+        self.app = app = faust.App(
+            s.worker.app_id,
+            broker=[f"kafka://{h.strip()}" for h in s.kafka.bootstrap_servers.split(",")],
+            store="memory://",
+            topic_partitions=s.kafka.partitions,
+            topic_replication_factor=s.kafka.replication_factor,
+            broker_session_timeout=s.worker.session_timeout_s,
+            broker_heartbeat_interval=max(0.5, s.worker.session_timeout_s / 5),
+            broker_commit_interval=s.worker.commit_interval_s,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            web_host="127.0.0.1",
+            web_port=s.worker.web_port,
+            datadir=str(s.worker.data_dir),
+            key_serializer="raw",
+            value_serializer="raw",
+            table_standby_replicas=0,
+        )
+        self.touchpoints = app.topic(t.web, t.callcenter, t.booking, **RAW)
+        self.profiles = app.topic(t.profiles, **RAW)
+        self.by_customer = app.topic(t.by_customer, partitions=s.kafka.partitions, **RAW)
+        self.alerts_topic = app.topic(t.alerts, **RAW)
+        self.deadletter = app.topic(t.deadletter, **RAW)
+        # use_partitioner: changelog partitions follow the producer's partitioner on the key,
+        # the same one that placed the key on cem.internal.by-customer.
+        self.identity = app.GlobalTable(
+            "identity", partitions=s.kafka.partitions, use_partitioner=True, key_type=bytes, value_type=bytes
+        )
+        self.customers = app.Table(
+            "customers", partitions=s.kafka.partitions, use_partitioner=True, key_type=bytes, value_type=bytes
+        )
+        app.agent(self.touchpoints, name="resolve")(self._resolve_agent)
+        app.agent(self.profiles, name="ingest_profiles")(self._profiles_agent)
+        app.agent(self.by_customer, name="judge")(self._judge_agent)
+
+        async def stats_page(web: Any, request: Any) -> Any:
+            return web.json(self.stats.snapshot())
+
+        app.page("/cem/stats/")(stats_page)
+
+    # ------------------------------------------------------------------ stage A
+    async def _resolve_agent(self, stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            try:
+                await self._resolve_one(event)
+            except Exception as e:  # a bug must not stop the agent: park the message
+                log.exception("resolve failed at %s", _where(event))
+                await self.dead_letter(event, Rejected("processing_error", "", repr(e)[:500]))
+
+    async def _resolve_one(self, event: EventT[bytes]) -> None:
+        m = event.message
+        self.stats.events_in[m.topic] += 1
+        channel: Channel | None = self.settings.kafka.topics.channel_of(m.topic)  # type: ignore[assignment]
+        assert channel is not None, m.topic
+        result = decode_touchpoint(
+            channel,
+            m.value,
+            vocabulary=self.vocabulary,
+            now=datetime.now(UTC),
+            max_future=self.max_future,
+            max_bytes=self.settings.worker.max_message_bytes,
+        )
+        if isinstance(result, Rejected):
+            await self.dead_letter(event, result)
+            return
+        res = resolve(result.customer_id, result.identifiers, self._lookup, self.settings.secret)
+        if res.link_anonymous is not None and self._lookup(res.link_anonymous) != res.customer_id:
+            self.identity[res.link_anonymous.encode()] = res.customer_id.encode()
+        touch = to_touch(channel, result, res.customer_id, res.resolved_by, m.topic, m.partition, m.offset)
+        env = TouchEnvelope(customer_id=res.customer_id, touch=touch.to_dict())
+        await self.by_customer.send(key=res.customer_id.encode(), value=orjson.dumps(env.model_dump()))
+
+    def _lookup(self, fingerprint: str) -> str | None:
+        found = self.identity.get(fingerprint.encode())
+        return None if found is None else bytes(found).decode()
+
+    async def _profiles_agent(self, stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            m = event.message
+            self.stats.events_in[m.topic] += 1
+            try:
+                result = decode_profile(
+                    m.key, m.value, vocabulary=self.vocabulary, max_bytes=self.settings.worker.max_message_bytes
+                )
+                if isinstance(result, Rejected):
+                    await self.dead_letter(event, result)
+                    continue
+                env: ProfileEnvelope | EraseEnvelope
+                if isinstance(result, ProfileSnapshot):
+                    ids = result.identifiers
+                    env = ProfileEnvelope(
+                        customer_id=result.customer_id,
+                        version=result.version,
+                        loyalty_tier=result.loyalty_tier.lower(),
+                        known_fields=result.known_fields,
+                        fingerprints=profile_fingerprints(ids.email, ids.phone, ids.loyalty_id, self.settings.secret),
+                    )
+                else:
+                    env = EraseEnvelope(customer_id=result)
+                await self.by_customer.send(key=env.customer_id.encode(), value=orjson.dumps(env.model_dump()))
+            except Exception as e:
+                log.exception("ingest_profiles failed at %s", _where(event))
+                await self.dead_letter(event, Rejected("processing_error", "", repr(e)[:500]))
+
+    # ------------------------------------------------------------------ stage B
+    async def _judge_agent(self, stream: faust.StreamT[bytes]) -> None:
+        w = self.settings.worker
+        # take_events (not take): the batch keeps each message's Kafka metadata for provenance.
+        batches = stream.take_events(w.batch_size, within=w.batch_within_s)  # type: ignore[attr-defined]  # missing from faust's StreamT
+        async for events in batches:
+            await self._judge_batch(events)
+
+    async def _judge_batch(self, events: list[EventT[bytes]]) -> None:
+        """Judge a batch; write ClickHouse; then alerts and state. Offsets are acked after return."""
+        now = now_utc()
+        now_us = to_micros(now)
+        states: dict[str, CustomerState | None] = {}  # None: erased in this batch
+        index: dict[str, str | None] = {}  # identity index changes: fingerprint -> customer | removed
+        timeline: list[tuple[Any, ...]] = []
+        alert_rows: list[tuple[Any, ...]] = []
+        alert_msgs: list[tuple[bytes, bytes]] = []
+        for event in events:
+            m = event.message
+            try:
+                env = ENVELOPE.validate_json(m.value or b"")
+            except ValidationError as e:
+                await self.dead_letter(event, Rejected("invalid_internal", "", str(e)[:500]))
+                continue
+            try:
+                cid = env.customer_id
+                state = self._state(states, cid)
+                if isinstance(env, ProfileEnvelope):
+                    old = set(state.profile.fingerprints) if state.profile else set()
+                    profile = Profile(env.version, env.loyalty_tier, tuple(env.known_fields), tuple(env.fingerprints))
+                    state, accepted = apply_profile(state, profile)
+                    self.stats.counters["profiles_held" if accepted else "profiles_ignored_older"] += 1
+                    if accepted:
+                        index.update({fp: None for fp in old - set(env.fingerprints)})
+                        index.update({fp: cid for fp in env.fingerprints})
+                elif isinstance(env, EraseEnvelope):
+                    if state.profile:
+                        index.update({fp: None for fp in state.profile.fingerprints})
+                    states[cid] = None
+                    self.stats.counters["customers_erased"] += 1
+                else:
+                    touch = Touch.from_dict(env.touch)
+                    state, verdict = judge(state, touch, self.rules, now_us)
+                    self.stats.counters["touchpoints_judged"] += 1
+                    if verdict.duplicate:
+                        self.stats.counters["duplicates"] += 1
+                    if verdict.late:
+                        self.stats.counters["late_events"] += 1
+                    timeline.extend(timeline_row(r, now) for r in verdict.rows)
+                    self.stats.counters["row_rewrites"] += sum(1 for r in verdict.rows if r.revision > 1)
+                    for a in verdict.alerts:
+                        alert_rows.append(alert_row(a, (touch.topic, touch.partition, touch.offset), now))
+                        alert_msgs.append((cid.encode(), to_alert(a).model_dump_json().encode()))
+                        self.stats.alerts[f"{a.body['kind']}:{a.status}"] += 1
+            except Exception as e:
+                log.exception("judge failed at %s", _where(event))
+                await self.dead_letter(event, Rejected("processing_error", "", repr(e)[:500]))
+        await self._write_clickhouse(timeline, alert_rows)
+        for key, value in alert_msgs:
+            await self.alerts_topic.send(key=key, value=value)
+        for cid, st in states.items():
+            if st is None:
+                self.customers.pop(cid.encode(), None)
+            else:
+                self.customers[cid.encode()] = orjson.dumps(st.to_dict())
+        for fp, owner in index.items():
+            if owner is None:
+                self.identity.pop(fp.encode(), None)
+            else:
+                self.identity[fp.encode()] = owner.encode()
+
+    def _state(self, states: dict[str, CustomerState | None], cid: str) -> CustomerState:
+        st = states.get(cid)
+        if st is None:
+            raw = None if cid in states else self.customers.get(cid.encode())
+            st = CustomerState.from_dict(orjson.loads(raw)) if raw else CustomerState(cid)
+            states[cid] = st
+        return st
+
+    async def _write_clickhouse(self, timeline: list[tuple[Any, ...]], alerts: list[tuple[Any, ...]]) -> None:
+        """Write, retrying with backoff until ClickHouse takes the batch: offsets wait meanwhile."""
+        if not timeline and not alerts:
+            return
+        delay = 0.25
+        while True:
+            try:
+                sink = self._sink or self._connect_sink()
+                await asyncio.to_thread(sink.write, timeline, alerts)
+                self.stats.counters["timeline_rows_written"] += len(timeline)
+                self.stats.counters["alert_rows_written"] += len(alerts)
+                return
+            except Exception as e:
+                self.stats.counters["clickhouse_errors"] += 1
+                log.warning("ClickHouse write failed (%s); retrying in %.1fs", e, delay)
+                if self._sink is not None:
+                    self._sink.client.disconnect()
+                    self._sink = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.worker.clickhouse_retry_max_s)
+
+    def _connect_sink(self) -> ClickHouseSink:
+        cfg = self.settings.clickhouse
+        self._sink = ClickHouseSink(connect(cfg, cfg.database), cfg.database)
+        return self._sink
+
+    # ------------------------------------------------------------------ shared
+    async def dead_letter(self, event: EventT[bytes], why: Rejected) -> None:
+        m = event.message
+        self.stats.deadletter[why.reason] += 1
+        headers = [
+            ("cem.error.reason", why.reason.encode()),
+            ("cem.error.field", why.field.encode()),
+            ("cem.error.detail", why.describe().encode()),
+            ("cem.source.topic", m.topic.encode()),
+            ("cem.source.partition", str(m.partition).encode()),
+            ("cem.source.offset", str(m.offset).encode()),
+            ("cem.error.at", datetime.now(UTC).isoformat().encode()),
+        ]
+        log.info("dead-letter %s: %s", _where(event), why.describe())
+        await self.deadletter.send(key=m.key, value=m.value, headers=headers)
+
+
+def _where(event: EventT[bytes]) -> str:
+    m = event.message
+    return f"{m.topic}[{m.partition}]@{m.offset}"

@@ -1,0 +1,233 @@
+"""The `cem` command: operate the stream jobs and look at what they found."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.settings import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="cem-pipeline: watch customer friction live.", no_args_is_help=True, add_completion=False)
+topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
+alerts_app = typer.Typer(help="Friction alerts.", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(config_app, name="config")
+# Logs and CI are not terminals: give tables room instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True)
+
+
+def settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as e:
+        err.print(f"[red]config error[/red]: {e}")
+        raise typer.Exit(2) from None
+
+
+@config_app.command("check")
+def config_check() -> None:
+    """Validate the configuration and print it, secrets hidden."""
+    s = settings()
+    console.print_json(json.dumps(s.redacted()))
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every topic cem uses (safe to re-run)."""
+    from pipeline.admin import create_topics
+
+    for name, what in create_topics(settings()):
+        console.print(f"  {name:32} {what}")
+
+
+@app.command()
+def migrate(status: Annotated[bool, typer.Option("--status", help="List migrations, apply nothing.")] = False) -> None:
+    """Apply ClickHouse migrations in order (safe to re-run)."""
+    from sinks.clickhouse.client import connect
+    from sinks.clickhouse.migrate import applied, discover
+    from sinks.clickhouse.migrate import migrate as run
+
+    s = settings()
+    client = connect(s.clickhouse)
+    db = s.clickhouse.database
+    if status:
+        done = applied(client, db)
+        for m in discover():
+            mark = f"applied {done[m.version][2]:%Y-%m-%d %H:%M:%S}" if m.version in done else "pending"
+            console.print(f"  {m.version:04d}_{m.name:30} {mark}")
+        return
+    now = run(client, db)
+    console.print(f"applied {len(now)} migration(s)" + (": " + ", ".join(m.name for m in now) if now else ""))
+
+
+@app.command()
+def worker(
+    web_port: Annotated[int | None, typer.Option(help="Port of this worker's web server.")] = None,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "warning",
+) -> None:
+    """Run a stream worker (add workers to scale out; each needs its own --web-port)."""
+    import faust
+
+    from pipeline.app import Pipeline
+
+    if web_port is not None:
+        os.environ["CEM_WORKER__WEB_PORT"] = str(web_port)
+    pipeline = Pipeline(settings())
+    faust.Worker(pipeline.app, loglevel=loglevel).execute_from_commandline()
+
+
+@app.command()
+def produce(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON lines of {topic, key, value}.")],
+    wait_profiles: Annotated[
+        bool, typer.Option(help="Send CRM profiles first and wait until the worker holds them.")
+    ] = False,
+) -> None:
+    """Produce a file of messages to Kafka."""
+    from pipeline.admin import producer, read_jsonl, send_all, wait_until_processed
+
+    s = settings()
+    records = list(read_jsonl(file, s))
+    prod = producer(s)
+    if wait_profiles:
+        profiles = [r for r in records if r.topic == s.kafka.topics.profiles]
+        records = [r for r in records if r.topic != s.kafka.topics.profiles]
+        send_all(prod, profiles)
+        wait_until_processed(s, timeout_s=120)
+    n = send_all(prod, records)
+    prod.close()
+    console.print(f"produced {n} message(s)")
+
+
+@app.command()
+def wait(timeout: Annotated[float, typer.Option(help="Seconds.")] = 600) -> None:
+    """Wait until the worker has processed everything on its topics."""
+    from pipeline.admin import wait_until_processed
+
+    lag = wait_until_processed(settings(), timeout_s=timeout)
+    console.print(f"processed (lag {lag.total})")
+
+
+@app.command()
+def timeline(customer_id: str, limit: Annotated[int, typer.Option(help="Rows at most.")] = 200) -> None:
+    """Print a customer's experience timeline, friction marked."""
+    from sinks.clickhouse.client import connect
+
+    s = settings()
+    rows = connect(s.clickhouse).execute(
+        f"SELECT occurred_at, channel, type, matter, place, agent_id, fields, friction, reentered_fields, "
+        f"resolved_by, event_id FROM {s.clickhouse.database}.timeline WHERE customer_id = %(c)s "
+        "ORDER BY occurred_at, channel, event_id LIMIT %(n)s",
+        {"c": customer_id, "n": limit},
+    )
+    console.print(render_timeline(customer_id, rows))
+
+
+def render_timeline(customer_id: str, rows: list[tuple[Any, ...]]) -> Table:
+    table = Table(title=f"Experience timeline of {customer_id}", show_lines=False)
+    for col in ("time (UTC)", "channel", "what happened", "friction", "event"):
+        table.add_column(col)
+    for at, channel, typ, matter, place, agent, fields, friction, reentered, resolved_by, event_id in rows:
+        what = typ + (f" about {matter}" if matter else "")
+        if agent:
+            what += f" (agent {agent})"
+        if fields:
+            what += f" at {place}: entered {', '.join(fields)}"
+        marks = []
+        if "repeat_contact" in friction:
+            marks.append("[bold red]REPEAT CONTACT[/]")
+        if "re_entry" in friction:
+            marks.append(f"[bold yellow]RE-ENTERED {', '.join(reentered)}[/]")
+        ident = "" if resolved_by == "customer_id" else f" (by {resolved_by})"
+        table.add_row(f"{at:%Y-%m-%d %H:%M}", channel, what, " ".join(marks) or "-", event_id + ident)
+    return table
+
+
+@alerts_app.command("tail")
+def alerts_tail(
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest alert.")] = False,
+    kind: Annotated[str | None, typer.Option(help="repeat_contact or re_entry.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON alert per line.")] = False,
+    idle_timeout: Annotated[float, typer.Option(help="Stop after this many seconds without alerts (0: never).")] = 0,
+) -> None:
+    """Follow friction alerts as they are published."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from schemas.alert import FrictionAlert
+
+    s = settings()
+    topic = s.kafka.topics.alerts
+    consumer = KafkaConsumer(bootstrap_servers=s.kafka.bootstrap_servers.split(","), enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(tps)
+    (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*tps)
+    last = time.monotonic()
+    try:
+        while idle_timeout <= 0 or time.monotonic() - last < idle_timeout:
+            for records in consumer.poll(timeout_ms=500).values():
+                for rec in records:
+                    last = time.monotonic()
+                    alert = FrictionAlert.model_validate_json(rec.value)
+                    if kind and alert.kind != kind:
+                        continue
+                    if as_json:
+                        print(alert.model_dump_json(), flush=True)
+                    else:
+                        color = "red" if alert.severity == "high" else "yellow"
+                        tag = "RETRACTED " if alert.status == "retracted" else ""
+                        console.print(f"[{color}]{tag}{alert.severity:6}[/] {alert.kind:14} {alert.summary}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Argument(help="Where to write the JSON lines.")],
+    customers: Annotated[int, typer.Option(help="How many customers.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+) -> None:
+    """Write a generated workload (profiles + touchpoints with friction injected)."""
+    from pipeline.workload import generate as gen
+
+    n = 0
+    with out.open("w") as fh:
+        for line in gen(customers, seed):
+            fh.write(json.dumps(line) + "\n")
+            n += 1
+    console.print(f"wrote {n} lines to {out}")
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(help="Customers in the generated workload.")] = 3000,
+    story: Annotated[Path, typer.Option(help="The worked example to feed first.")] = Path(
+        "scenarios/airline_story.jsonl"
+    ),
+) -> None:
+    """End to end: topics, migrations, a worker, the airline story + a workload, a summary."""
+    from pipeline.demo import run_demo
+
+    run_demo(settings(), story, customers, console)
+
+
+def main() -> None:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())  # type: ignore[func-returns-value]

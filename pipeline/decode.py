@@ -1,0 +1,106 @@
+"""Where an event enters: raw Kafka bytes -> validated message, or a dead-letter reason.
+
+Never raises on input: every failure becomes a `Rejected` with a reason that names the
+field, which the agent sends to the dead-letter topic together with the original bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydantic import ValidationError
+
+from schemas.profile import ProfileSnapshot
+from schemas.touchpoints import MODEL_BY_CHANNEL, Channel, Touchpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: str  # short machine-friendly class: invalid_json, invalid_field, too_large, ...
+    field: str  # dotted path of the offending field ("" when the whole message is bad)
+    detail: str  # one sentence for a person
+
+    def describe(self) -> str:
+        where = f" at {self.field}" if self.field else ""
+        return f"{self.reason}{where}: {self.detail}"
+
+
+def _from_validation(e: ValidationError) -> Rejected:
+    err = e.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    msg = err["msg"]
+    if err["type"] == "json_invalid":
+        return Rejected("invalid_json", "", msg)
+    if err["type"] == "model_type" and not loc:
+        return Rejected("invalid_json", "", "the value is not a JSON object")
+    if err["type"] == "missing":
+        return Rejected("missing_field", loc, msg)
+    if loc == "" and msg.startswith("Value error, "):
+        # our model validators word their errors as "<field>: <why>"
+        text = msg.removeprefix("Value error, ")
+        field, _, why = text.partition(": ")
+        return Rejected("invalid_field", field, why or text)
+    return Rejected("invalid_field", loc, msg)
+
+
+def _check_utf8(raw: bytes) -> Rejected | None:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Rejected("invalid_utf8", "", f"byte {e.start} is not valid UTF-8")
+    return None
+
+
+def decode_touchpoint(
+    channel: Channel,
+    raw: bytes | None,
+    *,
+    vocabulary: frozenset[str],
+    now: datetime,
+    max_future: timedelta,
+    max_bytes: int,
+) -> Touchpoint | Rejected:
+    if raw is None:
+        return Rejected("empty_value", "", "a touchpoint message needs a JSON value")
+    if len(raw) > max_bytes:
+        return Rejected("too_large", "", f"{len(raw)} bytes is over the limit of {max_bytes}")
+    if bad := _check_utf8(raw):
+        return bad
+    try:
+        event = MODEL_BY_CHANNEL[channel].model_validate_json(raw)
+    except ValidationError as e:
+        return _from_validation(e)
+    for i, name in enumerate(event.fields or ()):
+        if name not in vocabulary:
+            return Rejected("invalid_field", f"fields.{i}", f"{name!r} is not in the field vocabulary")
+    if event.occurred_at > now + max_future:
+        return Rejected("invalid_field", "occurred_at", f"{event.occurred_at.isoformat()} is too far in the future")
+    return event
+
+
+def decode_profile(
+    key: bytes | None, raw: bytes | None, *, vocabulary: frozenset[str], max_bytes: int
+) -> ProfileSnapshot | str | Rejected:
+    """A snapshot, or the customer id of a tombstone, or a rejection."""
+    if raw is None:
+        if not key:
+            return Rejected("missing_key", "", "a tombstone needs the customer_id as its key")
+        try:
+            return key.decode("utf-8")
+        except UnicodeDecodeError:
+            return Rejected("invalid_utf8", "key", "the key is not valid UTF-8")
+    if len(raw) > max_bytes:
+        return Rejected("too_large", "", f"{len(raw)} bytes is over the limit of {max_bytes}")
+    if bad := _check_utf8(raw):
+        return bad
+    try:
+        profile = ProfileSnapshot.model_validate_json(raw)
+    except ValidationError as e:
+        return _from_validation(e)
+    if key is not None and key.decode("utf-8", "replace") != profile.customer_id:
+        return Rejected("key_mismatch", "customer_id", "the message key must be the customer_id")
+    for i, name in enumerate(profile.known_fields):
+        if name not in vocabulary:
+            return Rejected("invalid_field", f"known_fields.{i}", f"{name!r} is not in the field vocabulary")
+    return profile

@@ -1,0 +1,192 @@
+"""One typed settings object, loaded from YAML with environment overrides.
+
+Precedence (highest first): environment variables `CEM_<SECTION>__<KEY>` (e.g.
+`CEM_KAFKA__BOOTSTRAP_SERVERS`), then the YAML file (`CEM_CONFIG`, default `config/cem.yaml`),
+then the defaults below. Environment wins so that a deployment can override one value
+without copying the file. A bad value is reported by its dotted name (`kafka.partitions`).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from processors.model import ReEntryRules, RepeatContactRules, Rules
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "cem.yaml"
+FIELD_VOCABULARY = (
+    "name",
+    "email",
+    "phone",
+    "address",
+    "date_of_birth",
+    "passport_number",
+    "loyalty_id",
+    "payment_card",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Topics(_Section):
+    web: str = "cem.touchpoints.web"
+    callcenter: str = "cem.touchpoints.callcenter"
+    booking: str = "cem.touchpoints.booking"
+    profiles: str = "cem.crm.profiles"
+    alerts: str = "cem.friction.alerts"
+    deadletter: str = "cem.deadletter"
+    # internal: touchpoints and profile updates re-keyed by customer (see docs/architecture.md)
+    by_customer: str = "cem.internal.by-customer"
+
+    def channel_of(self, topic: str) -> str | None:
+        return {self.web: "web", self.callcenter: "call_center", self.booking: "booking"}.get(topic)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    partitions: int = Field(8, ge=1, le=1024, description="partitions of every topic cem creates")
+    replication_factor: int = Field(1, ge=1)
+    topics: Topics = Topics()
+    deadletter_retention_days: int = Field(30, ge=1)
+
+
+class ClickHouseSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(19000, ge=1, le=65535)
+    database: str = Field("cem", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    user: str = "default"
+    password: SecretStr = SecretStr("")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    send_receive_timeout_s: float = Field(60.0, gt=0)
+
+
+class WorkerSettings(_Section):
+    app_id: str = "cem-pipeline"
+    web_port: int = Field(6066, ge=1, le=65535)
+    batch_size: int = Field(2000, ge=1, le=100_000)
+    batch_within_s: float = Field(0.5, gt=0, le=60)
+    session_timeout_s: float = Field(10.0, gt=0)
+    commit_interval_s: float = Field(1.0, gt=0)
+    max_future_skew_hours: float = Field(24.0, ge=0, description="events further ahead of the clock are rejected")
+    max_message_bytes: int = Field(256 * 1024, ge=1024, description="larger touchpoints go to the dead-letter topic")
+    clickhouse_retry_max_s: float = Field(30.0, gt=0, description="longest pause between ClickHouse retries")
+    data_dir: Path = Path(".local/worker")
+
+
+class RepeatContactConfig(_Section):
+    window_days: int = Field(7, ge=1, le=365)
+    transfer_grace_minutes: int = Field(15, ge=0, le=24 * 60)
+
+
+class ReEntryConfig(_Section):
+    window_days: int = Field(30, ge=1, le=365)
+    alert_threshold: int = Field(3, ge=2, le=1000)
+
+
+class RulesSettings(_Section):
+    repeat_contact: RepeatContactConfig = RepeatContactConfig()
+    re_entry: ReEntryConfig = ReEntryConfig()
+    vip_tiers: list[str] = ["gold", "platinum"]
+    allowed_lateness_days: int = Field(7, ge=0, le=365)
+    field_vocabulary: list[str] = list(FIELD_VOCABULARY)
+
+    @field_validator("vip_tiers", "field_vocabulary")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        return [s.strip().lower() for s in v]
+
+    def to_rules(self) -> Rules:
+        return Rules(
+            repeat_contact=RepeatContactRules(
+                self.repeat_contact.window_days, self.repeat_contact.transfer_grace_minutes
+            ),
+            re_entry=ReEntryRules(self.re_entry.window_days, self.re_entry.alert_threshold),
+            vip_tiers=frozenset(self.vip_tiers),
+            allowed_lateness_days=self.allowed_lateness_days,
+        )
+
+
+class PrivacySettings(_Section):
+    # Salt of the identifier fingerprints. Change it for production: with the default an
+    # attacker who knows an email can test whether it is in the identity index.
+    fingerprint_secret: SecretStr = SecretStr("cem-pipeline-dev-secret-change-me")
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if not self.path.exists():
+            if self.path != DEFAULT_CONFIG:
+                raise ConfigError(f"config file not found: {self.path}")
+            return {}
+        try:
+            data = yaml.safe_load(self.path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{self.path}: not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self.path}: top level must be a mapping")
+        return data
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who wrote the config."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CEM_", env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    kafka: KafkaSettings = KafkaSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    worker: WorkerSettings = WorkerSettings()
+    rules: RulesSettings = RulesSettings()
+    privacy: PrivacySettings = PrivacySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = Path(os.environ.get("CEM_CONFIG", str(DEFAULT_CONFIG)))
+        return (init_settings, env_settings, _YamlSource(settings_cls, path))
+
+    @cached_property
+    def rules_obj(self) -> Rules:
+        return self.rules.to_rules()
+
+    @property
+    def secret(self) -> bytes:
+        return self.privacy.fingerprint_secret.get_secret_value().encode()
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective config with secrets hidden (`cem config check`)."""
+        return self.model_dump(mode="json")  # SecretStr dumps as '**********'
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and validate; raise ConfigError naming each bad key."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            name = ".".join(str(p) for p in err["loc"])
+            problems.append(f"  {name}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid configuration:\n" + "\n".join(problems)) from None

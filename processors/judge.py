@@ -1,0 +1,276 @@
+"""Per-customer state and the judgement of one touchpoint.
+
+Order independence by recomputation (see docs/architecture.md): a customer's events of the
+last `window + allowed lateness` are kept; a new event is inserted at its event-time
+position and the detectors are replayed over the kept events. A new event can only change
+the verdicts of events at or after its own position (every rule looks back, never forward),
+so only those are compared with what was published before:
+- timeline rows whose flags changed are emitted again with a higher revision;
+- alerts that appear are emitted `open`; alerts that disappear are emitted `retracted`.
+
+`judge(state, touch, rules, now_us) -> (state, Judgement)` is pure: the caller passes the clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from processors import re_entry, repeat_contact
+from processors.model import AlertDraft, Rules, Touch
+from processors.summary import summarize
+
+ALERT_NAMESPACE = uuid.UUID("6f1d8c52-2f43-4f0e-9a57-8e3cf1a0c2b1")
+
+
+def alert_id(kind: str, customer_id: str, subject: str, trigger_uid: str) -> str:
+    """Deterministic: the same input gives the same id, across replays and workers."""
+    return str(uuid.uuid5(ALERT_NAMESPACE, f"{kind}|{customer_id}|{subject}|{trigger_uid}"))
+
+
+@dataclass(slots=True)
+class Profile:
+    version: int
+    loyalty_tier: str
+    known_fields: tuple[str, ...]
+    fingerprints: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Stored:
+    touch: Touch
+    friction: tuple[str, ...] = ()
+    reentered: tuple[str, ...] = ()
+    revision: int = 0
+
+
+@dataclass(slots=True)
+class Published:
+    """An alert as last published; `body` holds the alert fields (see `alert_body`)."""
+
+    alert_id: str
+    order_key: tuple[int, str, str]
+    status: str
+    revision: int
+    detected_at: int
+    body: dict[str, Any]
+
+
+@dataclass(slots=True)
+class CustomerState:
+    customer_id: str
+    profile: Profile | None = None
+    events: list[Stored] = field(default_factory=list)
+    max_t: int | None = None
+    alerts: dict[str, Published] = field(default_factory=dict)
+
+    # --- serialization (the state lives in a Faust table as JSON) ---
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "customer_id": self.customer_id,
+            "profile": None
+            if self.profile is None
+            else {
+                "version": self.profile.version,
+                "loyalty_tier": self.profile.loyalty_tier,
+                "known_fields": list(self.profile.known_fields),
+                "fingerprints": list(self.profile.fingerprints),
+            },
+            "events": [
+                {
+                    "touch": s.touch.to_dict(),
+                    "friction": list(s.friction),
+                    "reentered": list(s.reentered),
+                    "revision": s.revision,
+                }
+                for s in self.events
+            ],
+            "max_t": self.max_t,
+            "alerts": [
+                {
+                    "alert_id": a.alert_id,
+                    "order_key": list(a.order_key),
+                    "status": a.status,
+                    "revision": a.revision,
+                    "detected_at": a.detected_at,
+                    "body": a.body,
+                }
+                for a in self.alerts.values()
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CustomerState:
+        p = d.get("profile")
+        return cls(
+            customer_id=d["customer_id"],
+            profile=None
+            if p is None
+            else Profile(p["version"], p["loyalty_tier"], tuple(p["known_fields"]), tuple(p["fingerprints"])),
+            events=[
+                Stored(Touch.from_dict(e["touch"]), tuple(e["friction"]), tuple(e["reentered"]), e["revision"])
+                for e in d["events"]
+            ],
+            max_t=d.get("max_t"),
+            alerts={
+                a["alert_id"]: Published(
+                    a["alert_id"],
+                    (a["order_key"][0], a["order_key"][1], a["order_key"][2]),
+                    a["status"],
+                    a["revision"],
+                    a["detected_at"],
+                    a["body"],
+                )
+                for a in d["alerts"]
+            },
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RowVersion:
+    """A timeline row to write: the touchpoint, its flags, and the row's revision."""
+
+    touch: Touch
+    friction: tuple[str, ...]
+    reentered: tuple[str, ...]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertVersion:
+    alert_id: str
+    status: str
+    revision: int
+    detected_at: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    rows: tuple[RowVersion, ...] = ()
+    alerts: tuple[AlertVersion, ...] = ()
+    duplicate: bool = False
+    late: bool = False
+
+
+def apply_profile(state: CustomerState, profile: Profile) -> tuple[CustomerState, bool]:
+    """Hold a newer profile version; an older or equal version is ignored (returns False)."""
+    if state.profile is not None and profile.version <= state.profile.version:
+        return state, False
+    state.profile = profile
+    return state, True
+
+
+def attach_profile(state: CustomerState, touch: Touch) -> Touch:
+    """Stamp the touch with the CRM facts held now, which the detectors use forever after."""
+    from dataclasses import replace
+
+    p = state.profile
+    if p is None:
+        return replace(touch, crm_known=(), loyalty_tier="none", profile_version=0)
+    known = tuple(f for f in touch.fields if f in p.known_fields)
+    return replace(touch, crm_known=known, loyalty_tier=p.loyalty_tier, profile_version=p.version)
+
+
+def alert_body(draft: AlertDraft, first_t: int) -> dict[str, Any]:
+    return {
+        "kind": draft.kind,
+        "customer_id": draft.customer_id,
+        "severity": draft.severity,
+        "t": draft.t,
+        "matter": draft.subject if draft.kind == "repeat_contact" else None,
+        "field": draft.subject if draft.kind == "re_entry" else None,
+        "count": draft.count,
+        "window_days": draft.window_days,
+        "channels": list(draft.channels),
+        "distinct_agents": draft.distinct_agents,
+        "places": list(draft.places),
+        "known_in_crm": draft.known_in_crm,
+        "evidence": list(draft.evidence),
+        "loyalty_tier": draft.loyalty_tier,
+        "trigger": draft.trigger_event_id,
+        "summary": summarize(draft, first_t),
+    }
+
+
+def _replay(
+    events: list[Stored], start: int, state: CustomerState, rules: Rules
+) -> tuple[list[tuple[tuple[str, ...], tuple[str, ...]]], dict[str, tuple[tuple[int, str, str], dict[str, Any]]]]:
+    """Flags for events[start:] and the alerts they trigger, replaying from the first kept event."""
+    rc_state = repeat_contact.State()
+    re_state = re_entry.State()
+    flags: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+    drafts: dict[str, tuple[tuple[int, str, str], dict[str, Any]]] = {}
+    times = {s.touch.event_id: s.touch.t for s in events}
+    for i, stored in enumerate(events):
+        touch = stored.touch
+        if i == start:
+            # Cooldowns before this point are what was published, not what the (possibly
+            # pruned) replay says: outputs before `start` cannot change.
+            last: dict[str, int] = {}
+            for a in state.alerts.values():
+                if a.body["kind"] == "re_entry" and a.status == "open" and a.order_key < touch.order_key:
+                    f = a.body["field"]
+                    last[f] = max(last.get(f, a.order_key[0]), a.order_key[0])
+            re_state = re_entry.State(re_state.entries, tuple(sorted(last.items())))
+        rc_state, rc = repeat_contact.detect(rc_state, touch, rules.repeat_contact, rules.vip_tiers)
+        re_state, re = re_entry.detect(re_state, touch, rules.re_entry, rules.vip_tiers)
+        if i < start:
+            continue
+        friction = tuple(k for k, on in (("repeat_contact", rc.repeat), ("re_entry", bool(re.reentered))) if on)
+        flags.append((friction, re.reentered))
+        for draft in (rc.alert, *re.alerts):
+            if draft is None:
+                continue
+            first_t = min((times.get(e, draft.t) for e in draft.evidence), default=draft.t)
+            aid = alert_id(draft.kind, draft.customer_id, draft.subject, draft.trigger_uid)
+            drafts[aid] = (touch.order_key, alert_body(draft, first_t))
+    return flags, drafts
+
+
+def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tuple[CustomerState, Judgement]:
+    if any(s.touch.uid == touch.uid for s in state.events):
+        return state, Judgement(duplicate=True)
+    touch = attach_profile(state, touch)
+    late = state.max_t is not None and touch.t < state.max_t - rules.allowed_lateness_days * 86_400_000_000
+    key = touch.order_key
+    start = next((i for i, s in enumerate(state.events) if s.touch.order_key > key), len(state.events))
+    state.events.insert(start, Stored(touch))
+    flags, drafts = _replay(state.events, start, state, rules)
+
+    rows: list[RowVersion] = []
+    for stored, (friction, reentered) in zip(state.events[start:], flags, strict=True):
+        if stored.revision == 0 or (friction, reentered) != (stored.friction, stored.reentered):
+            stored.friction, stored.reentered = friction, reentered
+            stored.revision += 1
+            rows.append(RowVersion(stored.touch, friction, reentered, stored.revision))
+
+    alerts: list[AlertVersion] = []
+    for aid, (order_key, body) in drafts.items():
+        old = state.alerts.get(aid)
+        if old is not None and old.status == "open" and old.body == body:
+            continue
+        revision = 1 if old is None else old.revision + 1
+        state.alerts[aid] = Published(aid, order_key, "open", revision, now_us, body)
+        alerts.append(AlertVersion(aid, "open", revision, now_us, body))
+    for aid, old in state.alerts.items():
+        if old.order_key >= key and old.status == "open" and aid not in drafts:
+            old.status, old.revision, old.detected_at = "retracted", old.revision + 1, now_us
+            alerts.append(AlertVersion(aid, "retracted", old.revision, now_us, old.body))
+
+    state.max_t = touch.t if state.max_t is None else max(state.max_t, touch.t)
+    _prune(state, rules)
+    return state, Judgement(tuple(rows), tuple(alerts), late=late)
+
+
+def _prune(state: CustomerState, rules: Rules) -> None:
+    assert state.max_t is not None
+    keep_from = state.max_t - rules.horizon_us
+    if state.events and state.events[0].touch.t < keep_from:
+        state.events = [s for s in state.events if s.touch.t >= keep_from]
+    # alerts feed re-entry cooldowns one window beyond the kept events
+    alert_from = keep_from - rules.re_entry.window_days * 86_400_000_000
+    stale = [aid for aid, a in state.alerts.items() if a.order_key[0] < alert_from]
+    for aid in stale:
+        del state.alerts[aid]

@@ -1,0 +1,115 @@
+"""The normalized touchpoint the detectors see, and the rules they apply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MICROS_PER_SECOND = 1_000_000
+MICROS_PER_MINUTE = 60 * MICROS_PER_SECOND
+MICROS_PER_DAY = 24 * 3600 * MICROS_PER_SECOND
+
+#: web types that are assisted contacts (call-centre events always are)
+WEB_CONTACT_TYPES = frozenset({"contact_form", "chat"})
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """One touchpoint, resolved to a customer, with the CRM facts held when it was processed.
+
+    Times are integer microseconds since the epoch (UTC): cheap to compare and serialize.
+    No raw personal values: only field *names*.
+    """
+
+    customer_id: str
+    channel: str
+    event_id: str
+    t: int
+    type: str
+    matter: str = ""
+    place: str = ""
+    agent_id: str = ""
+    fields: tuple[str, ...] = ()
+    is_contact: bool = False
+    outcome: str = ""
+    duration_s: int = 0
+    previous_contact_id: str = ""
+    # CRM profile as held when the event was processed ("as held when the event is processed")
+    crm_known: tuple[str, ...] = ()
+    loyalty_tier: str = "none"
+    profile_version: int = 0
+    resolved_by: str = "customer_id"
+    # Kafka provenance of the original message
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+    @property
+    def uid(self) -> str:
+        """event_id is unique per channel, so (channel, event_id) identifies a touchpoint."""
+        return f"{self.channel}/{self.event_id}"
+
+    @property
+    def order_key(self) -> tuple[int, str, str]:
+        # Ties in event time are broken by channel and id so every arrival order agrees.
+        return (self.t, self.channel, self.event_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in TOUCH_FIELDS}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Touch:
+        d = dict(d)
+        d["fields"] = tuple(d.get("fields", ()))
+        d["crm_known"] = tuple(d.get("crm_known", ()))
+        return cls(**d)
+
+
+TOUCH_FIELDS = tuple(Touch.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class RepeatContactRules:
+    window_days: int = 7
+    transfer_grace_minutes: int = 15
+
+
+@dataclass(frozen=True, slots=True)
+class ReEntryRules:
+    window_days: int = 30
+    alert_threshold: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    repeat_contact: RepeatContactRules = field(default_factory=RepeatContactRules)
+    re_entry: ReEntryRules = field(default_factory=ReEntryRules)
+    vip_tiers: frozenset[str] = frozenset({"gold", "platinum"})
+    allowed_lateness_days: int = 7
+
+    @property
+    def horizon_us(self) -> int:
+        """How far behind the newest event a customer's events are kept for recomputation."""
+        longest = max(self.repeat_contact.window_days, self.re_entry.window_days)
+        return (longest + self.allowed_lateness_days) * MICROS_PER_DAY
+
+
+@dataclass(frozen=True, slots=True)
+class AlertDraft:
+    """An alert as a detector sees it; `judge` turns it into a published FrictionAlert."""
+
+    kind: str
+    customer_id: str
+    subject: str  # the matter (repeat_contact) or the field (re_entry)
+    trigger_uid: str
+    trigger_event_id: str
+    t: int
+    severity: str
+    count: int
+    window_days: int
+    channels: tuple[str, ...]
+    distinct_agents: int
+    places: tuple[str, ...]
+    known_in_crm: bool
+    evidence: tuple[str, ...]
+    loyalty_tier: str

@@ -1,0 +1,93 @@
+"""repeat_contact: the same customer contacting us again about the same matter (contract v1).
+
+A fold over one customer's touchpoints in event-time order:
+    detect(state, touch, rules, vip_tiers) -> (state, verdict)
+Pure: no I/O and no clock; `judge` decides which events to feed and in what order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from processors.model import MICROS_PER_DAY, MICROS_PER_MINUTE, AlertDraft, RepeatContactRules, Touch
+
+
+@dataclass(frozen=True, slots=True)
+class NewContact:
+    t: int
+    matter: str
+    channel: str
+    agent_id: str
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    contact_ids: frozenset[str] = frozenset()
+    # end time and outcome of this customer's previous assisted contact (any matter)
+    last_end: int | None = None
+    last_outcome: str = ""
+    # new contacts inside the window, oldest first
+    recent: tuple[NewContact, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    repeat: bool = False
+    continues: bool = False
+    alert: AlertDraft | None = None
+
+
+NO_VERDICT = Verdict()
+
+
+def continues_previous(state: State, touch: Touch, rules: RepeatContactRules) -> bool:
+    """A transfer or consult leg is part of the contact it continues, not a new contact."""
+    if touch.previous_contact_id and touch.previous_contact_id in state.contact_ids:
+        return True
+    grace = rules.transfer_grace_minutes * MICROS_PER_MINUTE
+    return state.last_outcome == "transferred" and state.last_end is not None and touch.t <= state.last_end + grace
+
+
+def detect(state: State, touch: Touch, rules: RepeatContactRules, vip_tiers: frozenset[str]) -> tuple[State, Verdict]:
+    if not touch.is_contact:
+        return state, NO_VERDICT
+    continues = continues_previous(state, touch, rules)
+    window = rules.window_days * MICROS_PER_DAY
+    recent = tuple(c for c in state.recent if c.t >= touch.t - window)
+    state = replace(
+        state,
+        contact_ids=state.contact_ids | {touch.event_id},
+        last_end=touch.t + touch.duration_s * 1_000_000,
+        last_outcome=touch.outcome,
+        recent=recent,
+    )
+    if continues:
+        return state, Verdict(continues=True)
+    if not touch.matter:  # contacts without a reason are not judged
+        return state, NO_VERDICT
+    this = NewContact(touch.t, touch.matter, touch.channel, touch.agent_id, touch.event_id)
+    state = replace(state, recent=(*recent, this))
+    same = [c for c in state.recent if c.matter == touch.matter]
+    if len(same) < 2:
+        return state, NO_VERDICT
+    count = len(same)
+    severity = "high" if count >= 3 or touch.loyalty_tier in vip_tiers else "medium"
+    alert = AlertDraft(
+        kind="repeat_contact",
+        customer_id=touch.customer_id,
+        subject=touch.matter,
+        trigger_uid=touch.uid,
+        trigger_event_id=touch.event_id,
+        t=touch.t,
+        severity=severity,
+        count=count,
+        window_days=rules.window_days,
+        channels=tuple(sorted({c.channel for c in same})),
+        distinct_agents=len({c.agent_id for c in same if c.agent_id}),
+        places=(),
+        known_in_crm=False,
+        evidence=tuple(c.event_id for c in same),
+        loyalty_tier=touch.loyalty_tier,
+    )
+    return state, Verdict(repeat=True, alert=alert)

@@ -1,0 +1,38 @@
+"""Friction alert: topic `cem.friction.alerts` (keyed by customer_id) and table `cem.friction_alerts`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+AlertKind = Literal["repeat_contact", "re_entry"]
+Severity = Literal["medium", "high"]
+
+
+class FrictionAlert(BaseModel):
+    # We produce this message, so it is strict: a typo in our own code fails a test.
+    model_config = ConfigDict(extra="forbid")
+
+    alert_id: str
+    status: Literal["open", "retracted"]
+    kind: AlertKind
+    customer_id: str
+    severity: Severity
+    occurred_at: datetime
+    detected_at: datetime
+    matter: str | None = None
+    field: str | None = None
+    count: int
+    window_days: int
+    channels: list[str]
+    distinct_agents: int
+    places: list[str]
+    known_in_crm: bool
+    evidence: list[str]
+    loyalty_tier: str
+    summary: str
+    # Which revision of this alert this is: grows by one each time the alert is re-published
+    # (updated or retracted), so readers keep the highest.
+    revision: int = 1

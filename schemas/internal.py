@@ -1,0 +1,39 @@
+"""Messages on the internal topic `cem.internal.by-customer` (keyed by customer id).
+
+Stage A (resolve / ingest_profiles) writes them; stage B (judge) reads them. Both are ours,
+so the models are strict. They carry fingerprints and field names only: no raw identifiers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TouchEnvelope(_Strict):
+    kind: Literal["touch"] = "touch"
+    customer_id: str
+    touch: dict[str, object]  # processors.model.Touch.to_dict()
+
+
+class ProfileEnvelope(_Strict):
+    kind: Literal["profile"] = "profile"
+    customer_id: str
+    version: int
+    loyalty_tier: str
+    known_fields: list[str]
+    fingerprints: list[str]  # HMAC fingerprints of the CRM identifiers, for the identity index
+
+
+class EraseEnvelope(_Strict):
+    kind: Literal["erase"] = "erase"
+    customer_id: str
+
+
+Envelope = Annotated[TouchEnvelope | ProfileEnvelope | EraseEnvelope, Field(discriminator="kind")]
+ENVELOPE = TypeAdapter(Envelope)

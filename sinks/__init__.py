@@ -1,0 +1,1 @@
+"""Where results land: ClickHouse (timeline and alert tables, migrations) and Kafka topics."""

@@ -1,0 +1,1 @@
+"""ClickHouse: connection, numbered migrations, and the batch writer the judge agent uses."""
