@@ -128,7 +128,13 @@ def wait_until_processed(
     deadline = time.monotonic() + timeout_s
     zero_streak = 0
     while True:
-        lag = consumer_lag(settings)
+        try:
+            lag = consumer_lag(settings)
+        except KafkaError as e:  # e.g. the group coordinator is still loading: transient
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read consumer lag: {e}") from e
+            time.sleep(1.0)
+            continue
         if on_progress:
             on_progress(lag)
         zero_streak = zero_streak + 1 if lag.total == 0 else 0

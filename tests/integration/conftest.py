@@ -1,0 +1,152 @@
+"""Integration fixtures: a real Kafka broker and ClickHouse server on the tests' own ports,
+started by the test session itself (scripts/stack.sh), and per test an isolated namespace
+(topics, consumer group, database) with its own worker process.
+
+A missing service is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.admin import create_topics
+from pipeline.settings import Settings, load_settings
+from sinks.clickhouse.client import connect
+from sinks.clickhouse.migrate import migrate
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK_ENV = {
+    "CEM_STACK_DIR": str(ROOT / ".local" / "test-stack"),
+    "CEM_KAFKA_PORT": os.environ.get("CEM_TEST_KAFKA_PORT", "29092"),
+    "CEM_KAFKA_CONTROLLER_PORT": os.environ.get("CEM_TEST_KAFKA_CONTROLLER_PORT", "29093"),
+    "CEM_CLICKHOUSE_PORT": os.environ.get("CEM_TEST_CLICKHOUSE_PORT", "29000"),
+    "CEM_CLICKHOUSE_HTTP_PORT": os.environ.get("CEM_TEST_CLICKHOUSE_HTTP_PORT", "28123"),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[dict[str, str]]:
+    env = {**os.environ, **STACK_ENV}
+    subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], env=env, check=True)
+    yield STACK_ENV
+    subprocess.run([str(ROOT / "scripts" / "stack.sh"), "down"], env=env, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Namespace:
+    """One test's world: its settings, the environment that selects them, its worker."""
+
+    env: dict[str, str]
+    settings: Settings
+    tmp: Path
+    worker: subprocess.Popen[bytes] | None = None
+
+    @property
+    def db(self) -> str:
+        return self.settings.clickhouse.database
+
+    def ch(self) -> Any:
+        return connect(self.settings.clickhouse, self.db)
+
+    def cem(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", *args], env=self.env, text=True, capture_output=True, check=check
+        )
+
+    def worker_log(self) -> str:
+        path = self.tmp / "worker.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start_worker(self) -> None:
+        log = (self.tmp / "worker.log").open("ab")
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "info"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        url = f"http://127.0.0.1:{self.settings.worker.web_port}/cem/stats/"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=1):  # noqa: S310
+                    return
+            except OSError:
+                pass
+            assert self.worker.poll() is None, f"worker exited:\n{self.worker_log()[-4000:]}"
+            assert time.monotonic() < deadline, f"worker not ready:\n{self.worker_log()[-4000:]}"
+            time.sleep(0.3)
+
+    def stats(self) -> dict[str, Any]:
+        import json
+
+        url = f"http://127.0.0.1:{self.settings.worker.web_port}/cem/stats/"
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310
+            data: dict[str, Any] = json.loads(resp.read())
+            return data
+
+    def stop_worker(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                self.worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+
+
+@pytest.fixture
+def ns(stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Namespace]:
+    """An isolated namespace with topics created, migrations applied and a worker running."""
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        "CEM_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{stack['CEM_KAFKA_PORT']}",
+        "CEM_KAFKA__PARTITIONS": "4",
+        "CEM_CLICKHOUSE__PORT": stack["CEM_CLICKHOUSE_PORT"],
+        "CEM_CLICKHOUSE__DATABASE": f"cem_test_{tag}",
+        "CEM_WORKER__APP_ID": f"cem-test-{tag}",
+        "CEM_WORKER__WEB_PORT": str(free_port()),
+        "CEM_WORKER__DATA_DIR": str(tmp_path / "worker-data"),
+        "CEM_WORKER__BATCH_WITHIN_S": "0.2",
+        "CEM_WORKER__SESSION_TIMEOUT_S": "6",
+    }
+    for field in ("web", "callcenter", "booking", "profiles", "alerts", "deadletter", "by_customer"):
+        env[f"CEM_KAFKA__TOPICS__{field.upper()}"] = f"t{tag}.{field}"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    create_topics(settings)
+    migrate(connect(settings.clickhouse), settings.clickhouse.database)
+    space = Namespace({**os.environ, **env, "PYTHONPATH": str(ROOT)}, settings, tmp_path)
+    space.start_worker()
+    try:
+        yield space
+    finally:
+        space.stop_worker()
