@@ -20,9 +20,11 @@ app = typer.Typer(help="cem-pipeline: watch customer friction live.", no_args_is
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 alerts_app = typer.Typer(help="Friction alerts.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
+kit_app = typer.Typer(help="The SQL kit: ready queries for analysts.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(config_app, name="config")
+app.add_typer(kit_app, name="kit")
 # Logs and CI are not terminals: give tables room instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True)
@@ -56,7 +58,7 @@ def topics_create() -> None:
 def migrate(status: Annotated[bool, typer.Option("--status", help="List migrations, apply nothing.")] = False) -> None:
     """Apply ClickHouse migrations in order (safe to re-run)."""
     from sinks.clickhouse.client import connect
-    from sinks.clickhouse.migrate import applied, discover
+    from sinks.clickhouse.migrate import applied, discover, server_version
     from sinks.clickhouse.migrate import migrate as run
 
     s = settings()
@@ -64,12 +66,62 @@ def migrate(status: Annotated[bool, typer.Option("--status", help="List migratio
     db = s.clickhouse.database
     if status:
         done = applied(client, db)
+        version = server_version(client)
+        console.print(f"ClickHouse {'.'.join(map(str, version))}, database {db}")
         for m in discover():
-            mark = f"applied {done[m.version][2]:%Y-%m-%d %H:%M:%S}" if m.version in done else "pending"
+            if m.version in done:
+                mark = f"applied {done[m.version][2]:%Y-%m-%d %H:%M:%S}"
+            elif m.requires and version < m.requires:
+                mark = f"skipped: needs ClickHouse >= {'.'.join(map(str, m.requires))}"
+            else:
+                mark = "pending"
             console.print(f"  {m.version:04d}_{m.name:30} {mark}")
         return
-    now = run(client, db)
-    console.print(f"applied {len(now)} migration(s)" + (": " + ", ".join(m.name for m in now) if now else ""))
+    out = run(client, db, s.clickhouse.retention_days)
+    console.print(
+        f"applied {len(out.applied)} migration(s)" + "".join(f"\n  {m.version:04d}_{m.name}" for m in out.applied)
+    )
+    for m in out.skipped:
+        need = ".".join(map(str, m.requires))
+        console.print(f"skipped {m.version:04d}_{m.name}: needs ClickHouse >= {need} (applied once the server is)")
+    console.print(f"retention: {out.retention}")
+
+
+@kit_app.command("list")
+def kit_list() -> None:
+    """List the kit's queries and the question each answers."""
+    from sinks.clickhouse.kit import QUERIES_DIR, queries
+
+    for q in queries().values():
+        console.print(f"  [bold]{q.name}[/]\n      {q.question}")
+    console.print(f"\nSQL files: {QUERIES_DIR}")
+
+
+@kit_app.command("run")
+def kit_run(
+    name: Annotated[str, typer.Argument(help="A query name from `cem kit list`.")],
+    show_sql: Annotated[bool, typer.Option("--sql", help="Print the rendered SQL instead of running it.")] = False,
+) -> None:
+    """Run a kit query against ClickHouse and print the result as a table."""
+    from sinks.clickhouse import kit
+    from sinks.clickhouse.client import connect
+
+    s = settings()
+    qs = kit.queries()
+    if name not in qs:
+        err.print(f"[red]no query {name!r}[/]; one of: {', '.join(qs)}")
+        raise typer.Exit(2)
+    params = kit.default_params(s.clickhouse.database, s.rules.repeat_contact.window_days)
+    if show_sql:
+        print(qs[name].render(**params))
+        return
+    columns, rows = kit.run(connect(s.clickhouse), qs[name], **params)
+    table = Table(title=qs[name].question, title_justify="left")
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
 
 
 @app.command()

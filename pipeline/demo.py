@@ -80,7 +80,7 @@ def run_demo(settings: Settings, story: Path, customers: int, console: Console) 
     create_topics(settings)
     db = settings.clickhouse.database
     ch = connect(settings.clickhouse)
-    migrate(ch, db)
+    migrate(ch, db, settings.clickhouse.retention_days)
     console.print("[bold]2.[/] Starting a stream worker")
     log_path = Path(".local/logs/demo-worker.log")
     proc = start_worker(settings, log_path)

@@ -66,6 +66,9 @@ class ClickHouseSettings(_Section):
     password: SecretStr = SecretStr("")
     connect_timeout_s: float = Field(5.0, gt=0)
     send_receive_timeout_s: float = Field(60.0, gt=0)
+    # 0 keeps rows forever; otherwise timeline and alert rows expire this long after
+    # occurred_at (needs ClickHouse >= 20.1: `cem migrate` reports it when the server is older)
+    retention_days: int = Field(0, ge=0, le=36500)
 
 
 class WorkerSettings(_Section):

@@ -43,6 +43,7 @@ class Stored:
     friction: tuple[str, ...] = ()
     reentered: tuple[str, ...] = ()
     revision: int = 0
+    contact: str = ""  # "" (not an assisted contact) | new | continuation
 
 
 @dataclass(slots=True)
@@ -83,6 +84,7 @@ class CustomerState:
                     "friction": list(s.friction),
                     "reentered": list(s.reentered),
                     "revision": s.revision,
+                    "contact": s.contact,
                 }
                 for s in self.events
             ],
@@ -109,7 +111,13 @@ class CustomerState:
             if p is None
             else Profile(p["version"], p["loyalty_tier"], tuple(p["known_fields"]), tuple(p["fingerprints"])),
             events=[
-                Stored(Touch.from_dict(e["touch"]), tuple(e["friction"]), tuple(e["reentered"]), e["revision"])
+                Stored(
+                    Touch.from_dict(e["touch"]),
+                    tuple(e["friction"]),
+                    tuple(e["reentered"]),
+                    e["revision"],
+                    e.get("contact", ""),
+                )
                 for e in d["events"]
             ],
             max_t=d.get("max_t"),
@@ -135,6 +143,7 @@ class RowVersion:
     friction: tuple[str, ...]
     reentered: tuple[str, ...]
     revision: int
+    contact: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,17 +199,21 @@ def alert_body(draft: AlertDraft, first_t: int) -> dict[str, Any]:
         "evidence": list(draft.evidence),
         "loyalty_tier": draft.loyalty_tier,
         "trigger": draft.trigger_event_id,
+        "trigger_channel": draft.trigger_uid.split("/", 1)[0],
         "summary": summarize(draft, first_t),
     }
 
 
+Flags = tuple[tuple[str, ...], tuple[str, ...], str]  # friction, re-entered fields, contact role
+
+
 def _replay(
     events: list[Stored], start: int, state: CustomerState, rules: Rules
-) -> tuple[list[tuple[tuple[str, ...], tuple[str, ...]]], dict[str, tuple[tuple[int, str, str], dict[str, Any]]]]:
+) -> tuple[list[Flags], dict[str, tuple[tuple[int, str, str], dict[str, Any]]]]:
     """Flags for events[start:] and the alerts they trigger, replaying from the first kept event."""
     rc_state = repeat_contact.State()
     re_state = re_entry.State()
-    flags: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+    flags: list[Flags] = []
     drafts: dict[str, tuple[tuple[int, str, str], dict[str, Any]]] = {}
     times = {s.touch.event_id: s.touch.t for s in events}
     for i, stored in enumerate(events):
@@ -219,7 +232,8 @@ def _replay(
         if i < start:
             continue
         friction = tuple(k for k, on in (("repeat_contact", rc.repeat), ("re_entry", bool(re.reentered))) if on)
-        flags.append((friction, re.reentered))
+        contact = "" if not touch.is_contact else ("continuation" if rc.continues else "new")
+        flags.append((friction, re.reentered, contact))
         for draft in (rc.alert, *re.alerts):
             if draft is None:
                 continue
@@ -240,11 +254,15 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
     flags, drafts = _replay(state.events, start, state, rules)
 
     rows: list[RowVersion] = []
-    for stored, (friction, reentered) in zip(state.events[start:], flags, strict=True):
-        if stored.revision == 0 or (friction, reentered) != (stored.friction, stored.reentered):
-            stored.friction, stored.reentered = friction, reentered
+    for stored, (friction, reentered, contact) in zip(state.events[start:], flags, strict=True):
+        if stored.revision == 0 or (friction, reentered, contact) != (
+            stored.friction,
+            stored.reentered,
+            stored.contact,
+        ):
+            stored.friction, stored.reentered, stored.contact = friction, reentered, contact
             stored.revision += 1
-            rows.append(RowVersion(stored.touch, friction, reentered, stored.revision))
+            rows.append(RowVersion(stored.touch, friction, reentered, stored.revision, contact))
 
     alerts: list[AlertVersion] = []
     for aid, (order_key, body) in drafts.items():

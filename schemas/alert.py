@@ -33,6 +33,9 @@ class FrictionAlert(BaseModel):
     evidence: list[str]
     loyalty_tier: str
     summary: str
+    # the event whose arrival (in event-time order) crossed the threshold
+    trigger_event_id: str
+    trigger_channel: str
     # Which revision of this alert this is: grows by one each time the alert is re-published
     # (updated or retracted), so readers keep the highest.
     revision: int = 1

@@ -28,5 +28,7 @@ def to_alert(a: AlertVersion) -> FrictionAlert:
         evidence=b["evidence"],
         loyalty_tier=b["loyalty_tier"],
         summary=b["summary"],
+        trigger_event_id=b["trigger"],
+        trigger_channel=b["trigger_channel"],
         revision=a.revision,
     )

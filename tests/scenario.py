@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.decode import Rejected, decode_profile, decode_touchpoint
 from pipeline.settings import FIELD_VOCABULARY, Topics
 from processors.identity import profile_fingerprints, resolve
-from processors.judge import CustomerState, Profile, apply_profile, judge
+from processors.judge import AlertVersion, CustomerState, Profile, RowVersion, apply_profile, judge
 from processors.model import Rules
 from processors.normalize import to_touch
 from schemas.profile import ProfileSnapshot
@@ -43,6 +43,8 @@ class PureResult:
     alerts: dict[str, dict[str, Any]] = field(default_factory=dict)  # alert_id -> latest revision
     rejected: list[Rejected] = field(default_factory=list)
     duplicates: int = 0
+    row_versions: list[RowVersion] = field(default_factory=list)  # every version, as written
+    alert_versions: list[AlertVersion] = field(default_factory=list)
 
     def open_alerts(self) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in self.alerts.items() if v["status"] == "open"}
@@ -91,6 +93,8 @@ def run_pure(lines: Iterable[dict[str, Any]], rules: Rules | None = None) -> Pur
         touch = to_touch(channel, ev, res.customer_id, res.resolved_by)  # type: ignore[arg-type]
         _, verdict = judge(st, touch, rules, now_us=0)
         out.duplicates += verdict.duplicate
+        out.row_versions.extend(verdict.rows)
+        out.alert_versions.extend(verdict.alerts)
         for r in verdict.rows:
             out.rows[r.touch.event_id] = {
                 "customer_id": r.touch.customer_id,

@@ -20,8 +20,3 @@ def connect(cfg: ClickHouseSettings, database: str | None = None) -> Client:
         # a query is not cancelled when its client dies: bound it server-side
         settings={"max_execution_time": int(cfg.send_receive_timeout_s)},
     )
-
-
-def server_version(client: Client) -> tuple[int, ...]:
-    ((version,),) = client.execute("SELECT version()")
-    return tuple(int(p) for p in str(version).split(".") if p.isdigit())

@@ -1,21 +1,32 @@
 """Numbered migrations: `migrations/NNNN_name.sql`, applied in order, recorded, safe to re-run.
 
-Each file may hold several statements separated by `;` at the end of a line. `{db}` is
-replaced by the configured database. Applied versions are recorded in `{db}.schema_migrations`.
+Each file may hold several statements separated by `;` at the end of a line; `{db}` is the
+configured database. Applied versions are recorded in `{db}.schema_migrations`. A file whose
+header says `-- requires: clickhouse >= X.Y` is skipped on older servers and *not* recorded,
+so upgrading the server and re-running `cem migrate` applies it then.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-
-from clickhouse_driver import Client
+from typing import Any, Protocol
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_REQUIRES = re.compile(r"^--\s*requires:\s*clickhouse\s*>=\s*([\d.]+)\s*$", re.MULTILINE)
+#: the tables whose rows age out when clickhouse.retention_days is set
+RETENTION_TABLES = ("timeline_versions", "friction_alert_versions")
+TTL_MIN_VERSION = (20, 1)
+
+
+class Executor(Protocol):
+    """What the migrator needs of a connection (clickhouse-driver's Client has it)."""
+
+    def execute(self, query: str, params: Any = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -28,10 +39,22 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()[:16]
 
+    @property
+    def requires(self) -> tuple[int, ...]:
+        m = _REQUIRES.search(self.sql)
+        return tuple(int(p) for p in m.group(1).split(".")) if m else ()
+
     def statements(self, db: str) -> list[str]:
         text = "\n".join(line for line in self.sql.splitlines() if not line.lstrip().startswith("--"))
         parts = re.split(r";\s*$", text.replace("{db}", db), flags=re.MULTILINE)
         return [p.strip() for p in parts if p.strip()]
+
+
+@dataclass
+class Outcome:
+    applied: list[Migration] = field(default_factory=list)
+    skipped: list[Migration] = field(default_factory=list)  # the server is too old for them
+    retention: str = ""
 
 
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -46,7 +69,12 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-def _ensure_ledger(client: Client, db: str) -> None:
+def server_version(client: Executor) -> tuple[int, ...]:
+    ((version,),) = client.execute("SELECT version()")
+    return tuple(int(p) for p in str(version).split(".") if p.isdigit())
+
+
+def _ensure_ledger(client: Executor, db: str) -> None:
     client.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
     client.execute(
         f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
@@ -55,18 +83,22 @@ def _ensure_ledger(client: Client, db: str) -> None:
     )
 
 
-def applied(client: Client, db: str) -> dict[int, tuple[str, str, datetime]]:
+def applied(client: Executor, db: str) -> dict[int, tuple[str, str, datetime]]:
     _ensure_ledger(client, db)
     rows = client.execute(f"SELECT version, name, checksum, applied_at FROM {db}.schema_migrations ORDER BY version")
     return {int(v): (n, c, a) for v, n, c, a in rows}
 
 
-def migrate(client: Client, db: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Apply pending migrations in order; return the ones applied now."""
+def migrate(client: Executor, db: str, retention_days: int = 0, directory: Path = MIGRATIONS_DIR) -> Outcome:
+    """Apply pending migrations in order, then set the retention TTL where the server has TTL."""
     done = applied(client, db)
-    now_applied = []
+    version = server_version(client)
+    out = Outcome()
     for mig in discover(directory):
         if mig.version in done:
+            continue
+        if mig.requires and version < mig.requires:
+            out.skipped.append(mig)
             continue
         for statement in mig.statements(db):
             client.execute(statement)
@@ -74,5 +106,20 @@ def migrate(client: Client, db: str, directory: Path = MIGRATIONS_DIR) -> list[M
             f"INSERT INTO {db}.schema_migrations (version, name, checksum, applied_at) VALUES",
             [(mig.version, mig.name, mig.checksum, datetime.now(UTC).replace(microsecond=0))],
         )
-        now_applied.append(mig)
-    return now_applied
+        out.applied.append(mig)
+    out.retention = sync_retention(client, db, retention_days, version)
+    return out
+
+
+def sync_retention(client: Executor, db: str, days: int, version: tuple[int, ...]) -> str:
+    """Make the tables' TTL match clickhouse.retention_days (idempotent; every migrate run)."""
+    if version < TTL_MIN_VERSION:
+        return "kept forever" if days == 0 else f"not applied: TTL needs ClickHouse >= 20.1 (server {version})"
+    for table in RETENTION_TABLES:
+        ((ddl,),) = client.execute(f"SHOW CREATE TABLE {db}.{table}")
+        has_ttl = "TTL " in str(ddl)
+        if days > 0:
+            client.execute(f"ALTER TABLE {db}.{table} MODIFY TTL occurred_at + toIntervalDay({int(days)})")
+        elif has_ttl:
+            client.execute(f"ALTER TABLE {db}.{table} REMOVE TTL")
+    return f"rows expire {days} days after occurred_at" if days > 0 else "kept forever"

@@ -19,14 +19,14 @@ from processors.judge import AlertVersion, RowVersion
 from processors.normalize import from_micros
 
 TIMELINE_COLUMNS = (
-    "customer_id", "occurred_at", "event_id", "channel", "type", "matter", "place", "agent_id",
+    "customer_id", "occurred_at", "event_id", "channel", "type", "matter", "contact", "place", "agent_id",
     "fields", "friction", "reentered_fields", "loyalty_tier", "profile_version", "resolved_by",
     "_topic", "_partition", "_offset", "_version", "ingested_at",
 )  # fmt: skip
 ALERT_COLUMNS = (
     "alert_id", "status", "kind", "customer_id", "severity", "occurred_at", "detected_at",
     "matter", "field", "count", "window_days", "channels", "distinct_agents", "places",
-    "known_in_crm", "evidence", "loyalty_tier", "summary", "revision",
+    "known_in_crm", "evidence", "loyalty_tier", "summary", "trigger_event_id", "trigger_channel", "revision",
     "_topic", "_partition", "_offset", "ingested_at",
 )  # fmt: skip
 
@@ -38,7 +38,7 @@ def _second(us: int) -> datetime:
 def timeline_row(row: RowVersion, ingested_at: datetime) -> tuple[Any, ...]:
     t = row.touch
     return (
-        t.customer_id, _second(t.t), t.event_id, t.channel, t.type, t.matter, t.place, t.agent_id,
+        t.customer_id, _second(t.t), t.event_id, t.channel, t.type, t.matter, row.contact, t.place, t.agent_id,
         list(t.fields), list(row.friction), list(row.reentered), t.loyalty_tier, t.profile_version,
         t.resolved_by, t.topic, max(t.partition, 0), max(t.offset, 0), row.revision, ingested_at,
     )  # fmt: skip
@@ -50,7 +50,8 @@ def alert_row(a: AlertVersion, provenance: tuple[str, int, int], ingested_at: da
         a.alert_id, a.status, b["kind"], b["customer_id"], b["severity"], _second(b["t"]),
         _second(a.detected_at), b["matter"] or "", b["field"] or "", b["count"], b["window_days"],
         b["channels"], b["distinct_agents"], b["places"], int(b["known_in_crm"]), b["evidence"],
-        b["loyalty_tier"], b["summary"], a.revision, provenance[0], max(provenance[1], 0),
+        b["loyalty_tier"], b["summary"], b["trigger"], b["trigger_channel"], a.revision, provenance[0],
+        max(provenance[1], 0),
         max(provenance[2], 0), ingested_at,
     )  # fmt: skip
 

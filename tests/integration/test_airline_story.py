@@ -29,7 +29,10 @@ def _timeline(ns: Namespace) -> dict[str, dict[str, Any]]:
 
 
 def _alerts(ns: Namespace) -> list[dict[str, Any]]:
-    cols = "alert_id, status, kind, customer_id, matter, field, count, severity, known_in_crm, evidence, summary"
+    cols = (
+        "alert_id, status, kind, customer_id, matter, field, count, severity, known_in_crm, evidence, summary, "
+        "trigger_event_id"
+    )
     rows = ns.ch().execute(f"SELECT {cols} FROM {ns.db}.friction_alerts")
     names = [c.strip() for c in cols.split(",")]
     return [dict(zip(names, r, strict=True)) for r in rows]
@@ -37,7 +40,7 @@ def _alerts(ns: Namespace) -> list[dict[str, Any]]:
 
 def _key(a: dict[str, Any]) -> tuple[Any, ...]:
     subject = a.get("matter") or a.get("field")
-    trigger = a["evidence"][-1] if "evidence" in a else a["trigger"]
+    trigger = a["trigger_event_id"] if "trigger_event_id" in a else a["trigger"]
     return (a["kind"], a["customer_id"], subject, a["count"], a["severity"], trigger)
 
 
@@ -126,7 +129,7 @@ def test_airline_story_in_a_shuffled_late_order(ns: Namespace) -> None:
     assert {i for i, a in on_topic.items() if a.status == "open"} == open_ids
     # c-3 looked like a new contact until c-2 arrived: its alert was published, then retracted
     retracted = [a for a in alerts if a["status"] == "retracted"]
-    assert [(a["kind"], a["evidence"][-1]) for a in retracted] == [("repeat_contact", "c-3")]
+    assert [(a["kind"], a["trigger_event_id"]) for a in retracted] == [("repeat_contact", "c-3")]
     assert on_topic[retracted[0]["alert_id"]].status == "retracted"
     # w-1 arrived last: rows already written were rewritten with new flags
     assert ns.stats()["row_rewrites"] > 0

@@ -11,23 +11,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chdb import session as chs
 
 from processors.judge import AlertVersion, RowVersion
 from processors.model import Touch
-from sinks.clickhouse.migrate import discover
+from sinks.clickhouse.migrate import discover, migrate
 from sinks.clickhouse.writer import ALERT_COLUMNS, TIMELINE_COLUMNS, alert_row, timeline_row
+from tests.chdb_client import ChdbClient
 
 
 @pytest.fixture(scope="module")
 def chdb_session(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    sess = chs.Session(str(tmp_path_factory.mktemp("chdb")))
-    sess.query("CREATE DATABASE IF NOT EXISTS cem")
-    for mig in discover():
-        for statement in mig.statements("cem"):
-            sess.query(statement)
-    yield sess
-    sess.close()
+    client = ChdbClient(str(tmp_path_factory.mktemp("chdb")))
+    out = migrate(client, "cem", retention_days=400)
+    assert [m.version for m in out.applied] == [m.version for m in discover()]  # 26.x runs them all
+    assert out.skipped == [] and out.retention == "rows expire 400 days after occurred_at"
+    again = migrate(client, "cem", retention_days=400)
+    assert again.applied == [] and again.skipped == []  # safe to re-run
+    ((ddl,),) = client.execute("SHOW CREATE TABLE cem.timeline_versions")
+    assert "LowCardinality(String)" in ddl and "TTL occurred_at + toIntervalDay(400)" in ddl
+    yield client.session
+    client.close()
 
 
 def _literal(v: Any) -> str:
@@ -70,7 +73,8 @@ def test_views_show_the_latest_revision_once(chdb_session: Any) -> None:
     body = {
         "kind": "re_entry", "customer_id": "C-1", "severity": "high", "t": touch.t, "matter": None,
         "field": "passport_number", "count": 3, "window_days": 30, "channels": ["web"], "distinct_agents": 0,
-        "places": ["web:f1"], "known_in_crm": True, "evidence": ["w-1"], "loyalty_tier": "gold", "trigger": "w-1",
+        "places": ["web:f1"], "known_in_crm": True, "evidence": ["w-1"], "loyalty_tier": "gold",
+        "trigger": "w-1", "trigger_channel": "web",
         "summary": "s",
     }  # fmt: skip
     for status, rev in (("open", 1), ("retracted", 2)):

@@ -28,6 +28,8 @@ CREATE TABLE IF NOT EXISTS {db}.friction_alert_versions
     evidence        Array(String),       -- event ids
     loyalty_tier    String,
     summary         String,
+    trigger_event_id String,             -- the event whose arrival in event-time order raised it
+    trigger_channel Enum8('web' = 1, 'call_center' = 2, 'booking' = 3),
     revision        UInt32,
     _topic          String,              -- provenance of the triggering event
     _partition      UInt32,
@@ -42,5 +44,5 @@ CREATE VIEW IF NOT EXISTS {db}.friction_alerts AS
 SELECT
     alert_id, status, kind, customer_id, severity, occurred_at, detected_at, matter, field,
     count, window_days, channels, distinct_agents, places, known_in_crm, evidence,
-    loyalty_tier, summary, revision, _topic, _partition, _offset, ingested_at
+    loyalty_tier, summary, trigger_event_id, trigger_channel, revision, _topic, _partition, _offset, ingested_at
 FROM {db}.friction_alert_versions FINAL;
