@@ -125,6 +125,22 @@ def kit_run(
 
 
 @app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the HTML file.")] = Path(
+        "friction-report.html"
+    ),
+) -> None:
+    """Write a static HTML friction dashboard from ClickHouse."""
+    from sinks.clickhouse.client import connect
+    from sinks.report.build import build_report
+
+    s = settings()
+    result = build_report(connect(s.clickhouse), s.clickhouse.database, s.rules.repeat_contact.window_days)
+    out.write_text(result.html)
+    console.print(f"wrote {out} ({result.charts} charts, {len(result.html) // 1024} KiB)")
+
+
+@app.command()
 def worker(
     web_port: Annotated[int | None, typer.Option(help="Port of this worker's web server.")] = None,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "warning",

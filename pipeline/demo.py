@@ -185,8 +185,12 @@ def _summary(settings: Settings, ch: Any, console: Console, stats: dict[str, Any
     )
     if example:
         console.print(f"   example alert: [italic]{example[0][0]}[/]")
+    console.print("   [bold]next[/]")
+    console.print("     ops:       .venv/bin/cem alerts tail --from-beginning")
+    console.print("     analysts:  .venv/bin/cem kit list   (ready SQL: repeat rate, FCR/OCR, re-entry by place, ...)")
+    console.print("                .venv/bin/cem kit run repeat_rate_and_fcr_by_matter_week")
+    console.print("                .venv/bin/cem report -o friction-report.html   (a static dashboard)")
     console.print(
-        "   next: [bold].venv/bin/cem timeline C-1042[/], [bold].venv/bin/cem alerts tail --from-beginning[/], "
-        f"or query ClickHouse: clickhouse-client --port {settings.clickhouse.port} "
-        f"-q 'SELECT * FROM {db}.friction_alerts LIMIT 5'"
+        f"                clickhouse-client --port {settings.clickhouse.port} "
+        f"-q 'SELECT * FROM {db}.kpi_daily_view LIMIT 10'   (docs/analysts.md: every table and column)"
     )
