@@ -145,6 +145,28 @@ def wait_until_processed(
         time.sleep(max(0.5, settings.worker.commit_interval_s))
 
 
+def read_to_end(settings: Settings, topic: str, timeout_s: float = 60) -> list[Any]:
+    """Every record of a topic (all partitions) up to its end offsets at call time."""
+    consumer = KafkaConsumer(bootstrap_servers=_servers(settings), enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end in {timeout_s:.0f}s")
+            for records in consumer.poll(timeout_ms=500).values():
+                out.extend(records)
+        return out
+    finally:
+        consumer.close()
+
+
 def producer(settings: Settings) -> KafkaProducer:
     try:
         return KafkaProducer(bootstrap_servers=_servers(settings), acks="all", linger_ms=20, batch_size=256 * 1024)

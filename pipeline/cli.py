@@ -226,16 +226,27 @@ def render_timeline(customer_id: str, rows: list[tuple[Any, ...]]) -> Table:
 @alerts_app.command("tail")
 def alerts_tail(
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest alert.")] = False,
-    kind: Annotated[str | None, typer.Option(help="repeat_contact or re_entry.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON alert per line.")] = False,
+    kind: Annotated[list[str] | None, typer.Option(help="repeat_contact or re_entry (repeatable).")] = None,
+    min_severity: Annotated[str | None, typer.Option(help="medium or high.")] = None,
+    tier: Annotated[list[str] | None, typer.Option(help="Loyalty tier (repeatable).")] = None,
+    matter: Annotated[list[str] | None, typer.Option(help="Matter or field (repeatable).")] = None,
+    customer: Annotated[list[str] | None, typer.Option(help="Customer id (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON alert per line, for scripts.")] = False,
     idle_timeout: Annotated[float, typer.Option(help="Stop after this many seconds without alerts (0: never).")] = 0,
 ) -> None:
-    """Follow friction alerts as they are published."""
+    """Follow friction alerts as they are published, filtered."""
     from kafka import KafkaConsumer, TopicPartition
+    from pydantic import ValidationError
 
     from schemas.alert import FrictionAlert
+    from sinks.delivery.config import Match
 
     s = settings()
+    try:
+        match = Match(kind=kind, min_severity=min_severity, tier=tier, matter=matter, customer=customer)
+    except ValidationError as e:
+        err.print(f"[red]bad filter[/]: {e.errors(include_url=False)[0]['loc'][0]}: {e.errors()[0]['msg']}")
+        raise typer.Exit(2) from None
     topic = s.kafka.topics.alerts
     consumer = KafkaConsumer(bootstrap_servers=s.kafka.bootstrap_servers.split(","), enable_auto_commit=False)
     tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -247,19 +258,74 @@ def alerts_tail(
             for records in consumer.poll(timeout_ms=500).values():
                 for rec in records:
                     last = time.monotonic()
-                    alert = FrictionAlert.model_validate_json(rec.value)
-                    if kind and alert.kind != kind:
+                    try:
+                        alert = FrictionAlert.model_validate_json(rec.value)
+                    except ValidationError:
+                        continue
+                    if not match.matches(alert):
                         continue
                     if as_json:
                         print(alert.model_dump_json(), flush=True)
                     else:
-                        color = "red" if alert.severity == "high" else "yellow"
-                        tag = "RETRACTED " if alert.status == "retracted" else ""
-                        console.print(f"[{color}]{tag}{alert.severity:6}[/] {alert.kind:14} {alert.summary}")
+                        console.print(render_alert(alert))
     except KeyboardInterrupt:
         pass
     finally:
         consumer.close()
+
+
+def render_alert(alert: Any) -> str:
+    color = "red" if alert.severity == "high" else "yellow"
+    tag = "[green]RETRACTED[/] " if alert.status == "retracted" else ""
+    lines = [f"{alert.occurred_at:%Y-%m-%d %H:%M} [{color}]{alert.severity:6}[/] {tag}{alert.summary}"]
+    ctx = alert.context
+    for c in ctx.previous_contacts:
+        who = f"agent {c.agent_id}" if c.agent_id else "self-service"
+        lines.append(f"      earlier: {c.at:%m-%d %H:%M} {c.channel} {c.matter} {who} -> {c.outcome or '-'}")
+    if ctx.fields_given:
+        given = ", ".join(f"{f.field} at {f.place} x{f.times}" for f in ctx.fields_given[:6])
+        lines.append(f"      already gave: {given}")
+    return "\n".join(lines)
+
+
+@alerts_app.command("routes")
+def alerts_routes(
+    config: Annotated[Path | None, typer.Option(help="Routing file (default config/alerts.yaml).")] = None,
+) -> None:
+    """Validate config/alerts.yaml and list its routes."""
+    from sinks.delivery.config import DEFAULT_ALERTS_CONFIG, load_alerts_config
+
+    try:
+        cfg = load_alerts_config(config or DEFAULT_ALERTS_CONFIG)
+    except ConfigError as e:
+        err.print(f"[red]config error[/]: {e}")
+        raise typer.Exit(2) from None
+    for route in cfg.routes:
+        crit = {k: v for k, v in route.match.model_dump().items() if v is not None} or "every alert"
+        console.print(f"  [bold]{route.name}[/]  match {crit}")
+        for dest_id, dest in zip(route.destination_ids(), route.to, strict=True):
+            console.print(f"      -> {dest_id}: {dest.type} {getattr(dest, 'url', '') or getattr(dest, 'topic', '')}")
+
+
+@alerts_app.command("deliver")
+def alerts_deliver(
+    config: Annotated[Path | None, typer.Option(help="Routing file (default config/alerts.yaml).")] = None,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Deliver alerts to the routes' destinations (its own consumer group; safe to restart)."""
+    import logging
+
+    from sinks.delivery.config import DEFAULT_ALERTS_CONFIG, load_alerts_config
+    from sinks.delivery.service import run_delivery
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    s = settings()
+    try:
+        cfg = load_alerts_config(config or DEFAULT_ALERTS_CONFIG)
+    except ConfigError as e:
+        err.print(f"[red]config error[/]: {e}")
+        raise typer.Exit(2) from None
+    run_delivery(s, cfg)
 
 
 @app.command()

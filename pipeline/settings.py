@@ -183,13 +183,23 @@ class Settings(BaseSettings):
         return self.model_dump(mode="json")  # SecretStr dumps as '**********'
 
 
+def describe_errors(e: ValidationError, title: str = "invalid configuration") -> ConfigError:
+    """One line per problem, each naming the dotted key, for the person who wrote the config."""
+    problems = []
+    for err in e.errors(include_url=False):
+        name, msg = ".".join(str(p) for p in err["loc"]), err["msg"]
+        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        if not name and msg.startswith("Value error, "):
+            # whole-model validators word their errors "<key>: <why>"
+            name, _, msg = msg.removeprefix("Value error, ").partition(": ")
+            got = ""
+        problems.append(f"  {name}: {msg}{got}")
+    return ConfigError(f"{title}:\n" + "\n".join(problems))
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Load and validate; raise ConfigError naming each bad key."""
     try:
         return Settings(**overrides)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            name = ".".join(str(p) for p in err["loc"])
-            problems.append(f"  {name}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError("invalid configuration:\n" + "\n".join(problems)) from None
+        raise describe_errors(e) from None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processors import re_entry, repeat_contact
+from processors.context import already_told_us
 from processors.model import AlertDraft, Rules, Touch
 from processors.summary import summarize
 
@@ -216,6 +217,7 @@ def _replay(
     flags: list[Flags] = []
     drafts: dict[str, tuple[tuple[int, str, str], dict[str, Any]]] = {}
     times = {s.touch.event_id: s.touch.t for s in events}
+    touches = [s.touch for s in events]
     for i, stored in enumerate(events):
         touch = stored.touch
         if i == start:
@@ -239,7 +241,9 @@ def _replay(
                 continue
             first_t = min((times.get(e, draft.t) for e in draft.evidence), default=draft.t)
             aid = alert_id(draft.kind, draft.customer_id, draft.subject, draft.trigger_uid)
-            drafts[aid] = (touch.order_key, alert_body(draft, first_t))
+            body = alert_body(draft, first_t)
+            body["context"] = already_told_us(touches, i, draft, rules)
+            drafts[aid] = (touch.order_key, body)
     return flags, drafts
 
 

@@ -25,6 +25,8 @@ def summarize(alert: AlertDraft, first_t: int) -> str:
     if alert.kind == "repeat_contact":
         if alert.distinct_agents == alert.count:
             agents = ", each time with a different agent"
+        elif alert.distinct_agents == 1:
+            agents = ", with one agent"
         elif alert.distinct_agents:
             agents = f", with {alert.distinct_agents} different agents"
         else:

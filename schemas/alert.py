@@ -11,6 +11,37 @@ AlertKind = Literal["repeat_contact", "re_entry"]
 Severity = Literal["medium", "high"]
 
 
+class PreviousContact(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str
+    at: datetime
+    channel: str
+    matter: str
+    agent_id: str
+    outcome: str
+
+
+class FieldGiven(BaseModel):
+    """A personal-data field the customer already gave: its name and where, never its value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    field: str
+    place: str
+    times: int
+    last_at: datetime
+
+
+class AlertContext(BaseModel):
+    """What the customer already told us, so the next agent does not ask again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    previous_contacts: list[PreviousContact] = []
+    fields_given: list[FieldGiven] = []
+
+
 class FrictionAlert(BaseModel):
     # We produce this message, so it is strict: a typo in our own code fails a test.
     model_config = ConfigDict(extra="forbid")
@@ -36,6 +67,7 @@ class FrictionAlert(BaseModel):
     # the event whose arrival (in event-time order) crossed the threshold
     trigger_event_id: str
     trigger_channel: str
+    context: AlertContext = AlertContext()
     # Which revision of this alert this is: grows by one each time the alert is re-published
     # (updated or retracted), so readers keep the highest.
     revision: int = 1

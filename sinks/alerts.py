@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from processors.judge import AlertVersion
 from processors.normalize import from_micros
-from schemas.alert import FrictionAlert
+from schemas.alert import AlertContext, FrictionAlert
 
 
 def to_alert(a: AlertVersion) -> FrictionAlert:
@@ -30,5 +30,6 @@ def to_alert(a: AlertVersion) -> FrictionAlert:
         summary=b["summary"],
         trigger_event_id=b["trigger"],
         trigger_channel=b["trigger_channel"],
+        context=AlertContext.model_validate(b.get("context", {})),
         revision=a.revision,
     )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from clickhouse_driver import Client
 
 from processors.judge import AlertVersion, RowVersion
@@ -26,7 +27,7 @@ TIMELINE_COLUMNS = (
 ALERT_COLUMNS = (
     "alert_id", "status", "kind", "customer_id", "severity", "occurred_at", "detected_at",
     "matter", "field", "count", "window_days", "channels", "distinct_agents", "places",
-    "known_in_crm", "evidence", "loyalty_tier", "summary", "trigger_event_id", "trigger_channel", "revision",
+    "known_in_crm", "evidence", "loyalty_tier", "summary", "trigger_event_id", "trigger_channel", "context", "revision",
     "_topic", "_partition", "_offset", "ingested_at",
 )  # fmt: skip
 
@@ -50,7 +51,8 @@ def alert_row(a: AlertVersion, provenance: tuple[str, int, int], ingested_at: da
         a.alert_id, a.status, b["kind"], b["customer_id"], b["severity"], _second(b["t"]),
         _second(a.detected_at), b["matter"] or "", b["field"] or "", b["count"], b["window_days"],
         b["channels"], b["distinct_agents"], b["places"], int(b["known_in_crm"]), b["evidence"],
-        b["loyalty_tier"], b["summary"], b["trigger"], b["trigger_channel"], a.revision, provenance[0],
+        b["loyalty_tier"], b["summary"], b["trigger"], b["trigger_channel"],
+        orjson.dumps(b.get("context", {})).decode(), a.revision, provenance[0],
         max(provenance[1], 0),
         max(provenance[2], 0), ingested_at,
     )  # fmt: skip

@@ -123,8 +123,8 @@ class Namespace:
 
 
 @pytest.fixture
-def ns(stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Namespace]:
-    """An isolated namespace with topics created, migrations applied and a worker running."""
+def space(stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Namespace]:
+    """An isolated namespace (topics, consumer group, database) with topics and tables created."""
     tag = uuid.uuid4().hex[:8]
     env = {
         "CEM_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{stack['CEM_KAFKA_PORT']}",
@@ -144,7 +144,12 @@ def ns(stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     settings = load_settings()
     create_topics(settings)
     migrate(connect(settings.clickhouse), settings.clickhouse.database)
-    space = Namespace({**os.environ, **env, "PYTHONPATH": str(ROOT)}, settings, tmp_path)
+    yield Namespace({**os.environ, **env, "PYTHONPATH": str(ROOT)}, settings, tmp_path)
+
+
+@pytest.fixture
+def ns(space: Namespace) -> Iterator[Namespace]:
+    """An isolated namespace with a pipeline worker running."""
     space.start_worker()
     try:
         yield space

@@ -85,6 +85,10 @@ def test_airline_story_end_to_end(ns: Namespace) -> None:
     on_topic = published_alerts(ns)
     assert {a["alert_id"] for a in alerts} == set(on_topic)
     assert {i for i, a in on_topic.items() if a.status == "open"} == open_ids
+    for a in on_topic.values():  # every alert says what the customer already told us
+        assert a.context.fields_given or a.context.previous_contacts, a.alert_id
+        if a.kind == "repeat_contact":
+            assert {c.matter for c in a.context.previous_contacts} == {a.matter}
 
     stats = ns.stats()
     assert stats["duplicates"] == 1 and stats["profiles_held"] == 2

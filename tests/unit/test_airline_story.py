@@ -65,3 +65,25 @@ def test_summaries_are_plain_sentences_without_personal_values() -> None:
         "Gold member C-1042 contacted us 3 times in 3 days about baggage_allowance (via call_center, web), "
         "with 2 different agents." in texts
     )
+
+
+def test_alerts_carry_what_the_customer_already_told_us() -> None:
+    opened = run_pure(load_lines()).open_alerts().values()
+    [third_call] = [a for a in opened if a["trigger"] == "w-2"]
+    ctx = third_call["context"]
+    assert [(c["event_id"], c["agent_id"], c["outcome"]) for c in ctx["previous_contacts"]] == [
+        ("c-1", "A-7", "unresolved"),
+        ("c-2", "A-12", "transferred"),
+        ("c-3", "A-31", "resolved"),  # the transfer leg: not a new contact, but the agent should know
+    ]
+    assert [(f["field"], f["place"], f["times"]) for f in ctx["fields_given"]] == [
+        ("date_of_birth", "call_center:loyalty", 2),
+        ("date_of_birth", "web:checkin/passenger-details", 1),
+        ("loyalty_id", "call_center:loyalty", 2),
+        ("passport_number", "booking:manage-booking/passenger", 1),
+        ("passport_number", "web:checkin/passenger-details", 1),
+    ]
+    [passport] = [a for a in opened if a["field"] == "passport_number"]
+    assert passport["context"]["fields_given"][0]["field"] == "passport_number"  # its own field first
+    assert [c["event_id"] for c in passport["context"]["previous_contacts"]] == ["c-1", "c-2", "c-3", "w-2", "c-4"]
+    assert "@" not in str(ctx) and "TP-889123" not in str(ctx)

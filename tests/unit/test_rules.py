@@ -155,3 +155,15 @@ def test_older_or_equal_profile_versions_are_ignored() -> None:
     assert not ok and state.profile is not None and state.profile.loyalty_tier == "gold"
     state, ok = apply_profile(state, Profile(4, "silver", ()))
     assert ok and state.profile is not None and state.profile.loyalty_tier == "silver"
+
+
+def test_summary_wording_for_agents() -> None:
+    one_agent = [contact("c1", 0 * D, agent_id="A-1"), contact("c2", D, agent_id="A-1")]
+    _, alerts = run(one_agent)
+    assert (
+        alerts[0]["summary"]
+        == "Silver member C contacted us 2 times in 1 day about baggage (via call_center), with one agent."
+    )
+    _, alerts = run([contact("c1", 0 * D), contact("c2", 2 * H)], tier="none")
+    assert alerts[0]["summary"].startswith("Customer C contacted us 2 times within a day")
+    assert alerts[0]["summary"].endswith("each time with a different agent.")
