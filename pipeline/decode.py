@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas.profile import ProfileSnapshot
 from schemas.touchpoints import MODEL_BY_CHANNEL, Channel, Touchpoint
@@ -44,11 +45,27 @@ def _from_validation(e: ValidationError) -> Rejected:
     return Rejected("invalid_field", loc, msg)
 
 
-def _check_utf8(raw: bytes) -> Rejected | None:
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parse(model: type[M], raw: bytes, max_bytes: int) -> M | Rejected:
+    """Size, encoding and schema, in that order, each with its own reason."""
+    if len(raw) > max_bytes:
+        return Rejected("too_large", "", f"{len(raw)} bytes is over the limit of {max_bytes}")
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as e:
         return Rejected("invalid_utf8", "", f"byte {e.start} is not valid UTF-8")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        return _from_validation(e)
+
+
+def _unknown_name(names: list[str], vocabulary: frozenset[str], where: str) -> Rejected | None:
+    for i, name in enumerate(names):
+        if name not in vocabulary:
+            return Rejected("invalid_field", f"{where}.{i}", f"{name!r} is not in the field vocabulary")
     return None
 
 
@@ -63,17 +80,11 @@ def decode_touchpoint(
 ) -> Touchpoint | Rejected:
     if raw is None:
         return Rejected("empty_value", "", "a touchpoint message needs a JSON value")
-    if len(raw) > max_bytes:
-        return Rejected("too_large", "", f"{len(raw)} bytes is over the limit of {max_bytes}")
-    if bad := _check_utf8(raw):
+    event = _parse(MODEL_BY_CHANNEL[channel], raw, max_bytes)
+    if isinstance(event, Rejected):
+        return event
+    if bad := _unknown_name(event.fields or [], vocabulary, "fields"):
         return bad
-    try:
-        event = MODEL_BY_CHANNEL[channel].model_validate_json(raw)
-    except ValidationError as e:
-        return _from_validation(e)
-    for i, name in enumerate(event.fields or ()):
-        if name not in vocabulary:
-            return Rejected("invalid_field", f"fields.{i}", f"{name!r} is not in the field vocabulary")
     if event.occurred_at > now + max_future:
         return Rejected("invalid_field", "occurred_at", f"{event.occurred_at.isoformat()} is too far in the future")
     return event
@@ -90,17 +101,9 @@ def decode_profile(
             return key.decode("utf-8")
         except UnicodeDecodeError:
             return Rejected("invalid_utf8", "key", "the key is not valid UTF-8")
-    if len(raw) > max_bytes:
-        return Rejected("too_large", "", f"{len(raw)} bytes is over the limit of {max_bytes}")
-    if bad := _check_utf8(raw):
-        return bad
-    try:
-        profile = ProfileSnapshot.model_validate_json(raw)
-    except ValidationError as e:
-        return _from_validation(e)
+    profile = _parse(ProfileSnapshot, raw, max_bytes)
+    if isinstance(profile, Rejected):
+        return profile
     if key is not None and key.decode("utf-8", "replace") != profile.customer_id:
         return Rejected("key_mismatch", "customer_id", "the message key must be the customer_id")
-    for i, name in enumerate(profile.known_fields):
-        if name not in vocabulary:
-            return Rejected("invalid_field", f"known_fields.{i}", f"{name!r} is not in the field vocabulary")
-    return profile
+    return _unknown_name(profile.known_fields, vocabulary, "known_fields") or profile
