@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := scripts/stack.sh
 
-.PHONY: help setup stack-install up down status demo test test-unit test-integration lint typecheck check clean wipe
+.PHONY: help setup stack-install up down status demo test test-faults test-unit test-integration lint typecheck check clean wipe
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -35,13 +35,16 @@ demo: up ## run the main job end to end: story + generated workload -> summary
 	$(BIN)/cem demo
 
 test: setup check ## lint, type-check, unit and integration tests (starts its own stack)
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests -m "not faults"
+
+test-faults: setup ## fault injection over 50k+ touchpoints: kills, broker restart, ClickHouse outage, 2 workers
+	$(BIN)/pytest tests/integration/test_faults.py -m faults -s
 
 test-unit: setup ## pure tests only: no services
 	$(BIN)/pytest tests/unit
 
 test-integration: setup stack-install ## real Kafka + ClickHouse tests (their own ports)
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest tests/integration -m "not faults"
 
 lint: setup ## ruff
 	$(BIN)/ruff check .

@@ -48,6 +48,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         # the CRM snapshot topic is compacted: the latest profile (or tombstone) per customer
         NewTopic(t.profiles, n, rf, topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}),
         NewTopic(t.by_customer, n, rf),
+        NewTopic(t.identity, n, rf, topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}),
         NewTopic(t.alerts, n, rf),
         NewTopic(t.deadletter, n, rf, topic_configs={"retention.ms": dlq_ms}),
     ]

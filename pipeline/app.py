@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from faust.types import EventT
 from pydantic import ValidationError
 
 from pipeline.decode import Rejected, decode_profile, decode_touchpoint
+from pipeline.identity_index import IdentityIndex
 from pipeline.settings import Settings
 from pipeline.stats import Stats
 from processors.identity import profile_fingerprints, resolve
@@ -52,6 +54,7 @@ class Pipeline:
         self.vocabulary = frozenset(s.rules.field_vocabulary)
         self.max_future = timedelta(hours=s.worker.max_future_skew_hours)
         self._sink: ClickHouseSink | None = None
+        self._last_progress, self._stalled_s = -1, 0.0
         t = s.kafka.topics
         self.app = app = faust.App(
             s.worker.app_id,
@@ -65,6 +68,7 @@ class Pipeline:
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             web_host="127.0.0.1",
+            web_bind="127.0.0.1",  # the stats, metrics and health endpoints stay on loopback
             web_port=s.worker.web_port,
             datadir=str(s.worker.data_dir),
             key_serializer="raw",
@@ -76,11 +80,11 @@ class Pipeline:
         self.by_customer = app.topic(t.by_customer, partitions=s.kafka.partitions, **RAW)
         self.alerts_topic = app.topic(t.alerts, **RAW)
         self.deadletter = app.topic(t.deadletter, **RAW)
+        self.identity_topic = app.topic(t.identity, **RAW)
+        self.index = IdentityIndex(s.kafka.bootstrap_servers, t.identity)
+        app.task(self.index.follow)
         # use_partitioner: changelog partitions follow the producer's partitioner on the key,
         # the same one that placed the key on cem.internal.by-customer.
-        self.identity = app.GlobalTable(
-            "identity", partitions=s.kafka.partitions, use_partitioner=True, key_type=bytes, value_type=bytes
-        )
         self.customers = app.Table(
             "customers", partitions=s.kafka.partitions, use_partitioner=True, key_type=bytes, value_type=bytes
         )
@@ -91,10 +95,24 @@ class Pipeline:
         async def stats_page(web: Any, request: Any) -> Any:
             return web.json(self.stats.snapshot())
 
+        async def metrics_page(web: Any, request: Any) -> Any:
+            return web.bytes(self.stats.prometheus_text(), content_type="text/plain; version=0.0.4")
+
+        async def live_page(web: Any, request: Any) -> Any:
+            return web.json({"live": True})
+
+        async def ready_page(web: Any, request: Any) -> Any:
+            return web.json({"ready": self.stats.ready}, status=200 if self.stats.ready else 503)
+
         app.page("/cem/stats/")(stats_page)
+        app.page("/metrics")(metrics_page)
+        app.page("/health/live")(live_page)
+        app.page("/health/ready")(ready_page)
+        app.timer(interval=5.0)(self._refresh_health)
 
     # ------------------------------------------------------------------ stage A
     async def _resolve_agent(self, stream: faust.StreamT[bytes]) -> None:
+        await self.index.loaded.wait()  # resolve nothing before the identity index is loaded
         async for event in stream.events():
             try:
                 await self._resolve_one(event)
@@ -120,14 +138,20 @@ class Pipeline:
             return
         res = resolve(result.customer_id, result.identifiers, self._lookup, self.settings.secret)
         if res.link_anonymous is not None and self._lookup(res.link_anonymous) != res.customer_id:
-            self.identity[res.link_anonymous.encode()] = res.customer_id.encode()
+            await self._index_put(res.link_anonymous, res.customer_id)
         touch = to_touch(channel, result, res.customer_id, res.resolved_by, m.topic, m.partition, m.offset)
         env = TouchEnvelope(customer_id=res.customer_id, touch=touch.to_dict())
         await self.by_customer.send(key=res.customer_id.encode(), value=orjson.dumps(env.model_dump()))
 
     def _lookup(self, fingerprint: str) -> str | None:
-        found = self.identity.get(fingerprint.encode())
-        return None if found is None else bytes(found).decode()
+        return self.index.get(fingerprint)
+
+    async def _index_put(self, fingerprint: str, customer_id: str | None) -> None:
+        """Write through: this worker sees it now, the others when they read the topic."""
+        self.index.apply(fingerprint, customer_id)
+        await self.identity_topic.send(
+            key=fingerprint.encode(), value=None if customer_id is None else customer_id.encode()
+        )
 
     async def _profiles_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
@@ -188,7 +212,7 @@ class Pipeline:
                     old = set(state.profile.fingerprints) if state.profile else set()
                     profile = Profile(env.version, env.loyalty_tier, tuple(env.known_fields), tuple(env.fingerprints))
                     state, accepted = apply_profile(state, profile)
-                    self.stats.counters["profiles_held" if accepted else "profiles_ignored_older"] += 1
+                    self.stats.profiles["held" if accepted else "ignored_older"] += 1
                     if accepted:
                         index.update({fp: None for fp in old - set(env.fingerprints)})
                         index.update({fp: cid for fp in env.fingerprints})
@@ -196,7 +220,7 @@ class Pipeline:
                     if state.profile:
                         index.update({fp: None for fp in state.profile.fingerprints})
                     states[cid] = None
-                    self.stats.counters["customers_erased"] += 1
+                    self.stats.profiles["erased"] += 1
                 else:
                     touch = Touch.from_dict(env.touch)
                     state, verdict = judge(state, touch, self.rules, now_us)
@@ -215,18 +239,17 @@ class Pipeline:
                 log.exception("judge failed at %s", _where(event))
                 await self.dead_letter(event, Rejected("processing_error", "", repr(e)[:500]))
         await self._write_clickhouse(timeline, alert_rows)
-        for key, value in alert_msgs:
-            await self.alerts_topic.send(key=key, value=value)
+        # Alerts must be on the broker before the state that says they were published: wait
+        # for their acks, so a crash cannot leave state claiming an alert the topic never got.
+        sent = [await self.alerts_topic.send(key=key, value=value, force=True) for key, value in alert_msgs]
+        await asyncio.gather(*sent)
         for cid, st in states.items():
             if st is None:
                 self.customers.pop(cid.encode(), None)
             else:
                 self.customers[cid.encode()] = orjson.dumps(st.to_dict())
         for fp, owner in index.items():
-            if owner is None:
-                self.identity.pop(fp.encode(), None)
-            else:
-                self.identity[fp.encode()] = owner.encode()
+            await self._index_put(fp, owner)
 
     def _state(self, states: dict[str, CustomerState | None], cid: str) -> CustomerState:
         st = states.get(cid)
@@ -244,7 +267,9 @@ class Pipeline:
         while True:
             try:
                 sink = self._sink or self._connect_sink()
+                started = time.monotonic()
                 await asyncio.to_thread(sink.write, timeline, alerts)
+                self.stats.observe_write(len(timeline) + len(alerts), time.monotonic() - started)
                 self.stats.counters["timeline_rows_written"] += len(timeline)
                 self.stats.counters["alert_rows_written"] += len(alerts)
                 return
@@ -261,6 +286,52 @@ class Pipeline:
         cfg = self.settings.clickhouse
         self._sink = ClickHouseSink(connect(cfg, cfg.database), cfg.database)
         return self._sink
+
+    # ------------------------------------------------------------------ health
+    async def _refresh_health(self) -> None:
+        """Ready: partitions assigned, tables recovered, not rebalancing. Lag from the broker."""
+        app = self.app
+        assigned = bool(app.consumer.assignment()) if app.consumer is not None else False
+        recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]  # TableManager, not its T
+        self.stats.ready = assigned and not app.rebalancing and bool(recovered) and self.index.loaded.is_set()
+        self.stats.identity_entries = len(self.index.data)
+        await self._watch_for_stalls()
+        try:
+            from pipeline.admin import consumer_lag
+
+            lag = await asyncio.to_thread(consumer_lag, self.settings)
+            self.stats.lag = lag.by_topic
+        except Exception as e:  # the broker is away: keep the last known lag
+            log.debug("lag refresh failed: %s", e)
+
+    async def _watch_for_stalls(self) -> None:
+        """Work around a faust stall (faust-streaming issue #629): after a rebalance, a
+        partition whose stream buffer had filled can stay out of the fetch set for good (it
+        is parked in `_buffered_partitions`, and the rebalance clears the buffer without
+        `on_buffer_drop`). If the broker shows lag while nothing moves here, put the
+        assigned partitions that are parked or paused back into the fetch set."""
+        progress = self.stats.counters["touchpoints_judged"] + sum(self.stats.events_in.values())
+        lagging = sum(self.stats.lag.values()) > 0
+        if not (self.stats.ready and lagging) or progress != self._last_progress:
+            self._last_progress, self._stalled_s = progress, 0.0
+            return
+        self._stalled_s += 5.0
+        if self._stalled_s < 15.0 or self.app.in_recovery:
+            return
+        consumer: Any = self.app.consumer  # faust's Consumer: its private fetch-set bookkeeping
+        parked = [tp for tp in consumer.assignment() if tp in consumer._buffered_partitions]
+        paused = [tp for tp in consumer.assignment() if tp in consumer._paused_partitions]
+        if not (parked or paused):
+            return
+        log.warning(
+            "no progress for %.0fs with lag %s: resuming %d parked and %d paused partitions",
+            self._stalled_s, self.stats.lag, len(parked), len(paused),
+        )  # fmt: skip
+        for tp in parked:
+            consumer.on_buffer_drop(tp)
+        consumer.resume_partitions(parked + paused)
+        self.stats.counters["stalls_resumed"] += 1
+        self._stalled_s = 0.0
 
     # ------------------------------------------------------------------ shared
     async def dead_letter(self, event: EventT[bytes], why: Rejected) -> None:

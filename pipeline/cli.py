@@ -21,10 +21,12 @@ topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 alerts_app = typer.Typer(help="Friction alerts.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 kit_app = typer.Typer(help="The SQL kit: ready queries for analysts.", no_args_is_help=True)
+dlq_app = typer.Typer(help="The dead-letter topic: list, export, replay.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(config_app, name="config")
 app.add_typer(kit_app, name="kit")
+app.add_typer(dlq_app, name="dlq")
 # Logs and CI are not terminals: give tables room instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True)
@@ -87,6 +89,52 @@ def migrate(status: Annotated[bool, typer.Option("--status", help="List migratio
     console.print(f"retention: {out.retention}")
 
 
+@dlq_app.command("list")
+def dlq_list(reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None) -> None:
+    """Dead letters with their reasons, and a count per reason."""
+    from collections import Counter
+
+    from pipeline.deadletter import read_dead_letters
+
+    letters = read_dead_letters(settings(), reason)
+    for x in letters:
+        line = x.to_line()
+        console.print(f"  {line['source']:40} [bold]{x.reason}[/] {line['detail']}")
+    counts = Counter(x.reason for x in letters)
+    console.print(f"{len(letters)} dead letter(s): " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+
+
+@dlq_app.command("export")
+def dlq_export(
+    out: Annotated[Path, typer.Argument(help="JSON lines to edit, then `cem dlq replay --file`.")],
+    reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
+) -> None:
+    """Write dead letters to a file, one {topic, key, value, reason, ...} per line, to fix by hand."""
+    from pipeline.deadletter import export, read_dead_letters
+
+    n = export(read_dead_letters(settings(), reason), out)
+    console.print(f"wrote {n} dead letter(s) to {out}")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    file: Annotated[Path | None, typer.Option("--file", help="An edited export: send its fixed values.")] = None,
+    reason: Annotated[str | None, typer.Option(help="Without --file: replay only this reason.")] = None,
+) -> None:
+    """Re-feed dead letters: fixed ones from a file, or the originals after fixing the cause."""
+    from pipeline.admin import producer, send_all
+    from pipeline.deadletter import read_dead_letters, read_fixed, replay_originals
+
+    s = settings()
+    if file is not None:
+        prod = producer(s)
+        n = send_all(prod, read_fixed(file))
+        prod.close()
+    else:
+        n = replay_originals(s, read_dead_letters(s, reason))
+    console.print(f"replayed {n} message(s)")
+
+
 @kit_app.command("list")
 def kit_list() -> None:
     """List the kit's queries and the question each answers."""
@@ -146,12 +194,16 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "warning",
 ) -> None:
     """Run a stream worker (add workers to scale out; each needs its own --web-port)."""
+    import logging
+
     import faust
 
     from pipeline.app import Pipeline
 
     if web_port is not None:
         os.environ["CEM_WORKER__WEB_PORT"] = str(web_port)
+    # the lag probe reconnects every few seconds; its connection chatter is not news
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     pipeline = Pipeline(settings())
     faust.Worker(pipeline.app, loglevel=loglevel).execute_from_commandline()
 

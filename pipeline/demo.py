@@ -161,7 +161,7 @@ def _summary(settings: Settings, ch: Any, console: Console, stats: dict[str, Any
     console.print(
         f"   dead-letter topic: {dlq.total} invalid message(s) "
         f"(this run: {', '.join(f'{k}: {v}' for k, v in stats.get('deadletter', {}).items()) or 'none'}); "
-        f"duplicates dropped this run: {stats.get('duplicates', 0)}"
+        f"duplicates dropped this run: {stats.get('duplicates', 0)}  (.venv/bin/cem dlq list)"
     )
     table = Table(title="Open friction alerts", title_justify="left")
     for col in ("kind", "severity", "count"):

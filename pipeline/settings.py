@@ -45,6 +45,8 @@ class Topics(_Section):
     deadletter: str = "cem.deadletter"
     # internal: touchpoints and profile updates re-keyed by customer (see docs/architecture.md)
     by_customer: str = "cem.internal.by-customer"
+    # internal: identifier fingerprint -> customer id, compacted, read in full by every worker
+    identity: str = "cem.internal.identity"
 
     def channel_of(self, topic: str) -> str | None:
         return {self.web: "web", self.callcenter: "call_center", self.booking: "booking"}.get(topic)

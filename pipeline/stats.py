@@ -1,9 +1,34 @@
-"""Counters a worker keeps and serves at /cem/stats/ (Prometheus metrics: see issue #3)."""
+"""What a worker counts, served two ways from one source: JSON at /cem/stats/ and Prometheus
+text at /metrics. A custom collector reads these counters at scrape time, so there is one
+place that counts and nothing to keep in sync.
+
+Metric names (all prefixed `cem_`), see docs/operations.md:
+  events_in_total{topic}, deadletter_total{reason}, alerts_total{kind,status},
+  late_events_total, duplicates_total, row_rewrites_total (corrections), profiles_total{outcome},
+  touchpoints_judged_total, timeline_rows_written_total, alert_rows_written_total,
+  clickhouse_errors_total, clickhouse_batch_rows (summary), clickhouse_write_seconds (summary),
+  consumer_lag{topic} (gauge), ready (gauge)
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+
+_PLAIN = {
+    "late_events": "events later than the allowed lateness (still written, judged against what is kept)",
+    "duplicates": "touchpoints seen before (same channel and event_id), dropped",
+    "row_rewrites": "timeline rows written again because a late event changed their flags",
+    "touchpoints_judged": "touchpoints judged by the detectors",
+    "timeline_rows_written": "timeline row versions written to ClickHouse",
+    "alert_rows_written": "alert revisions written to ClickHouse",
+    "clickhouse_errors": "failed ClickHouse writes (each retried)",
+    "stalls_resumed": "times the watchdog put stalled partitions back into the fetch set (faust issue #629)",
+}
 
 
 class Stats:
@@ -11,12 +36,68 @@ class Stats:
         self.events_in: Counter[str] = Counter()  # per source topic
         self.deadletter: Counter[str] = Counter()  # per reason
         self.alerts: Counter[str] = Counter()  # per kind:status
-        self.counters: Counter[str] = Counter()  # duplicates, late, rows_written, ...
+        self.profiles: Counter[str] = Counter()  # held | ignored_older | erased
+        self.counters: Counter[str] = Counter()  # the _PLAIN ones
+        self.lag: dict[str, int] = {}  # per topic, refreshed by the worker
+        self.ready = False
+        self.identity_entries = 0
+        self.batch_rows_sum = 0
+        self.batch_count = 0
+        self.write_seconds_sum = 0.0
+
+    def observe_write(self, rows: int, seconds: float) -> None:
+        self.batch_count += 1
+        self.batch_rows_sum += rows
+        self.write_seconds_sum += seconds
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "events_in": dict(self.events_in),
             "deadletter": dict(self.deadletter),
             "alerts": dict(self.alerts),
-            **dict(self.counters),
+            "profiles": dict(self.profiles),
+            "consumer_lag": dict(self.lag),
+            "ready": self.ready,
+            "identity_entries": self.identity_entries,
+            "clickhouse_batches": self.batch_count,
+            "clickhouse_batch_rows_avg": round(self.batch_rows_sum / self.batch_count, 1) if self.batch_count else 0,
+            **{name: self.counters[name] for name in _PLAIN},
         }
+
+    # ---- Prometheus
+    def collect(self) -> Iterator[Metric]:
+        def labelled(name: str, doc: str, label: str, values: Counter[str]) -> CounterMetricFamily:
+            fam = CounterMetricFamily(f"cem_{name}", doc, labels=[label])
+            for key, value in sorted(values.items()):
+                fam.add_metric([key], value)
+            return fam
+
+        yield labelled("events_in", "messages read per source topic", "topic", self.events_in)
+        yield labelled("deadletter", "messages sent to the dead-letter topic, by reason", "reason", self.deadletter)
+        yield labelled("profiles", "CRM profile messages by outcome", "outcome", self.profiles)
+        alerts = CounterMetricFamily("cem_alerts", "alert revisions published", labels=["kind", "status"])
+        for key, value in sorted(self.alerts.items()):
+            alerts.add_metric(key.split(":", 1), value)
+        yield alerts
+        for name, doc in _PLAIN.items():
+            yield CounterMetricFamily(f"cem_{name}", doc, value=self.counters[name])
+        yield SummaryMetricFamily(
+            "cem_clickhouse_batch_rows", "rows per ClickHouse batch", count_value=self.batch_count,
+            sum_value=self.batch_rows_sum,
+        )  # fmt: skip
+        yield SummaryMetricFamily(
+            "cem_clickhouse_write_seconds", "time to write one batch to ClickHouse", count_value=self.batch_count,
+            sum_value=self.write_seconds_sum,
+        )  # fmt: skip
+        lag = GaugeMetricFamily("cem_consumer_lag", "messages not yet committed, per topic", labels=["topic"])
+        for topic, value in sorted(self.lag.items()):
+            lag.add_metric([topic], value)
+        yield lag
+        yield GaugeMetricFamily(
+            "cem_ready", "1 when the worker is assigned, recovered and processing", value=self.ready
+        )
+
+    def prometheus_text(self) -> bytes:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return generate_latest(registry)

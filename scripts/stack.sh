@@ -6,6 +6,7 @@
 #   scripts/stack.sh up        # start both (idempotent) and wait until both answer
 #   scripts/stack.sh down      # stop both
 #   scripts/stack.sh status    # what is running, where
+#   scripts/stack.sh kafka-stop|kafka-start|clickhouse-stop|clickhouse-start   # one service
 #
 # Ports and the data directory come from the environment so tests can run their own stack:
 #   CEM_STACK_DIR (.local/stack)  CEM_KAFKA_PORT (19092)  CEM_KAFKA_CONTROLLER_PORT (19093)
@@ -165,5 +166,10 @@ case "${1:-}" in
     if alive "$(kafka_pid)"; then echo "kafka       running  pid $(kafka_pid)  127.0.0.1:$KAFKA_PORT  ($KAFKA_VERSION)"; else echo "kafka       stopped"; fi
     if alive "$(ch_pid)"; then echo "clickhouse  running  pid $(ch_pid)  127.0.0.1:$CH_PORT http:$CH_HTTP_PORT"; else echo "clickhouse  stopped"; fi ;;
   wipe) "$0" down; rm -rf "$STACK_DIR" ;;
-  *) echo "usage: $0 install|up|down|status|wipe" >&2; exit 2 ;;
+  # one service at a time (fault tests and maintenance)
+  kafka-stop) stop_pid kafka ;;
+  kafka-start) mkdir -p "$STACK_DIR"; start_kafka; wait_ready ;;
+  clickhouse-stop) stop_pid clickhouse ;;
+  clickhouse-start) mkdir -p "$STACK_DIR"; start_clickhouse; wait_ready ;;
+  *) echo "usage: $0 install|up|down|status|wipe|kafka-stop|kafka-start|clickhouse-stop|clickhouse-start" >&2; exit 2 ;;
 esac

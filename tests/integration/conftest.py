@@ -16,7 +16,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class Namespace:
     settings: Settings
     tmp: Path
     worker: subprocess.Popen[bytes] | None = None
+    ports: dict[int, int] = field(default_factory=dict)  # worker pid -> its web port
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def db(self) -> str:
@@ -83,52 +85,64 @@ class Namespace:
         path = self.tmp / "worker.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start_worker(self) -> None:
+    def start_worker(self, web_port: int | None = None) -> subprocess.Popen[bytes]:
+        """Start a worker process (the first one becomes `self.worker`) and wait for its web server."""
+        port = web_port or (self.settings.worker.web_port if self.worker is None else free_port())
         log = (self.tmp / "worker.log").open("ab")
-        self.worker = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "info"],
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "info", "--web-port", str(port)],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-        url = f"http://127.0.0.1:{self.settings.worker.web_port}/cem/stats/"
+        self.ports[proc.pid] = port
+        self.procs.append(proc)
+        if self.worker is None or self.worker.poll() is not None:
+            self.worker = proc
         deadline = time.monotonic() + 90
         while True:
             try:
-                with urllib.request.urlopen(url, timeout=1):  # noqa: S310
-                    return
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=1):  # noqa: S310
+                    return proc
             except OSError:
                 pass
-            assert self.worker.poll() is None, f"worker exited:\n{self.worker_log()[-4000:]}"
+            assert proc.poll() is None, f"worker exited:\n{self.worker_log()[-4000:]}"
             assert time.monotonic() < deadline, f"worker not ready:\n{self.worker_log()[-4000:]}"
             time.sleep(0.3)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, proc: subprocess.Popen[bytes] | None = None) -> dict[str, Any]:
         import json
 
-        url = f"http://127.0.0.1:{self.settings.worker.web_port}/cem/stats/"
+        target = proc or self.worker
+        assert target is not None
+        url = f"http://127.0.0.1:{self.ports[target.pid]}/cem/stats/"
         with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310
             data: dict[str, Any] = json.loads(resp.read())
             return data
 
-    def stop_worker(self) -> None:
-        if self.worker is not None and self.worker.poll() is None:
-            self.worker.send_signal(signal.SIGTERM)
-            try:
-                self.worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.worker.kill()
-                self.worker.wait()
+    def stop_worker(self, proc: subprocess.Popen[bytes] | None = None, sig: int = signal.SIGTERM) -> int | None:
+        target = proc or self.worker
+        if target is None or target.poll() is not None:
+            return None if target is None else target.returncode
+        target.send_signal(sig)
+        try:
+            return target.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            target.kill()
+            return target.wait()
 
 
 @pytest.fixture
-def space(stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Namespace]:
+def space(
+    stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[Namespace]:
     """An isolated namespace (topics, consumer group, database) with topics and tables created."""
     tag = uuid.uuid4().hex[:8]
+    marker = request.node.get_closest_marker("partitions")
     env = {
         "CEM_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{stack['CEM_KAFKA_PORT']}",
-        "CEM_KAFKA__PARTITIONS": "4",
+        "CEM_KAFKA__PARTITIONS": str(marker.args[0] if marker else 4),
         "CEM_CLICKHOUSE__PORT": stack["CEM_CLICKHOUSE_PORT"],
         "CEM_CLICKHOUSE__DATABASE": f"cem_test_{tag}",
         "CEM_WORKER__APP_ID": f"cem-test-{tag}",
@@ -137,21 +151,23 @@ def space(stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         "CEM_WORKER__BATCH_WITHIN_S": "0.2",
         "CEM_WORKER__SESSION_TIMEOUT_S": "6",
     }
-    for field in ("web", "callcenter", "booking", "profiles", "alerts", "deadletter", "by_customer"):
-        env[f"CEM_KAFKA__TOPICS__{field.upper()}"] = f"t{tag}.{field}"
+    for name in ("web", "callcenter", "booking", "profiles", "alerts", "deadletter", "by_customer", "identity"):
+        env[f"CEM_KAFKA__TOPICS__{name.upper()}"] = f"t{tag}.{name}"
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = load_settings()
     create_topics(settings)
     migrate(connect(settings.clickhouse), settings.clickhouse.database)
-    yield Namespace({**os.environ, **env, "PYTHONPATH": str(ROOT)}, settings, tmp_path)
-
-
-@pytest.fixture
-def ns(space: Namespace) -> Iterator[Namespace]:
-    """An isolated namespace with a pipeline worker running."""
-    space.start_worker()
+    space = Namespace({**os.environ, **env, "PYTHONPATH": str(ROOT)}, settings, tmp_path)
     try:
         yield space
     finally:
-        space.stop_worker()
+        for proc in space.procs:
+            space.stop_worker(proc)
+
+
+@pytest.fixture
+def ns(space: Namespace) -> Namespace:
+    """An isolated namespace with a pipeline worker running."""
+    space.start_worker()
+    return space

@@ -91,7 +91,7 @@ def test_airline_story_end_to_end(ns: Namespace) -> None:
             assert {c.matter for c in a.context.previous_contacts} == {a.matter}
 
     stats = ns.stats()
-    assert stats["duplicates"] == 1 and stats["profiles_held"] == 2
+    assert stats["duplicates"] == 1 and stats["profiles"] == {"held": 2}
     assert stats["events_in"][ns.settings.kafka.topics.callcenter] == 6
 
     timeline = ns.cem("timeline", "C-1042").stdout

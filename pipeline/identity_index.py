@@ -1,0 +1,63 @@
+"""The identity index, replicated to every worker: identifier fingerprint -> customer id.
+
+A compacted topic (`cem.internal.identity`) holds the index. Every worker reads all of its
+partitions from the beginning and keeps following it with a group-less consumer, the way
+Kafka Streams' GlobalKTable works. Writes go through the producer, and the writing worker
+sees them at once. We use this instead of faust's GlobalTable: with two workers, that table
+lost entries written on the other worker (tests/integration/test_faults.py, two workers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+log = logging.getLogger("cem.identity")
+
+
+class IdentityIndex:
+    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.data: dict[str, str] = {}
+        self.loaded = asyncio.Event()  # the topic was read up to its end offsets at start-up
+        self.lag = -1
+
+    def get(self, fingerprint: str) -> str | None:
+        return self.data.get(fingerprint)
+
+    def apply(self, fingerprint: str, customer_id: str | None) -> None:
+        if customer_id is None:
+            self.data.pop(fingerprint, None)
+        else:
+            self.data[fingerprint] = customer_id
+
+    async def follow(self) -> None:
+        """Load the whole topic, then follow it for as long as the worker runs."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            parts: set[int] = set()
+            while not parts:  # metadata may take a moment after start
+                parts = consumer.partitions_for_topic(self.topic) or set()
+                if not parts:
+                    await consumer._client.force_metadata_update()
+                    await asyncio.sleep(0.2)
+            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            while True:
+                batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+                for records in batch.values():
+                    for rec in records:
+                        self.apply(rec.key.decode(), None if rec.value is None else rec.value.decode())
+                if not self.loaded.is_set():
+                    behind = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
+                    if not behind:
+                        log.info("identity index loaded: %d entries", len(self.data))
+                        self.loaded.set()
+        finally:
+            await consumer.stop()
