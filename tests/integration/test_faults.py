@@ -206,6 +206,7 @@ def test_clickhouse_away_for_a_minute(space: Namespace, workload: Workload) -> N
     verify(space, workload)
 
 
+@pytest.mark.scaleout
 @pytest.mark.partitions(8)
 def test_two_workers_one_killed(space: Namespace, workload: Workload) -> None:
     a = space.start_worker()
