@@ -50,6 +50,9 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(t.by_customer, n, rf),
         NewTopic(t.identity, n, rf, topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}),
         NewTopic(t.alerts, n, rf),
+        # the judge's state changelog, created up front: created by faust on the fly it can race
+        # the first state write on a cold broker (the producer has no metadata for it yet)
+        NewTopic(f"{settings.worker.app_id}-customers-changelog", n, rf, topic_configs={"cleanup.policy": "compact"}),
         NewTopic(t.deadletter, n, rf, topic_configs={"retention.ms": dlq_ms}),
     ]
 

@@ -14,6 +14,7 @@ one partition, co-partitioned with the `customers` state table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -239,6 +240,15 @@ class Pipeline:
                 log.exception("judge failed at %s", _where(event))
                 await self.dead_letter(event, Rejected("processing_error", "", repr(e)[:500]))
         await self._write_clickhouse(timeline, alert_rows)
+        await self._retrying("publish alerts and state", self._publish, alert_msgs, states, index)
+
+    async def _publish(
+        self,
+        alert_msgs: list[tuple[bytes, bytes]],
+        states: dict[str, CustomerState | None],
+        index: dict[str, str | None],
+    ) -> None:
+        """Alerts, then state, then the identity index. Idempotent, so it can be retried whole."""
         # Alerts must be on the broker before the state that says they were published: wait
         # for their acks, so a crash cannot leave state claiming an alert the topic never got.
         sent = [await self.alerts_topic.send(key=key, value=value, force=True) for key, value in alert_msgs]
@@ -250,6 +260,26 @@ class Pipeline:
                 self.customers[cid.encode()] = orjson.dumps(st.to_dict())
         for fp, owner in index.items():
             await self._index_put(fp, owner)
+
+    async def _retrying(self, what: str, step: Any, *args: Any) -> None:
+        """Retry a step with backoff instead of letting the agent crash: a crashed faust agent
+        leaves its batch unacknowledged, and the partitions behind it stop for good."""
+        delay = 0.25
+        while True:
+            try:
+                await step(*args)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.stats.counters["retried_steps"] += 1
+                log.warning("%s failed (%r); retrying in %.1fs", what, e, delay)
+                await asyncio.sleep(delay)
+                # faust partitions table writes with the producer's cached metadata, which
+                # knows no topic created after it last refreshed: refresh before retrying
+                with contextlib.suppress(Exception):
+                    await self.app.producer._ensure_producer().client.force_metadata_update()  # type: ignore[attr-defined]
+                delay = min(delay * 2, self.settings.worker.clickhouse_retry_max_s)
 
     def _state(self, states: dict[str, CustomerState | None], cid: str) -> CustomerState:
         st = states.get(cid)
