@@ -273,7 +273,7 @@ class Pipeline:
                 raise
             except Exception as e:
                 self.stats.counters["retried_steps"] += 1
-                log.warning("%s failed (%r); retrying in %.1fs", what, e, delay)
+                log.warning("%s failed (%s); retrying in %.1fs", what, e, delay)
                 await asyncio.sleep(delay)
                 # faust partitions table writes with the producer's cached metadata, which
                 # knows no topic created after it last refreshed: refresh before retrying
@@ -291,26 +291,22 @@ class Pipeline:
 
     async def _write_clickhouse(self, timeline: list[tuple[Any, ...]], alerts: list[tuple[Any, ...]]) -> None:
         """Write, retrying with backoff until ClickHouse takes the batch: offsets wait meanwhile."""
-        if not timeline and not alerts:
-            return
-        delay = 0.25
-        while True:
-            try:
-                sink = self._sink or self._connect_sink()
-                started = time.monotonic()
-                await asyncio.to_thread(sink.write, timeline, alerts)
-                self.stats.observe_write(len(timeline) + len(alerts), time.monotonic() - started)
-                self.stats.counters["timeline_rows_written"] += len(timeline)
-                self.stats.counters["alert_rows_written"] += len(alerts)
-                return
-            except Exception as e:
-                self.stats.counters["clickhouse_errors"] += 1
-                log.warning("ClickHouse write failed (%s); retrying in %.1fs", e, delay)
-                if self._sink is not None:
-                    self._sink.client.disconnect()
-                    self._sink = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.worker.clickhouse_retry_max_s)
+        if timeline or alerts:
+            await self._retrying("ClickHouse write", self._write_once, timeline, alerts)
+
+    async def _write_once(self, timeline: list[tuple[Any, ...]], alerts: list[tuple[Any, ...]]) -> None:
+        sink = self._sink or self._connect_sink()
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(sink.write, timeline, alerts)
+        except Exception:
+            self.stats.counters["clickhouse_errors"] += 1
+            sink.client.disconnect()  # a fresh connection for the retry
+            self._sink = None
+            raise
+        self.stats.observe_write(len(timeline) + len(alerts), time.monotonic() - started)
+        self.stats.counters["timeline_rows_written"] += len(timeline)
+        self.stats.counters["alert_rows_written"] += len(alerts)
 
     def _connect_sink(self) -> ClickHouseSink:
         cfg = self.settings.clickhouse

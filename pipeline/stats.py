@@ -27,7 +27,7 @@ _PLAIN = {
     "timeline_rows_written": "timeline row versions written to ClickHouse",
     "alert_rows_written": "alert revisions written to ClickHouse",
     "clickhouse_errors": "failed ClickHouse writes (each retried)",
-    "retried_steps": "judge steps after the ClickHouse write (alerts, state) retried after an error",
+    "retried_steps": "judge steps (ClickHouse write, alerts and state) retried after an error",
     "stalls_resumed": "times the watchdog put stalled partitions back into the fetch set (faust issue #629)",
 }
 

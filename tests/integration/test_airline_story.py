@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.admin import Record, producer, read_jsonl, send_all, wait_until_processed
+from pipeline.admin import read_to_end as read_topic
 from schemas.alert import FrictionAlert
 from tests.integration.conftest import Namespace
-from tests.integration.kafka_read import read_topic
 from tests.scenario import STORY, load_expected
 
 EXPECTED = load_expected()

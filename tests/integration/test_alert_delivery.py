@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from pipeline.admin import Record, producer, send_all
+from pipeline.admin import read_to_end as read_topic
 from schemas.alert import FrictionAlert
 from tests.integration.conftest import ROOT, Namespace, free_port
 from tests.integration.http_receiver import Receiver
-from tests.integration.kafka_read import read_topic
 
 EXAMPLE = ROOT / "schemas" / "examples" / "friction_alert.json"
 

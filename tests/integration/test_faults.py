@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from pipeline.admin import Record, encode_value, producer, send_all, wait_until_processed
+from pipeline.admin import read_to_end as read_topic
 from pipeline.workload import generate
 from schemas.alert import FrictionAlert
 from tests.integration.conftest import ROOT, STACK_ENV, Namespace
-from tests.integration.kafka_read import read_topic
 from tests.scenario import run_pure
 
 pytestmark = pytest.mark.faults

@@ -15,8 +15,8 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from pipeline.admin import Record, producer, send_all, wait_until_processed
+from pipeline.admin import read_to_end as read_topic
 from tests.integration.conftest import Namespace
-from tests.integration.kafka_read import read_topic
 
 pytestmark = pytest.mark.faults
 MALFORMED = 10_000
