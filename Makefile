@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := scripts/stack.sh
 
-.PHONY: help setup stack-install up down status demo test test-faults test-scaleout test-unit test-integration lint typecheck check clean wipe
+.PHONY: help setup stack-install up down status demo test test-fuzz test-faults test-scaleout test-unit test-integration lint typecheck check clean wipe
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -37,11 +37,15 @@ demo: up ## run the main job end to end: story + generated workload -> summary
 test: setup check ## lint, type-check, unit and integration tests (starts its own stack)
 	$(BIN)/pytest tests -m "not faults"
 
-test-faults: setup ## fault injection over 50k+ touchpoints: kill, SIGTERM, broker restart, ClickHouse outage, fuzz
-	$(BIN)/pytest tests/integration/test_faults.py tests/integration/test_fuzz_deadletter.py -m "faults and not scaleout" -s
+test-fuzz: setup ## 10,000 malformed messages among valid ones: all in the DLQ with reasons, no restart (CI)
+	$(BIN)/pytest tests/integration/test_fuzz_deadletter.py -m faults -s
 
-# Not in CI yet: faust-streaming's rebalance stall (issue #629) can strike this scenario; the
-# worker's stall watchdog is meant to recover from it but has not been seen doing so yet.
+# Not in CI yet: after a restart or rebalance a worker can intermittently stall (a faust
+# recovery/flow-control problem, see "Known problem" in docs/operations.md). These pass when
+# it does not strike, and fail (by timeout) when it does.
+test-faults: setup ## fault injection over 50k+ touchpoints: SIGKILL, SIGTERM, broker restart, ClickHouse outage
+	$(BIN)/pytest tests/integration/test_faults.py -m "faults and not scaleout" -s
+
 test-scaleout: setup ## two workers on 8 partitions, one killed mid-stream (see docs/operations.md)
 	$(BIN)/pytest tests/integration/test_faults.py -m scaleout -s
 
