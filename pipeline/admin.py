@@ -59,14 +59,24 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 
 def create_topics(settings: Settings) -> list[tuple[str, str]]:
     """Create every topic cem uses; existing ones are checked for their partition count."""
+    # the dead-letter topic is not co-partitioned with anything: any count will do
+    checked = {spec.name for spec in topic_specs(settings)} - {settings.kafka.topics.deadletter}
+    return ensure_topics(settings, topic_specs(settings), checked)
+
+
+def ensure_topics(
+    settings: Settings, specs: list[NewTopic], check_partitions: set[str] | frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
+    """Create the topics that do not exist yet; refuse existing ones in `check_partitions`
+    whose partition count differs from their spec."""
     admin = admin_client(settings)
     report = []
     try:
         existing = _partition_counts(admin)
-        for spec in topic_specs(settings):
+        for spec in specs:
             if spec.name in existing:
                 have = existing[spec.name]
-                if have != spec.num_partitions and spec.name != settings.kafka.topics.deadletter:
+                if have != spec.num_partitions and spec.name in check_partitions:
                     raise RuntimeError(
                         f"topic {spec.name} has {have} partitions but kafka.partitions is {spec.num_partitions}: "
                         "co-partitioned topics must agree"
@@ -194,16 +204,23 @@ def encode_value(value: Any) -> bytes | None:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+def configured_topic(settings: Settings, name: str) -> str:
+    """The configured name of a topic given by its default (contract) name; others unchanged."""
+    for field in Topics.model_fields:
+        if getattr(DEFAULT_TOPICS, field) == name:
+            return str(getattr(settings.kafka.topics, field))
+    return name
+
+
 def read_jsonl(path: Path, settings: Settings) -> Iterator[Record]:
     """Lines of {"topic", "key", "value"}; default topic names map to the configured ones."""
-    rename = {getattr(DEFAULT_TOPICS, f): getattr(settings.kafka.topics, f) for f in Topics.model_fields}
     with path.open() as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-                topic = rename.get(obj["topic"], obj["topic"])
+                topic = configured_topic(settings, obj["topic"])
                 key = obj.get("key")
                 yield Record(topic, None if key is None else str(key).encode(), encode_value(obj.get("value")))
             except (ValueError, KeyError, TypeError) as e:

@@ -5,9 +5,9 @@
     cem.crm.profiles -----------------ingest_profiles-----+      (keyed by customer)       +--> cem.friction.alerts
                           bad input -> cem.deadletter (original bytes + reason headers)
 
-Stage A (`resolve`, `ingest_profiles`) is stateless but for the identity index, a GlobalTable
-of identifier fingerprint -> customer id that every worker holds. It validates, resolves the
-customer, and re-keys by customer id, so stage B (`judge`) sees all of a customer's events on
+Stage A (`resolve`, `ingest_profiles`) is stateless but for the identity index (identifier
+fingerprint -> customer id, a compacted topic every worker follows: pipeline/identity_index.py).
+It validates, resolves the customer, and re-keys by customer id, so stage B (`judge`) sees all of a customer's events on
 one partition, co-partitioned with the `customers` state table.
 """
 
@@ -331,11 +331,12 @@ class Pipeline:
             log.debug("lag refresh failed: %s", e)
 
     async def _watch_for_stalls(self) -> None:
-        """Work around a faust stall (faust-streaming issue #629): after a rebalance, a
-        partition whose stream buffer had filled can stay out of the fetch set for good (it
-        is parked in `_buffered_partitions`, and the rebalance clears the buffer without
-        `on_buffer_drop`). If the broker shows lag while nothing moves here, put the
-        assigned partitions that are parked or paused back into the fetch set."""
+        """Detect a faust stall (faust-streaming issue #629): after a restart or rebalance,
+        partitions can stay unfetched while the worker reports ready. If the broker shows lag
+        while nothing moves here, log it and put assigned partitions that faust has parked
+        (`_buffered_partitions`) or paused back into its fetch set. That attempt has not been
+        seen to cure a real stall (docs/operations.md, "Known problem"): the log line and
+        `cem_stalls_resumed_total` are what operators should act on."""
         progress = self.stats.counters["touchpoints_judged"] + sum(self.stats.events_in.values())
         lagging = sum(self.stats.lag.values()) > 0
         if not (self.stats.ready and lagging) or progress != self._last_progress:

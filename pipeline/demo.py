@@ -16,7 +16,16 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline.admin import Record, consumer_lag, create_topics, producer, read_jsonl, send_all, wait_until_processed
+from pipeline.admin import (
+    Record,
+    configured_topic,
+    consumer_lag,
+    create_topics,
+    producer,
+    read_jsonl,
+    send_all,
+    wait_until_processed,
+)
 from pipeline.settings import Settings
 from pipeline.workload import generate
 from sinks.clickhouse.client import connect
@@ -101,7 +110,7 @@ def run_demo(settings: Settings, story: Path, customers: int, console: Console) 
         send_all(prod, profiles)
         console.print(f"   {len(profiles)} CRM profiles sent; waiting until the worker holds them")
         wait_until_processed(settings, timeout_s=300)
-        bad = [Record(settings.kafka.topics.model_dump()[_field(t)], None, v) for t, v in BAD_INPUT]
+        bad = [Record(configured_topic(settings, t), None, v) for t, v in BAD_INPUT]
         n = send_all(prod, touches + bad)
         prod.close()
         console.print(f"   {n} touchpoints sent ({len(bad)} of them malformed on purpose)")
@@ -111,14 +120,6 @@ def run_demo(settings: Settings, story: Path, customers: int, console: Console) 
     finally:
         stop_worker(proc)
     console.rule(f"[bold]demo finished in {time.monotonic() - t0:.0f}s")
-
-
-def _field(default_topic: str) -> str:
-    return {
-        "cem.touchpoints.web": "web",
-        "cem.touchpoints.callcenter": "callcenter",
-        "cem.touchpoints.booking": "booking",
-    }[default_topic]
 
 
 def _wait_with_progress(settings: Settings, total: int, console: Console) -> None:

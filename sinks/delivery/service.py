@@ -121,36 +121,18 @@ class DeliveryService:
         return len(records)
 
     async def ensure_topics(self) -> None:
-        from kafka.admin import KafkaAdminClient, NewTopic
-        from kafka.errors import TopicAlreadyExistsError
+        """The ledger (compacted) and every Kafka destination's topic."""
+        from kafka.admin import NewTopic
 
-        wanted = {self.config.delivery.ledger_topic: {"cleanup.policy": "compact"}}
+        from pipeline.admin import ensure_topics
+
+        k = self.settings.kafka
+        specs = [NewTopic(self.config.delivery.ledger_topic, k.partitions, k.replication_factor,
+                          topic_configs={"cleanup.policy": "compact"})]  # fmt: skip
         for dest in self.destinations.values():
-            if isinstance(dest, KafkaDestination):
-                wanted.setdefault(dest.topic, {})
-
-        def create() -> None:
-            admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap_servers.split(","))
-            try:
-                existing = set(admin.list_topics())
-                for name, configs in wanted.items():
-                    if name in existing:
-                        continue
-                    with contextlib.suppress(TopicAlreadyExistsError):
-                        admin.create_topics(
-                            [
-                                NewTopic(
-                                    name,
-                                    self.settings.kafka.partitions,
-                                    self.settings.kafka.replication_factor,
-                                    topic_configs=configs,
-                                )
-                            ]  # fmt: skip
-                        )
-            finally:
-                admin.close()
-
-        await asyncio.to_thread(create)
+            if isinstance(dest, KafkaDestination) and dest.topic not in {x.name for x in specs}:
+                specs.append(NewTopic(dest.topic, k.partitions, k.replication_factor))
+        await asyncio.to_thread(ensure_topics, self.settings, specs)
 
     # ------------------------------------------------------------------ running
     async def run(self) -> None:

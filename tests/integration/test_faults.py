@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.admin import Record, encode_value, producer, send_all, wait_until_processed
+from pipeline.admin import Record, configured_topic, encode_value, producer, send_all, wait_until_processed
 from pipeline.admin import read_to_end as read_topic
 from pipeline.workload import generate
 from schemas.alert import FrictionAlert
@@ -28,12 +28,6 @@ from tests.scenario import run_pure
 pytestmark = pytest.mark.faults
 
 CUSTOMERS = 10_500
-TOPIC_FIELD = {
-    "cem.touchpoints.web": "web",
-    "cem.touchpoints.callcenter": "callcenter",
-    "cem.touchpoints.booking": "booking",
-    "cem.crm.profiles": "profiles",
-}
 
 
 @dataclass
@@ -56,10 +50,9 @@ def workload() -> Workload:
 
 
 def records(space: Namespace, lines: list[dict[str, Any]]) -> list[Record]:
-    topics = space.settings.kafka.topics
     return [
         Record(
-            getattr(topics, TOPIC_FIELD[line["topic"]]),
+            configured_topic(space.settings, line["topic"]),
             None if line["key"] is None else str(line["key"]).encode(),
             encode_value(line["value"]),
         )
