@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -11,8 +15,10 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
+from kafka.conn import BrokerConnection
 from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
 
+from pipeline import kafka_config
 from pipeline.settings import Settings, Topics
 
 DEFAULT_TOPICS = Topics()
@@ -22,18 +28,79 @@ class KafkaUnavailable(Exception):
     pass
 
 
-def _servers(settings: Settings) -> list[str]:
-    return [h.strip() for h in settings.kafka.bootstrap_servers.split(",")]
-
-
 def admin_client(settings: Settings) -> KafkaAdminClient:
+    with _explained(settings):
+        return KafkaAdminClient(**kafka_config.kafka_python(settings.kafka), request_timeout_ms=10_000)
+
+
+def consumer(settings: Settings, **kwargs: Any) -> KafkaConsumer:
+    with _explained(settings):
+        return KafkaConsumer(**kafka_config.kafka_python(settings.kafka), enable_auto_commit=False, **kwargs)
+
+
+@contextlib.contextmanager
+def _explained(settings: Settings) -> Iterator[None]:
+    """Turn a failure to connect into one sentence that says what to check."""
     try:
-        return KafkaAdminClient(bootstrap_servers=_servers(settings), request_timeout_ms=10_000)
-    except NoBrokersAvailable as e:
-        raise KafkaUnavailable(
-            f"no Kafka broker answers at {settings.kafka.bootstrap_servers} "
-            "(start one with `make up`, or set kafka.bootstrap_servers)"
-        ) from e
+        yield
+    except (KafkaError, NoBrokersAvailable, ssl.SSLError) as e:
+        raise KafkaUnavailable(diagnose(settings) or f"Kafka at {settings.kafka.bootstrap_servers}: {e}") from e
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def diagnose(settings: Settings, timeout_s: float = 10.0) -> str | None:
+    """Why the first bootstrap broker refuses us, in words; None if it accepts us.
+
+    Connects the way every client will (TCP, then TLS, then SASL). kafka-python reports the
+    reason for a failed handshake only in its log, so the log is where we read it from.
+    """
+    k = settings.kafka
+    host, _, port = kafka_config.servers(k)[0].rpartition(":")
+    cfg = kafka_config.kafka_python(k)
+    cfg.pop("bootstrap_servers")
+    capture = _Capture()
+    conn_log = logging.getLogger("kafka.conn")
+    conn_log.addHandler(capture)
+    try:
+        conn = BrokerConnection(host, int(port), socket.AF_UNSPEC, **cfg)
+        ok = conn.connect_blocking(timeout=timeout_s)
+        conn.close()
+    except ssl.SSLError as e:
+        return (
+            f"Kafka at {k.bootstrap_servers}: TLS handshake failed ({e.reason or e}): "
+            "check kafka.security.ssl_cafile (the CA that signed the broker's certificate) and ssl_check_hostname"
+        )
+    finally:
+        conn_log.removeHandler(capture)
+    if ok:
+        return None
+    said = " ".join(capture.messages)
+    sec = k.security
+    where = f"Kafka at {k.bootstrap_servers}"
+    if "SaslAuthenticationFailed" in said or "Authentication failed" in said:
+        return (
+            f"{where} rejected the credentials of user {sec.username!r} ({sec.sasl_mechanism}): "
+            "check kafka.security.username and kafka.security.password"
+        )
+    if "UnsupportedSaslMechanism" in said:
+        return f"{where} does not offer SASL mechanism {sec.sasl_mechanism}: check kafka.security.sasl_mechanism"
+    if sec.protocol == "PLAINTEXT":
+        return (
+            f"no Kafka broker answers at {k.bootstrap_servers} (start one with `make up`, or set "
+            "kafka.bootstrap_servers; if the broker requires TLS or SASL, set kafka.security)"
+        )
+    return (
+        f"{where} did not accept a {sec.protocol} connection: check kafka.security.protocol "
+        f"against the broker's listener ({said[-300:] or 'no reason given'})"
+    )
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:
@@ -50,6 +117,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(t.by_customer, n, rf),
         NewTopic(t.identity, n, rf, topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}),
         NewTopic(t.alerts, n, rf),
+        # one receipt per erasure request, kept for good (compaction keeps the last per request)
+        NewTopic(t.erasure_receipts, 1, rf, topic_configs={"cleanup.policy": "compact"}),
         # the judge's state changelog, created up front: created by faust on the fly it can race
         # the first state write on a cold broker (the producer has no metadata for it yet)
         NewTopic(f"{settings.worker.app_id}-customers-changelog", n, rf, topic_configs={"cleanup.policy": "compact"}),
@@ -59,8 +128,9 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 
 def create_topics(settings: Settings) -> list[tuple[str, str]]:
     """Create every topic cem uses; existing ones are checked for their partition count."""
-    # the dead-letter topic is not co-partitioned with anything: any count will do
-    checked = {spec.name for spec in topic_specs(settings)} - {settings.kafka.topics.deadletter}
+    # the dead-letter and receipt topics are not co-partitioned with anything: any count will do
+    t = settings.kafka.topics
+    checked = {spec.name for spec in topic_specs(settings)} - {t.deadletter, t.erasure_receipts}
     return ensure_topics(settings, topic_specs(settings), checked)
 
 
@@ -115,20 +185,20 @@ def consumer_lag(settings: Settings, topics: Iterable[str] | None = None) -> Lag
     t = settings.kafka.topics
     names = list(topics or (t.web, t.callcenter, t.booking, t.profiles, t.by_customer))
     admin = admin_client(settings)
-    consumer = KafkaConsumer(bootstrap_servers=_servers(settings), enable_auto_commit=False)
+    cons = consumer(settings)
     try:
         # Sources first, then the internal topic: a source committed means what it sent is on
         # the internal topic, so reading its end offsets afterwards cannot miss it.
         committed = admin.list_consumer_group_offsets(settings.worker.app_id)
         lag: dict[str, int] = {}
         for name in names:
-            parts = consumer.partitions_for_topic(name) or set()
+            parts = cons.partitions_for_topic(name) or set()
             tps = [TopicPartition(name, p) for p in parts]
-            ends = consumer.end_offsets(tps) if tps else {}
+            ends = cons.end_offsets(tps) if tps else {}
             lag[name] = sum(max(0, end - (committed[tp].offset if tp in committed else 0)) for tp, end in ends.items())
         return Lag(lag)
     finally:
-        consumer.close()
+        cons.close()
         admin.close()
 
 
@@ -161,31 +231,31 @@ def wait_until_processed(
 
 def read_to_end(settings: Settings, topic: str, timeout_s: float = 60) -> list[Any]:
     """Every record of a topic (all partitions) up to its end offsets at call time."""
-    consumer = KafkaConsumer(bootstrap_servers=_servers(settings), enable_auto_commit=False)
+    reader = consumer(settings)
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
         if not tps:
             return []
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
+        reader.assign(tps)
+        reader.seek_to_beginning(*tps)
+        ends = reader.end_offsets(tps)
         out: list[Any] = []
         deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
+        while any(reader.position(tp) < ends[tp] for tp in tps):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"could not read {topic} to its end in {timeout_s:.0f}s")
-            for records in consumer.poll(timeout_ms=500).values():
+            for records in reader.poll(timeout_ms=500).values():
                 out.extend(records)
         return out
     finally:
-        consumer.close()
+        reader.close()
 
 
 def producer(settings: Settings) -> KafkaProducer:
-    try:
-        return KafkaProducer(bootstrap_servers=_servers(settings), acks="all", linger_ms=20, batch_size=256 * 1024)
-    except NoBrokersAvailable as e:
-        raise KafkaUnavailable(f"no Kafka broker answers at {settings.kafka.bootstrap_servers}") from e
+    with _explained(settings):
+        return KafkaProducer(
+            **kafka_config.kafka_python(settings.kafka), acks="all", linger_ms=20, batch_size=256 * 1024
+        )
 
 
 @dataclass(frozen=True)
@@ -242,3 +312,10 @@ def is_reachable(settings: Settings) -> bool:
         return True
     except (KafkaUnavailable, KafkaError):
         return False
+
+
+def preflight(settings: Settings) -> None:
+    """Fail fast, with the reason, when the broker will not accept us (`cem worker` start)."""
+    problem = diagnose(settings)
+    if problem:
+        raise KafkaUnavailable(problem)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,19 +26,22 @@ import orjson
 from faust.types import EventT
 from pydantic import ValidationError
 
+from pipeline import kafka_config
 from pipeline.decode import Rejected, decode_profile, decode_touchpoint
 from pipeline.identity_index import IdentityIndex
 from pipeline.settings import Settings
 from pipeline.stats import Stats
-from processors.identity import profile_fingerprints, resolve
+from processors.identity import fingerprint, profile_fingerprints, resolve
 from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import Touch
 from processors.normalize import to_micros, to_touch
+from schemas.erasure import ErasureReceipt, Removed
 from schemas.internal import ENVELOPE, EraseEnvelope, ProfileEnvelope, TouchEnvelope
 from schemas.profile import ProfileSnapshot
 from schemas.touchpoints import Channel
 from sinks.alerts import to_alert
 from sinks.clickhouse.client import connect
+from sinks.clickhouse.erasure import delete_customer, find_receipt, insert_receipt
 from sinks.clickhouse.writer import ClickHouseSink, alert_row, now_utc, timeline_row
 
 log = logging.getLogger("cem.pipeline")
@@ -59,7 +63,8 @@ class Pipeline:
         t = s.kafka.topics
         self.app = app = faust.App(
             s.worker.app_id,
-            broker=[f"kafka://{h.strip()}" for h in s.kafka.bootstrap_servers.split(",")],
+            broker=[f"kafka://{h}" for h in kafka_config.servers(s.kafka)],
+            broker_credentials=kafka_config.faust_credentials(s.kafka),
             store="memory://",
             topic_partitions=s.kafka.partitions,
             topic_replication_factor=s.kafka.replication_factor,
@@ -81,8 +86,9 @@ class Pipeline:
         self.by_customer = app.topic(t.by_customer, partitions=s.kafka.partitions, **RAW)
         self.alerts_topic = app.topic(t.alerts, **RAW)
         self.deadletter = app.topic(t.deadletter, **RAW)
+        self.receipts_topic = app.topic(t.erasure_receipts, **RAW)
         self.identity_topic = app.topic(t.identity, **RAW)
-        self.index = IdentityIndex(s.kafka.bootstrap_servers, t.identity)
+        self.index = IdentityIndex(kafka_config.aiokafka(s.kafka), t.identity)
         app.task(self.index.follow)
         # use_partitioner: changelog partitions follow the producer's partitioner on the key,
         # the same one that placed the key on cem.internal.by-customer.
@@ -176,7 +182,7 @@ class Pipeline:
                         fingerprints=profile_fingerprints(ids.email, ids.phone, ids.loyalty_id, self.settings.secret),
                     )
                 else:
-                    env = EraseEnvelope(customer_id=result)
+                    env = _erase_request(event, result)
                 await self.by_customer.send(key=env.customer_id.encode(), value=orjson.dumps(env.model_dump()))
             except Exception as e:
                 log.exception("ingest_profiles failed at %s", _where(event))
@@ -191,14 +197,12 @@ class Pipeline:
             await self._judge_batch(events)
 
     async def _judge_batch(self, events: list[EventT[bytes]]) -> None:
-        """Judge a batch; write ClickHouse; then alerts and state. Offsets are acked after return."""
+        """Judge a batch; write ClickHouse; then alerts and state. Offsets are acked after return.
+        An erasure splits the batch: what came before it is written first, so its deletion
+        covers it, and what comes after it is not deleted."""
         now = now_utc()
         now_us = to_micros(now)
-        states: dict[str, CustomerState | None] = {}  # None: erased in this batch
-        index: dict[str, str | None] = {}  # identity index changes: fingerprint -> customer | removed
-        timeline: list[tuple[Any, ...]] = []
-        alert_rows: list[tuple[Any, ...]] = []
-        alert_msgs: list[tuple[bytes, bytes]] = []
+        out = _Pending()
         for event in events:
             m = event.message
             try:
@@ -208,39 +212,97 @@ class Pipeline:
                 continue
             try:
                 cid = env.customer_id
-                state = self._state(states, cid)
+                if isinstance(env, EraseEnvelope):
+                    had_state, entries = self._forget(out, cid)
+                    await self._flush(out)
+                    await self._retrying("erasure", self._erase, env, had_state, entries)
+                    out = _Pending()
+                    continue
+                state = self._state(out.states, cid)
                 if isinstance(env, ProfileEnvelope):
                     old = set(state.profile.fingerprints) if state.profile else set()
                     profile = Profile(env.version, env.loyalty_tier, tuple(env.known_fields), tuple(env.fingerprints))
                     state, accepted = apply_profile(state, profile)
+                    out.states[cid] = state
                     self.stats.profiles["held" if accepted else "ignored_older"] += 1
                     if accepted:
-                        index.update({fp: None for fp in old - set(env.fingerprints)})
-                        index.update({fp: cid for fp in env.fingerprints})
-                elif isinstance(env, EraseEnvelope):
-                    if state.profile:
-                        index.update({fp: None for fp in state.profile.fingerprints})
-                    states[cid] = None
-                    self.stats.profiles["erased"] += 1
+                        out.index.update({fp: None for fp in old - set(env.fingerprints)})
+                        out.index.update({fp: cid for fp in env.fingerprints})
                 else:
                     touch = Touch.from_dict(env.touch)
                     state, verdict = judge(state, touch, self.rules, now_us)
+                    out.states[cid] = state
                     self.stats.counters["touchpoints_judged"] += 1
                     if verdict.duplicate:
                         self.stats.counters["duplicates"] += 1
                     if verdict.late:
                         self.stats.counters["late_events"] += 1
-                    timeline.extend(timeline_row(r, now) for r in verdict.rows)
+                    out.timeline.extend(timeline_row(r, now) for r in verdict.rows)
                     self.stats.counters["row_rewrites"] += sum(1 for r in verdict.rows if r.revision > 1)
                     for a in verdict.alerts:
-                        alert_rows.append(alert_row(a, (touch.topic, touch.partition, touch.offset), now))
-                        alert_msgs.append((cid.encode(), to_alert(a).model_dump_json().encode()))
+                        out.alert_rows.append(alert_row(a, (touch.topic, touch.partition, touch.offset), now))
+                        out.alert_msgs.append((cid.encode(), to_alert(a).model_dump_json().encode()))
                         self.stats.alerts[f"{a.body['kind']}:{a.status}"] += 1
             except Exception as e:
                 log.exception("judge failed at %s", _where(event))
                 await self.dead_letter(event, Rejected("processing_error", "", repr(e)[:500]))
-        await self._write_clickhouse(timeline, alert_rows)
-        await self._retrying("publish alerts and state", self._publish, alert_msgs, states, index)
+        await self._flush(out)
+
+    async def _flush(self, out: _Pending) -> None:
+        await self._write_clickhouse(out.timeline, out.alert_rows)
+        await self._retrying("publish alerts and state", self._publish, out.alert_msgs, out.states, out.index)
+
+    # ------------------------------------------------------------------ erasure
+    def _forget(self, out: _Pending, cid: str) -> tuple[bool, int]:
+        """Drop the customer's state and every identity entry that points to them (those
+        from the CRM profile and those learned from logins). Returns what there was."""
+        had_state = out.states.get(cid) is not None or (
+            cid not in out.states and self.customers.get(cid.encode()) is not None
+        )
+        out.states[cid] = None
+        owned = {fp for fp, owner in self.index.data.items() if owner == cid}
+        owned |= {fp for fp, owner in out.index.items() if owner == cid}
+        out.index.update(dict.fromkeys(owned))
+        self.stats.profiles["erased"] += 1
+        return had_state, len(owned)
+
+    async def _erase(self, env: EraseEnvelope, had_state: bool, identity_entries: int) -> None:
+        """Delete the customer's rows in ClickHouse, wait until they are gone, then record and
+        publish the receipt. Idempotent: a request seen again keeps its first receipt."""
+        cfg, secret = self.settings.clickhouse, self.settings.secret
+
+        def run() -> ErasureReceipt:
+            client = connect(cfg.as_role("eraser"))
+            try:
+                before = delete_customer(client, cfg.database, env.customer_id)
+                receipt = find_receipt(client, cfg.database, env.request_id)
+                if receipt is None:
+                    receipt = ErasureReceipt(
+                        request_id=env.request_id,
+                        subject=fingerprint("customer_id", env.customer_id, secret),
+                        requested_by=env.requested_by,
+                        requested_at=datetime.fromisoformat(env.requested_at),
+                        completed_at=datetime.now(UTC),
+                        removed=Removed(
+                            customer_state=int(had_state),
+                            identity_entries=identity_entries,
+                            timeline_rows=before["timeline_versions"],
+                            alert_rows=before["friction_alert_versions"],
+                        ),
+                        verified=True,
+                    )
+                    insert_receipt(client, cfg.database, receipt)
+                return receipt
+            finally:
+                client.disconnect()
+
+        receipt = await asyncio.to_thread(run)
+        sent = await self.receipts_topic.send(
+            key=env.request_id.encode(), value=receipt.model_dump_json().encode(), force=True
+        )
+        await sent
+        self.stats.counters["erasures_completed"] += 1
+        log.info("erasure %s done: %s", env.request_id, receipt.removed.model_dump())
 
     async def _publish(
         self,
@@ -375,6 +437,37 @@ class Pipeline:
         ]
         log.info("dead-letter %s: %s", _where(event), why.describe())
         await self.deadletter.send(key=m.key, value=m.value, headers=headers)
+
+
+@dataclass
+class _Pending:
+    """What a (part of a) batch will write: rows, alerts, changed states, identity changes."""
+
+    states: dict[str, CustomerState | None] = field(default_factory=dict)  # None: erased
+    index: dict[str, str | None] = field(default_factory=dict)  # fingerprint -> customer | removed
+    timeline: list[tuple[Any, ...]] = field(default_factory=list)
+    alert_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    alert_msgs: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+def _erase_request(event: EventT[bytes], customer_id: str) -> EraseEnvelope:
+    """A tombstone on the CRM topic: who asked comes from its headers (`cem erase` sets them);
+    a CRM's own tombstone is attributed to "crm" and identified by its position."""
+    m = event.message
+    pairs: Any = m.headers.items() if isinstance(m.headers, dict) else m.headers or []
+    headers: dict[str, bytes] = dict(pairs)
+
+    def header(name: str) -> str | None:
+        v = headers.get(name)
+        return v.decode("utf-8", "replace") if v else None
+
+    at = datetime.fromtimestamp(m.timestamp, UTC) if m.timestamp else datetime.now(UTC)
+    return EraseEnvelope(
+        customer_id=customer_id,
+        request_id=header("cem.erasure.request_id") or f"{m.topic}:{m.partition}:{m.offset}",
+        requested_by=header("cem.erasure.requested_by") or "crm",
+        requested_at=at.isoformat(),
+    )
 
 
 def _where(event: EventT[bytes]) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
@@ -27,6 +28,8 @@ app.add_typer(alerts_app, name="alerts")
 app.add_typer(config_app, name="config")
 app.add_typer(kit_app, name="kit")
 app.add_typer(dlq_app, name="dlq")
+clickhouse_app = typer.Typer(help="ClickHouse users and access.", no_args_is_help=True)
+app.add_typer(clickhouse_app, name="clickhouse")
 # Logs and CI are not terminals: give tables room instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True)
@@ -64,7 +67,7 @@ def migrate(status: Annotated[bool, typer.Option("--status", help="List migratio
     from sinks.clickhouse.migrate import migrate as run
 
     s = settings()
-    client = connect(s.clickhouse)
+    client = connect(s.clickhouse.as_role("admin"), "default")
     db = s.clickhouse.database
     if status:
         done = applied(client, db)
@@ -87,6 +90,88 @@ def migrate(status: Annotated[bool, typer.Option("--status", help="List migratio
         need = ".".join(map(str, m.requires))
         console.print(f"skipped {m.version:04d}_{m.name}: needs ClickHouse >= {need} (applied once the server is)")
     console.print(f"retention: {out.retention}")
+
+
+@app.command()
+def erase(
+    customer_id: Annotated[str, typer.Argument(help="The CRM customer id to forget.")],
+    by: Annotated[str | None, typer.Option(help="Who asks (recorded in the receipt); default user@host.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the receipt.")] = 300.0,
+) -> None:
+    """Erase a customer everywhere (stream state, identity index, ClickHouse) and print the receipt."""
+    from pipeline.erase import default_requester, request_erasure
+
+    s = settings()
+    try:
+        receipt = request_erasure(s, customer_id, by or default_requester(), timeout)
+    except TimeoutError as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+    r = receipt.removed
+    console.print(f"erased customer {customer_id} (request {receipt.request_id}, subject {receipt.subject})")
+    console.print(f"  requested by {receipt.requested_by} at {receipt.requested_at:%Y-%m-%d %H:%M:%S} UTC")
+    console.print(f"  completed at {receipt.completed_at:%Y-%m-%d %H:%M:%S} UTC, verified: {receipt.verified}")
+    console.print(
+        f"  removed: stream state {r.customer_state}, identity entries {r.identity_entries}, "
+        f"timeline rows {r.timeline_rows}, alert rows {r.alert_rows}"
+    )
+    print(receipt.model_dump_json())
+
+
+@clickhouse_app.command("users")
+def clickhouse_users(
+    xml_dir: Annotated[
+        Path | None,
+        typer.Option(help="ClickHouse < 20.5: the server's users.d directory; cem-users.xml is written there."),
+    ] = None,
+    show: Annotated[
+        str | None, typer.Option("--print", help="Print the users as 'xml' or 'sql'; change nothing.")
+    ] = None,
+    network: Annotated[list[str] | None, typer.Option(help="Addresses the users may connect from.")] = None,
+) -> None:
+    """Create the writer, eraser and analyst users, each limited to cem's database."""
+    from sinks.clickhouse.client import check_credentials, connect
+    from sinks.clickhouse.migrate import server_version
+    from sinks.clickhouse.users import SQL_USERS_SINCE, UsersError, users_from, users_sql, users_xml
+
+    s = settings()
+    ch, db, nets = s.clickhouse, s.clickhouse.database, network or ["127.0.0.1", "::1"]
+    try:
+        users = users_from(ch)
+    except UsersError as e:
+        err.print(f"[red]config error[/]: {e}")
+        raise typer.Exit(2) from None
+    if show is not None:
+        print(users_xml(users, db, nets) if show == "xml" else ";\n".join(users_sql(users, db, nets)) + ";")
+        return
+    admin = connect(ch.as_role("admin"), "default")
+    version = server_version(admin)
+    if version >= SQL_USERS_SINCE:
+        for stmt in users_sql(users, db, nets):
+            admin.execute(stmt)
+    elif xml_dir is None:
+        err.print(
+            f"[red]ClickHouse {'.'.join(map(str, version))} keeps users in its config files[/]: pass --xml-dir "
+            "with the users.d directory next to the server's users.xml (or --print xml)"
+        )
+        raise typer.Exit(2)
+    else:
+        xml_dir.mkdir(parents=True, exist_ok=True)
+        target = xml_dir / "cem-users.xml"
+        target.write_text(users_xml(users, db, nets))
+        target.chmod(0o640)
+        console.print(f"wrote {target}; waiting for the server to load it")
+    deadline = time.monotonic() + 30
+    for u in users:
+        while True:  # 18.16 reloads its users config every few seconds
+            try:
+                check_credentials(ch.model_copy(update={"user": u.name, "password": SecretStr(u.password)}))
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        console.print(f"  {u.role:8} {u.name}: can log in")
 
 
 @dlq_app.command("list")
@@ -163,7 +248,7 @@ def kit_run(
     if show_sql:
         print(qs[name].render(**params))
         return
-    columns, rows = kit.run(connect(s.clickhouse), qs[name], **params)
+    columns, rows = kit.run(connect(s.clickhouse.as_role("analyst")), qs[name], **params)
     table = Table(title=qs[name].question, title_justify="left")
     for col in columns:
         table.add_column(col)
@@ -183,7 +268,9 @@ def report(
     from sinks.report.build import build_report
 
     s = settings()
-    result = build_report(connect(s.clickhouse), s.clickhouse.database, s.rules.repeat_contact.window_days)
+    result = build_report(
+        connect(s.clickhouse.as_role("analyst")), s.clickhouse.database, s.rules.repeat_contact.window_days
+    )
     out.write_text(result.html)
     console.print(f"wrote {out} ({result.charts} charts, {len(result.html) // 1024} KiB)")
 
@@ -198,13 +285,21 @@ def worker(
 
     import faust
 
+    from pipeline.admin import preflight
     from pipeline.app import Pipeline
+    from sinks.clickhouse.client import check_credentials
 
     if web_port is not None:
         os.environ["CEM_WORKER__WEB_PORT"] = str(web_port)
     # the lag probe reconnects every few seconds; its connection chatter is not news
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    pipeline = Pipeline(settings())
+    s = settings()
+    # Wrong credentials never heal: say so now rather than retry forever. (An unreachable
+    # ClickHouse is different: the worker holds back and retries until it returns.)
+    preflight(s)
+    check_credentials(s.clickhouse)
+    check_credentials(s.clickhouse.as_role("eraser"))
+    pipeline = Pipeline(s)
     faust.Worker(pipeline.app, loglevel=loglevel).execute_from_commandline()
 
 
@@ -246,7 +341,7 @@ def timeline(customer_id: str, limit: Annotated[int, typer.Option(help="Rows at 
     from sinks.clickhouse.client import connect
 
     s = settings()
-    rows = connect(s.clickhouse).execute(
+    rows = connect(s.clickhouse.as_role("analyst")).execute(
         f"SELECT occurred_at, channel, type, matter, place, agent_id, fields, friction, reentered_fields, "
         f"resolved_by, event_id FROM {s.clickhouse.database}.timeline WHERE customer_id = %(c)s "
         "ORDER BY occurred_at, channel, event_id LIMIT %(n)s",
@@ -287,7 +382,7 @@ def alerts_tail(
     idle_timeout: Annotated[float, typer.Option(help="Stop after this many seconds without alerts (0: never).")] = 0,
 ) -> None:
     """Follow friction alerts as they are published, filtered."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
     from pydantic import ValidationError
 
     from schemas.alert import FrictionAlert
@@ -300,7 +395,9 @@ def alerts_tail(
         err.print(f"[red]bad filter[/]: {e.errors(include_url=False)[0]['loc'][0]}: {e.errors()[0]['msg']}")
         raise typer.Exit(2) from None
     topic = s.kafka.topics.alerts
-    consumer = KafkaConsumer(bootstrap_servers=s.kafka.bootstrap_servers.split(","), enable_auto_commit=False)
+    from pipeline.admin import consumer as kafka_consumer
+
+    consumer = kafka_consumer(s)
     tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
     consumer.assign(tps)
     (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*tps)
@@ -411,8 +508,15 @@ def demo(
 
 
 def main() -> None:
+    from pipeline.admin import KafkaUnavailable
+    from sinks.clickhouse.client import ClickHouseUnavailable
+
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    app()
+    try:
+        app()
+    except (KafkaUnavailable, ClickHouseUnavailable) as e:  # a sentence, not a traceback
+        err.print(f"[red]error[/]: {e}")
+        sys.exit(3)
 
 
 if __name__ == "__main__":  # pragma: no cover

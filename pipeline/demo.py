@@ -88,7 +88,7 @@ def run_demo(settings: Settings, story: Path, customers: int, console: Console) 
     console.print("[bold]1.[/] Kafka topics and ClickHouse tables")
     create_topics(settings)
     db = settings.clickhouse.database
-    ch = connect(settings.clickhouse)
+    ch = connect(settings.clickhouse.as_role("admin"), "default")
     migrate(ch, db, settings.clickhouse.retention_days)
     console.print("[bold]2.[/] Starting a stream worker")
     log_path = Path(".local/logs/demo-worker.log")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -18,8 +19,8 @@ log = logging.getLogger("cem.identity")
 
 
 class IdentityIndex:
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, client_config: dict[str, Any], topic: str) -> None:
+        self.client_config = client_config  # pipeline.kafka_config.aiokafka()
         self.topic = topic
         self.data: dict[str, str] = {}
         self.loaded = asyncio.Event()  # the topic was read up to its end offsets at start-up
@@ -36,7 +37,7 @@ class IdentityIndex:
 
     async def follow(self) -> None:
         """Load the whole topic, then follow it for as long as the worker runs."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**self.client_config, enable_auto_commit=False)
         await consumer.start()
         try:
             parts: set[int] = set()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from processors.model import ReEntryRules, RepeatContactRules, Rules
@@ -43,6 +43,7 @@ class Topics(_Section):
     profiles: str = "cem.crm.profiles"
     alerts: str = "cem.friction.alerts"
     deadletter: str = "cem.deadletter"
+    erasure_receipts: str = "cem.erasure.receipts"
     # internal: touchpoints and profile updates re-keyed by customer (see docs/architecture.md)
     by_customer: str = "cem.internal.by-customer"
     # internal: identifier fingerprint -> customer id, compacted, read in full by every worker
@@ -52,8 +53,42 @@ class Topics(_Section):
         return {self.web: "web", self.callcenter: "call_center", self.booking: "booking"}.get(topic)
 
 
+class KafkaSecurity(_Section):
+    """How every client cem runs (worker, producers, admin, alert delivery) talks to Kafka."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    ssl_cafile: Path | None = Field(None, description="CA bundle (PEM) that signed the broker's certificate")
+    ssl_certfile: Path | None = Field(None, description="client certificate (PEM), for mutual TLS only")
+    ssl_keyfile: Path | None = Field(None, description="client private key (PEM), for mutual TLS only")
+    ssl_check_hostname: bool = True
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol.endswith("SSL")
+
+    @model_validator(mode="after")
+    def _complete(self) -> KafkaSecurity:
+        if self.sasl and not (self.username and self.password.get_secret_value()):
+            raise ValueError(f"{self.protocol} needs username and password")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (mutual TLS)")
+        return self
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:19092"
+    security: KafkaSecurity = KafkaSecurity()
     partitions: int = Field(8, ge=1, le=1024, description="partitions of every topic cem creates")
     replication_factor: int = Field(1, ge=1)
     topics: Topics = Topics()
@@ -64,13 +99,35 @@ class ClickHouseSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(19000, ge=1, le=65535)
     database: str = Field("cem", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # The worker's user: inserts rows, nothing else (`cem clickhouse users` creates it).
     user: str = "default"
     password: SecretStr = SecretStr("")
+    # Deletes an erased customer's rows (ALTER ... DELETE); empty: the worker's user.
+    eraser_user: str = ""
+    eraser_password: SecretStr = SecretStr("")
+    # Runs migrations and creates the users; empty: the worker's user.
+    admin_user: str = ""
+    admin_password: SecretStr = SecretStr("")
+    # Reads only (`cem kit`, `cem report`, `cem timeline`); empty: the worker's user.
+    analyst_user: str = ""
+    analyst_password: SecretStr = SecretStr("")
     connect_timeout_s: float = Field(5.0, gt=0)
     send_receive_timeout_s: float = Field(60.0, gt=0)
     # 0 keeps rows forever; otherwise timeline and alert rows expire this long after
     # occurred_at (needs ClickHouse >= 20.1: `cem migrate` reports it when the server is older)
     retention_days: int = Field(0, ge=0, le=36500)
+
+    def as_role(self, role: Literal["writer", "eraser", "admin", "analyst"]) -> ClickHouseSettings:
+        """These settings with the credentials of one role (falling back to the writer's)."""
+        user, password = {
+            "writer": (self.user, self.password),
+            "eraser": (self.eraser_user, self.eraser_password),
+            "admin": (self.admin_user, self.admin_password),
+            "analyst": (self.analyst_user, self.analyst_password),
+        }[role]
+        if not user:
+            return self
+        return self.model_copy(update={"user": user, "password": password})
 
 
 class WorkerSettings(_Section):
@@ -191,10 +248,10 @@ def describe_errors(e: ValidationError, title: str = "invalid configuration") ->
     for err in e.errors(include_url=False):
         name, msg = ".".join(str(p) for p in err["loc"]), err["msg"]
         got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
-        if not name and msg.startswith("Value error, "):
-            # whole-model validators word their errors "<key>: <why>"
-            name, _, msg = msg.removeprefix("Value error, ").partition(": ")
-            got = ""
+        if msg.startswith("Value error, "):
+            msg, got = msg.removeprefix("Value error, "), ""
+            if not name:  # validators of the whole settings word their errors "<key>: <why>"
+                name, _, msg = msg.partition(": ")
         problems.append(f"  {name}: {msg}{got}")
     return ConfigError(f"{title}:\n" + "\n".join(problems))
 

@@ -31,9 +31,17 @@ def _iso(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
 
+def _phone(customer: str) -> str:
+    return f"+44 7700 9{customer[2:]}"
+
+
 def generate(customers: int = 2000, seed: int = 7, profile_share: float = 0.9) -> Iterator[dict[str, Any]]:
     """Yield profile lines first, then touchpoints in roughly time order."""
     rng = random.Random(seed)
+    # Personal data values that real producers send (phones, passport numbers), drawn from
+    # their own generator so adding them leaves every other choice, and so every result, as is.
+    # The pipeline must drop them or keep only fingerprints (tests/integration/test_privacy.py).
+    pii = random.Random(seed * 7919 + 1)
     ids = [f"G-{i:06d}" for i in range(customers)]
     profiled = {c for c in ids if rng.random() < profile_share}
     for c in ids:
@@ -48,7 +56,7 @@ def generate(customers: int = 2000, seed: int = 7, profile_share: float = 0.9) -
                 "version": 1,
                 "updated_at": "2026-02-01T00:00:00Z",
                 "loyalty_tier": rng.choice(TIERS),
-                "identifiers": {"email": f"{c.lower()}@example.org", "loyalty_id": f"LY{c[2:]}"},
+                "identifiers": {"email": f"{c.lower()}@example.org", "loyalty_id": f"LY{c[2:]}", "phone": _phone(c)},
                 "known_fields": known,
             },
         }
@@ -84,7 +92,7 @@ def generate(customers: int = 2000, seed: int = 7, profile_share: float = 0.9) -
                     add("call_center", t, {"type": rng.choice(("call", "chat")), "reason": matter,
                                            "agent_id": f"A-{rng.randint(1, 40)}", "queue": rng.choice(QUEUES),
                                            "duration_s": rng.randint(60, 900), "outcome": "unresolved",
-                                           "customer_id": c})  # fmt: skip
+                                           "customer_id": c, "identifiers": {"phone": _phone(c)}})  # fmt: skip
         elif roll < 0.35:  # a transfer: two legs of one contact, not a repeat
             matter = rng.choice(MATTERS)
             t += timedelta(hours=rng.randint(1, 30))
@@ -103,7 +111,10 @@ def generate(customers: int = 2000, seed: int = 7, profile_share: float = 0.9) -
                                    "fields": fields, **who})  # fmt: skip
                 else:
                     add("booking", t, {"type": "passenger_details", "step": rng.choice(STEPS), "fields": fields,
-                                       "booking_ref": f"B{n:06d}", **who})  # fmt: skip
+                                       "booking_ref": f"B{n:06d}", **who,
+                                       # an extra the contract does not know: values a producer should not send
+                                       "passenger": {"passport_number": f"X{pii.randint(10**7, 10**8 - 1)}",
+                                                     "phone": _phone(c)}})  # fmt: skip
     events.sort(key=lambda e: e[0])
     for _, line in events:
         yield line

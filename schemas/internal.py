@@ -31,8 +31,13 @@ class ProfileEnvelope(_Strict):
 
 
 class EraseEnvelope(_Strict):
+    """A CRM tombstone or `cem erase`: forget the customer everywhere, then write a receipt."""
+
     kind: Literal["erase"] = "erase"
     customer_id: str
+    request_id: str  # `cem erase` sets it (header cem.erasure.request_id); else topic:partition:offset
+    requested_by: str  # header cem.erasure.requested_by; "crm" for a plain tombstone
+    requested_at: str  # ISO 8601, UTC
 
 
 Envelope = Annotated[TouchEnvelope | ProfileEnvelope | EraseEnvelope, Field(discriminator="kind")]

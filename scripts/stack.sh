@@ -11,6 +11,13 @@
 # Ports and the data directory come from the environment so tests can run their own stack:
 #   CEM_STACK_DIR (.local/stack)  CEM_KAFKA_PORT (19092)  CEM_KAFKA_CONTROLLER_PORT (19093)
 #   CEM_CLICKHOUSE_PORT (19000)   CEM_CLICKHOUSE_HTTP_PORT (18123)  CEM_KAFKA_VERSION (4.0.1)
+#
+# A broker that only speaks SASL_SSL (SCRAM-SHA-512 over TLS), as production should:
+#   CEM_KAFKA_TLS_DIR     directory with ca.pem, broker.pem (certificate chain) and broker.key
+#                         (unencrypted PKCS#8); the certificate must name 127.0.0.1
+#   CEM_KAFKA_SCRAM_USERS "admin:secret cem:secret2": SCRAM users created when the storage is
+#                         formatted; the first one is the broker's own (inter-broker) user
+# The readiness check then connects with CEM_KAFKA__SECURITY__* (see config/cem.yaml).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,11 +58,13 @@ ch_pid() { cat "$STACK_DIR/clickhouse.pid" 2>/dev/null || true; }
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
 kafka_ready() {
-  # A metadata request through a real client: the port being open is not enough.
-  "$ROOT/.venv/bin/python" - "$KAFKA_PORT" <<'PY' 2>/dev/null
-import sys
+  # A metadata request through a real client (with cem's own security settings when the
+  # broker is secured): the port being open is not enough.
+  CEM_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT" "$ROOT/.venv/bin/python" - <<'PY' 2>/dev/null
 from kafka import KafkaAdminClient
-c = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{sys.argv[1]}", request_timeout_ms=3000)
+from pipeline import kafka_config
+from pipeline.settings import load_settings
+c = KafkaAdminClient(**kafka_config.kafka_python(load_settings().kafka), request_timeout_ms=3000)
 c.list_topics(); c.close()
 PY
 }
@@ -64,15 +73,17 @@ ch_ready() { curl -fsS "http://127.0.0.1:$CH_HTTP_PORT/ping" >/dev/null 2>&1; }
 start_kafka() {
   if alive "$(kafka_pid)"; then log "kafka already running (pid $(kafka_pid)) on 127.0.0.1:$KAFKA_PORT"; return; fi
   local dir="$STACK_DIR/kafka"; mkdir -p "$dir/data"
+  local listener=PLAINTEXT scram_args=()
+  if [ -n "${CEM_KAFKA_TLS_DIR:-}" ]; then listener=SASL_SSL; fi
   cat > "$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=$listener://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=$listener://127.0.0.1:$KAFKA_PORT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=$listener:$listener,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=$listener
 log.dirs=$dir/data
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -87,9 +98,26 @@ log.retention.hours=-1
 log.segment.bytes=67108864
 log.cleaner.dedupe.buffer.size=16777216
 PROPS
+  if [ "$listener" = SASL_SSL ]; then
+    [ -n "${CEM_KAFKA_SCRAM_USERS:-}" ] || die "CEM_KAFKA_TLS_DIR needs CEM_KAFKA_SCRAM_USERS"
+    local first="${CEM_KAFKA_SCRAM_USERS%% *}" pair
+    # a PEM key store is one file: the private key, then the certificate chain
+    cat "$CEM_KAFKA_TLS_DIR/broker.key" "$CEM_KAFKA_TLS_DIR/broker.pem" > "$dir/keystore.pem"; chmod 600 "$dir/keystore.pem"
+    for pair in $CEM_KAFKA_SCRAM_USERS; do scram_args+=(--add-scram "SCRAM-SHA-512=[name=${pair%%:*},password=${pair#*:}]"); done
+    cat >> "$dir/server.properties" <<PROPS
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="${first%%:*}" password="${first#*:}";
+ssl.keystore.type=PEM
+ssl.keystore.location=$dir/keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$CEM_KAFKA_TLS_DIR/ca.pem
+ssl.endpoint.identification.algorithm=https
+PROPS
+  fi
   if [ ! -f "$dir/data/meta.properties" ]; then
     java -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format --standalone -t "$(java -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool random-uuid)" \
-      -c "$dir/server.properties" >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "kafka storage format failed"; }
+      -c "$dir/server.properties" "${scram_args[@]}" >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "kafka storage format failed"; }
   fi
   log "starting kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT"
   nohup java -Xms256m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
@@ -99,7 +127,7 @@ PROPS
 
 start_clickhouse() {
   if alive "$(ch_pid)"; then log "clickhouse already running (pid $(ch_pid)) on 127.0.0.1:$CH_PORT"; return; fi
-  local dir="$STACK_DIR/clickhouse"; mkdir -p "$dir/data" "$dir/tmp" "$dir/log" "$dir/user_files" "$dir/format_schemas"
+  local dir="$STACK_DIR/clickhouse"; mkdir -p "$dir/data" "$dir/tmp" "$dir/log" "$dir/users.d" "$dir/user_files" "$dir/format_schemas"
   cat > "$dir/config.xml" <<XML
 <?xml version="1.0"?>
 <yandex>

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import Counter, Gauge, start_http_server
 from pydantic import ValidationError
 
+from pipeline import kafka_config
 from pipeline.settings import Settings
 from schemas.alert import FrictionAlert
 from sinks.delivery.config import AlertsConfig, KafkaDestination, LogDestination, Route, WebhookDestination
@@ -142,7 +143,7 @@ class DeliveryService:
         await self.ensure_topics()
         loaded = await self.load_ledger()
         log.info("ledger: %d record(s) loaded; %d route(s)", loaded, len(self.config.routes))
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka.bootstrap_servers, acks="all")
+        self._producer = AIOKafkaProducer(**kafka_config.aiokafka(self.settings.kafka), acks="all")
         await self._producer.start()
         self._http = aiohttp.ClientSession()
         for dest_id in self.destinations:
@@ -151,7 +152,7 @@ class DeliveryService:
         workers = [asyncio.create_task(self._worker(dest_id)) for dest_id in self.destinations]
         consumer = AIOKafkaConsumer(
             self.settings.kafka.topics.alerts,
-            bootstrap_servers=self.settings.kafka.bootstrap_servers,
+            **kafka_config.aiokafka(self.settings.kafka),
             group_id=d.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

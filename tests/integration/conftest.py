@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from pipeline.admin import create_topics
-from pipeline.settings import Settings, load_settings
+from pipeline.settings import Settings, Topics, load_settings
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 
@@ -133,16 +133,19 @@ class Namespace:
             return target.wait()
 
 
-@pytest.fixture
-def space(
-    stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
-) -> Iterator[Namespace]:
-    """An isolated namespace (topics, consumer group, database) with topics and tables created."""
+def make_space(
+    stack: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    partitions: int = 4,
+    extra_env: dict[str, str] | None = None,
+) -> Namespace:
+    """Settings for an isolated namespace, with its topics and tables created. `extra_env`
+    overrides (e.g. a secured broker and least-privilege users)."""
     tag = uuid.uuid4().hex[:8]
-    marker = request.node.get_closest_marker("partitions")
     env = {
         "CEM_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{stack['CEM_KAFKA_PORT']}",
-        "CEM_KAFKA__PARTITIONS": str(marker.args[0] if marker else 4),
+        "CEM_KAFKA__PARTITIONS": str(partitions),
         "CEM_CLICKHOUSE__PORT": stack["CEM_CLICKHOUSE_PORT"],
         "CEM_CLICKHOUSE__DATABASE": f"cem_test_{tag}",
         "CEM_WORKER__APP_ID": f"cem-test-{tag}",
@@ -151,14 +154,24 @@ def space(
         "CEM_WORKER__BATCH_WITHIN_S": "0.2",
         "CEM_WORKER__SESSION_TIMEOUT_S": "6",
     }
-    for name in ("web", "callcenter", "booking", "profiles", "alerts", "deadletter", "by_customer", "identity"):
+    for name in Topics.model_fields:
         env[f"CEM_KAFKA__TOPICS__{name.upper()}"] = f"t{tag}.{name}"
+    env.update(extra_env or {})
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = load_settings()
     create_topics(settings)
-    migrate(connect(settings.clickhouse), settings.clickhouse.database)
-    space = Namespace({**os.environ, **env, "PYTHONPATH": str(ROOT)}, settings, tmp_path)
+    migrate(connect(settings.clickhouse.as_role("admin"), "default"), settings.clickhouse.database)
+    return Namespace({**os.environ, **env, "PYTHONPATH": str(ROOT)}, settings, tmp_path)
+
+
+@pytest.fixture
+def space(
+    stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[Namespace]:
+    """An isolated namespace (topics, consumer group, database) with topics and tables created."""
+    marker = request.node.get_closest_marker("partitions")
+    space = make_space(stack, tmp_path, monkeypatch, marker.args[0] if marker else 4)
     try:
         yield space
     finally:

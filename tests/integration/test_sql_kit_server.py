@@ -19,7 +19,7 @@ from tests.kit_dataset import EXPECTED, load, normalize
 @pytest.fixture(scope="module")
 def server(stack: dict[str, str]) -> Iterator[tuple[Any, str]]:
     db = f"cem_kit_{uuid.uuid4().hex[:8]}"
-    client = connect(ClickHouseSettings(port=int(stack["CEM_CLICKHOUSE_PORT"])))
+    client = connect(ClickHouseSettings(port=int(stack["CEM_CLICKHOUSE_PORT"])), "default")
     yield client, db
     client.execute(f"DROP DATABASE IF EXISTS {db}")
 

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from processors.model import Touch
 from schemas.alert import FrictionAlert
+from schemas.erasure import ErasureReceipt
 from schemas.internal import ENVELOPE, TouchEnvelope
 from schemas.profile import ProfileSnapshot
 from schemas.touchpoints import BookingEvent, ContactEvent, WebEvent
@@ -20,6 +21,7 @@ MODELS = {
     "booking": BookingEvent,
     "crm": ProfileSnapshot,
     "friction_alert": FrictionAlert,
+    "erasure_receipt": ErasureReceipt,
 }
 
 

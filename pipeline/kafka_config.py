@@ -1,0 +1,67 @@
+"""Connection settings for every Kafka client cem runs, from one place (`kafka.security`).
+
+Three client libraries spell the same settings three ways: kafka-python (admin, CLI
+producers and readers), aiokafka (identity index, alert delivery) and faust (the worker,
+which hands them on to aiokafka). Each gets its spelling here, so a TLS or SASL setting
+cannot reach one client and miss another.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from faust.auth import SASLCredentials, SSLCredentials
+from faust.types.auth import CredentialsT
+
+from pipeline.settings import KafkaSettings
+
+
+def servers(k: KafkaSettings) -> list[str]:
+    return [h.strip() for h in k.bootstrap_servers.split(",")]
+
+
+def ssl_context(k: KafkaSettings) -> ssl.SSLContext | None:
+    sec = k.security
+    if not sec.tls:
+        return None
+    ctx = ssl.create_default_context(cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None)
+    ctx.check_hostname = sec.ssl_check_hostname
+    if sec.ssl_certfile and sec.ssl_keyfile:
+        ctx.load_cert_chain(str(sec.ssl_certfile), str(sec.ssl_keyfile))
+    return ctx
+
+
+def kafka_python(k: KafkaSettings) -> dict[str, Any]:
+    """Keyword arguments for kafka-python's KafkaAdminClient, KafkaConsumer and KafkaProducer."""
+    sec = k.security
+    out: dict[str, Any] = {"bootstrap_servers": servers(k), "security_protocol": sec.protocol}
+    if sec.tls:
+        out["ssl_context"] = ssl_context(k)
+    if sec.sasl:
+        out |= {
+            "sasl_mechanism": sec.sasl_mechanism,
+            "sasl_plain_username": sec.username,
+            "sasl_plain_password": sec.password.get_secret_value(),
+        }
+    return out
+
+
+def aiokafka(k: KafkaSettings) -> dict[str, Any]:
+    """Keyword arguments for aiokafka's AIOKafkaConsumer and AIOKafkaProducer."""
+    return kafka_python(k) | {"bootstrap_servers": k.bootstrap_servers}
+
+
+def faust_credentials(k: KafkaSettings) -> CredentialsT | None:
+    """faust's `broker_credentials`: faust passes them to every consumer and producer it makes."""
+    sec = k.security
+    if sec.sasl:
+        return SASLCredentials(
+            username=sec.username,
+            password=sec.password.get_secret_value(),
+            ssl_context=ssl_context(k),
+            mechanism=sec.sasl_mechanism,
+        )
+    if sec.tls:
+        return SSLCredentials(ssl_context(k))
+    return None

@@ -1,0 +1,30 @@
+"""Erasure receipt: topic `cem.erasure.receipts` (keyed by request_id) and table
+`cem.erasure_receipts`. Counts of what was removed, never content; the customer appears
+only as `subject`, the keyed fingerprint of the customer id."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Removed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_state: int = Field(ge=0, le=1, description="the stream state of the customer (0: there was none)")
+    identity_entries: int = Field(ge=0, description="identity index entries that pointed to the customer")
+    timeline_rows: int = Field(ge=0, description="rows deleted from cem.timeline_versions (all revisions)")
+    alert_rows: int = Field(ge=0, description="rows deleted from cem.friction_alert_versions (all revisions)")
+
+
+class ErasureReceipt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    subject: str = Field(description="HMAC fingerprint of the customer id (privacy.fingerprint_secret)")
+    requested_by: str
+    requested_at: datetime
+    completed_at: datetime
+    removed: Removed
+    verified: bool = Field(description="no row of the customer was left in ClickHouse afterwards")
