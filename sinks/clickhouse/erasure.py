@@ -66,7 +66,8 @@ def find_receipt(client: Executor, db: str, request_id: str) -> ErasureReceipt |
         return None
     r = dict(zip(RECEIPT_COLUMNS, rows[0], strict=True))
     for k in ("requested_at", "completed_at"):
-        r[k] = r[k] if r[k].tzinfo else r[k].replace(tzinfo=UTC)
+        t = r[k] if isinstance(r[k], datetime) else datetime.fromisoformat(str(r[k]))
+        r[k] = t if t.tzinfo else t.replace(tzinfo=UTC)
     removed = Removed(**{k: r.pop(k) for k in Removed.model_fields})
     return ErasureReceipt(**r, removed=removed, verified=True)
 
