@@ -62,6 +62,7 @@ class Stats:
             "identity_entries": self.identity_entries,
             "clickhouse_batches": self.batch_count,
             "clickhouse_batch_rows_avg": round(self.batch_rows_sum / self.batch_count, 1) if self.batch_count else 0,
+            "clickhouse_write_seconds": round(self.write_seconds_sum, 3),
             **{name: self.counters[name] for name in _PLAIN},
         }
 

@@ -1,0 +1,445 @@
+"""`make bench` / `make bench-quick`: cem-pipeline measured against a ceiling and a baseline,
+in one run, on the same pre-produced topics, on the local stack (`make up`).
+
+  (a) bare    aiokafka consuming the touchpoints + orjson decoding: the ceiling for Python
+  (b) baseline the straightforward Faust pipeline in bench/baseline.py
+  (c) cem     `cem worker`, until the last timeline row is in ClickHouse
+
+Then, for cem: event -> alert latency at about half its measured rate, ClickHouse rows/s and
+batch sizes, peak memory and memory per 1M active customers, catch-up time after a worker is
+killed (full run only), and precision/recall of the alerts against the injected labels.
+Prints a table and writes JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from rich.console import Console
+from rich.table import Table
+
+from bench.workload import Workload, generate
+from pipeline import kafka_config
+from pipeline.admin import create_topics, producer, read_to_end
+from pipeline.settings import Settings, Topics, load_settings
+from sinks.clickhouse.client import connect
+from sinks.clickhouse.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+console = Console(width=None if sys.stdout.isatty() else 120)
+
+
+@dataclass
+class Scale:
+    name: str
+    touchpoints: int
+    customers: int
+    baseline_cap_s: float  # stop the baseline after this long and report its rate so far
+    latency_s: float
+    kill: bool
+
+
+FULL = Scale("full", 1_000_000, 100_000, 900, 30, True)
+QUICK = Scale("quick", 60_000, 6_000, 60, 10, False)
+
+
+@dataclass
+class Run:
+    tag: str
+    env: dict[str, str]
+    settings: Settings
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def namespace(workers: int) -> Run:
+    tag = uuid.uuid4().hex[:6]
+    env = {
+        "CEM_KAFKA__PARTITIONS": "8",
+        "CEM_CLICKHOUSE__DATABASE": f"bench_{tag}",
+        "CEM_WORKER__APP_ID": f"bench-{tag}",
+        "CEM_WORKER__DATA_DIR": str(ROOT / ".local" / "bench" / tag),
+    }
+    for name in Topics.model_fields:
+        env[f"CEM_KAFKA__TOPICS__{name.upper()}"] = f"bench{tag}.{name}"
+    os.environ.update(env)
+    return Run(tag, {**os.environ, **env, "PYTHONPATH": str(ROOT)}, load_settings())
+
+
+def step(text: str) -> None:
+    console.print(f"[bold]·[/] {text}")
+
+
+# ---------------------------------------------------------------------------- producing
+def produce(run: Run, records: list[tuple[str, bytes | None, bytes]]) -> float:
+    t = run.settings.kafka.topics
+    names = {"cem.touchpoints.web": t.web, "cem.touchpoints.callcenter": t.callcenter,
+             "cem.touchpoints.booking": t.booking, "cem.crm.profiles": t.profiles}  # fmt: skip
+    prod = producer(run.settings)
+    started = time.monotonic()
+    for topic, key, value in records:
+        prod.send(names[topic], key=key, value=value)
+    prod.flush()
+    prod.close()
+    return time.monotonic() - started
+
+
+# ---------------------------------------------------------------------------- (a) bare
+async def bare_consume(run: Run, expected: int) -> float:
+    t = run.settings.kafka.topics
+    consumer = AIOKafkaConsumer(**kafka_config.aiokafka(run.settings.kafka), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for topic in (t.web, t.callcenter, t.booking)
+               for p in range(run.settings.kafka.partitions)]  # fmt: skip
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen = 0
+        started = time.monotonic()
+        while seen < expected:
+            batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
+            for records in batch.values():
+                for rec in records:
+                    orjson.loads(rec.value)
+                seen += len(records)
+        return time.monotonic() - started
+    finally:
+        await consumer.stop()
+
+
+# ---------------------------------------------------------------------------- processes
+class Watched:
+    """A child process with its peak memory sampled."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        self.peak_rss = 0
+
+    def sample(self) -> int:
+        try:
+            rss = int(psutil.Process(self.proc.pid).memory_info().rss)
+        except psutil.Error:
+            return 0
+        self.peak_rss = max(self.peak_rss, rss)
+        return rss
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_for(count: Callable[[], int], target: int, procs: list[Watched], cap_s: float, label: str) -> tuple[float, int]:
+    """Poll until count() >= target (or cap_s passes); returns (seconds, count)."""
+    started = time.monotonic()
+    last_print = started
+    n = 0
+    while True:
+        for p in procs:
+            p.sample()
+            if p.proc.poll() is not None:
+                raise RuntimeError(f"{label}: process exited, see {p.log}")
+        n = count()
+        now = time.monotonic()
+        if n >= target or now - started > cap_s:
+            return now - started, n
+        if now - last_print > 15:
+            console.print(f"    {label}: {n:,}/{target:,} after {now - started:.0f}s")
+            last_print = now
+        time.sleep(0.5)
+
+
+def ch_count(run: Run, sql: str) -> Callable[[], int]:
+    client = connect(run.settings.clickhouse, "default")
+
+    def count() -> int:
+        try:
+            return int(client.execute(sql)[0][0])
+        except Exception:  # a table not there yet
+            return 0
+
+    return count
+
+
+def stats(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/cem/stats/", timeout=5) as r:  # noqa: S310
+        data: dict[str, Any] = json.loads(r.read())
+        return data
+
+
+def start_workers(run: Run, n: int, label: str) -> list[tuple[Watched, int]]:
+    out = []
+    for i in range(n):
+        port = 6200 + i
+        w = Watched(
+            [sys.executable, "-m", "pipeline.cli", "worker", "--web-port", str(port)],
+            run.env,
+            ROOT / ".local" / "bench" / run.tag / f"{label}-worker{i}.log",
+        )
+        out.append((w, port))
+    for w, port in out:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if stats(port)["ready"]:
+                    break
+            except OSError:
+                pass
+            if w.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not become ready, see {w.log}")
+            time.sleep(0.3)
+    return out
+
+
+# ---------------------------------------------------------------------------- phases
+def run_baseline(run: Run, wl: Workload, scale: Scale) -> dict[str, Any]:
+    db = f"bench_{run.tag}"
+    admin = connect(run.settings.clickhouse, "default")
+    admin.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
+    admin.execute(
+        f"CREATE TABLE IF NOT EXISTS {db}.baseline_rows (event_id String, customer_id String, "
+        "occurred_at DateTime('UTC'), repeat UInt8) ENGINE = MergeTree() ORDER BY (customer_id, occurred_at)"
+    )
+    t = run.settings.kafka.topics
+    env = {
+        **run.env,
+        "BENCH_BOOTSTRAP": run.settings.kafka.bootstrap_servers,
+        "BENCH_TOPICS": f"{t.web},{t.callcenter},{t.booking}",
+        "BENCH_PROFILES": t.profiles,
+        "BENCH_DB": db,
+        "BENCH_CH_PORT": str(run.settings.clickhouse.port),
+        "BENCH_APP_ID": f"bench-baseline-{run.tag}",
+        "BENCH_WEB_PORT": "6190",
+    }
+    proc = Watched(
+        [sys.executable, "-m", "bench.baseline", "worker", "-l", "warning", "--without-web"],
+        env,
+        ROOT / ".local" / "bench" / run.tag / "baseline.log",
+    )
+    try:
+        secs, n = wait_for(ch_count(run, f"SELECT count() FROM {db}.baseline_rows"), len(wl.touchpoints), [proc],
+                           scale.baseline_cap_s, "baseline")  # fmt: skip
+    finally:
+        proc.stop()
+    return {"seconds": round(secs, 1), "rows": n, "complete": n >= len(wl.touchpoints),
+            "touchpoints_per_s": round(n / secs), "peak_rss_mib": proc.peak_rss >> 20}  # fmt: skip
+
+
+def run_cem(run: Run, wl: Workload, workers: int) -> tuple[dict[str, Any], list[tuple[Watched, int]]]:
+    db = run.settings.clickhouse.database
+    migrate(connect(run.settings.clickhouse, "default"), db)
+    launched = time.monotonic()
+    procs = start_workers(run, workers, "main")
+    ready_s = time.monotonic() - launched
+    rss_ready = sum(w.sample() for w, _ in procs)
+    count = ch_count(run, f"SELECT uniqExact(event_id) FROM {db}.timeline_versions")
+    secs, n = wait_for(count, len(wl.touchpoints), [w for w, _ in procs], 3600, "cem")
+    secs += ready_s
+    rss_end = sum(w.sample() for w, _ in procs)
+    snaps = [stats(port) for _, port in procs]
+    write_s = sum(s.get("clickhouse_write_seconds", 0.0) for s in snaps)
+    batches = sum(s["clickhouse_batches"] for s in snaps)
+    rows = sum(s["timeline_rows_written"] + s["alert_rows_written"] for s in snaps)
+    return {
+        "workers": workers,
+        "seconds": round(secs, 1),
+        "startup_seconds": round(ready_s, 1),
+        "touchpoints": n,
+        "touchpoints_per_s": round(n / secs),
+        "clickhouse_rows": rows,
+        "clickhouse_rows_per_s": round(rows / secs),
+        "clickhouse_batches": batches,
+        "clickhouse_batch_rows_avg": round(rows / batches) if batches else 0,
+        "peak_rss_mib": sum(w.peak_rss for w, _ in procs) >> 20,
+        "rss_per_1m_customers_mib": round((rss_end - rss_ready) / wl.customers * 1_000_000 / 2**20),
+        "write_seconds": round(write_s, 1),
+    }, procs
+
+
+def precision_recall(run: Run, wl: Workload) -> dict[str, Any]:
+    client = connect(run.settings.clickhouse)
+    rows = client.execute(
+        f"SELECT kind, customer_id, if(kind = 'repeat_contact', matter, field) FROM {run.settings.clickhouse.database}"
+        ".friction_alerts WHERE status = 'open'"
+    )
+    found = {(str(k), str(c), str(s)) for k, c, s in rows}
+    hit = found & wl.labels
+    return {
+        "labels": len(wl.labels),
+        "detected": len(found),
+        "precision": round(len(hit) / len(found), 4) if found else 0.0,
+        "recall": round(len(hit) / len(wl.labels), 4) if wl.labels else 0.0,
+    }
+
+
+def latency(run: Run, rate: float, seconds: float) -> dict[str, Any]:
+    """Repeat-contact pairs for new customers at `rate` touchpoints/s; event produced -> alert
+    published, from the Kafka timestamps (same clock)."""
+    t = run.settings.kafka.topics
+    prod = producer(run.settings)
+    prod.config["linger_ms"] = 0
+    sent: dict[str, float] = {}
+    total = int(rate * seconds)
+    started = time.monotonic()
+    for i in range(total):
+        cid, k = f"L-{run.tag}-{i // 2}", i % 2
+        event_id = f"lat-{i}"
+        value = {"event_id": event_id, "occurred_at": f"2026-03-20T10:{k:02d}:00Z", "type": "call",
+                 "reason": "refund_status", "agent_id": "A-1", "queue": "general", "duration_s": 60,
+                 "outcome": "unresolved", "customer_id": cid}  # fmt: skip
+        due = started + i / rate
+        while time.monotonic() < due:
+            time.sleep(0.0005)
+        sent[event_id] = time.time() * 1000
+        prod.send(t.callcenter, key=cid.encode(), value=orjson.dumps(value), timestamp_ms=int(sent[event_id]))
+    prod.flush()
+    prod.close()
+    achieved = total / (time.monotonic() - started)
+    deadline = time.monotonic() + 120
+    lat: list[float] = []
+    while time.monotonic() < deadline:
+        lat = []
+        for rec in read_to_end(run.settings, t.alerts):
+            trigger = orjson.loads(rec.value).get("trigger_event_id", "")
+            if trigger in sent:
+                lat.append(rec.timestamp - sent[trigger])
+        if len(lat) >= total // 2:
+            break
+        time.sleep(1)
+    lat.sort()
+
+    def pct(p: float) -> float:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))], 1) if lat else float("nan")
+
+    return {"rate_per_s": round(achieved), "alerts": len(lat), "expected_alerts": total // 2,
+            "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": round(max(lat), 1) if lat else None,
+            "mean_ms": round(statistics.fmean(lat), 1) if lat else None}  # fmt: skip
+
+
+def catch_up_after_kill(run: Run, procs: list[tuple[Watched, int]], extra: Workload) -> dict[str, Any]:
+    db = run.settings.clickhouse.database
+    count = ch_count(run, f"SELECT uniqExact(event_id) FROM {db}.timeline_versions")
+    base = count()
+    produce(run, extra.touchpoints)
+    target = base + len(extra.touchpoints)
+    wait_for(count, base + len(extra.touchpoints) // 2, [w for w, _ in procs], 600, "before kill")
+    victim, _ = procs[0]
+    victim.stop(signal.SIGKILL)
+    killed = time.monotonic()
+    restarted = start_workers(run, 1, "restarted")
+    secs, n = wait_for(count, target, [w for w, _ in restarted], 900, "after kill")
+    for w, _ in restarted:
+        w.stop()
+    return {"backlog": len(extra.touchpoints), "caught_up": n >= target,
+            "seconds_from_kill": round(time.monotonic() - killed, 1), "seconds_from_ready": round(secs, 1)}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- report
+def report(run: Run, scale: Scale) -> Path:
+    r = run.results
+    a, b, c = r["bare"], r["baseline"], r["cem"]
+    table = Table(title=f"cem-pipeline benchmark ({scale.name}: {r['workload']['touchpoints']:,} touchpoints, "
+                        f"{r['workload']['customers']:,} customers)", title_justify="left")  # fmt: skip
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("note")
+    rows = [
+        ("(a) bare aiokafka + orjson", f"{a['touchpoints_per_s']:,}/s", "ceiling for Python here"),
+        ("(b) baseline Faust pipeline", f"{b['touchpoints_per_s']:,}/s",
+         "" if b["complete"] else f"stopped after {b['seconds']}s ({b['rows']:,} rows)"),
+        ("(c) cem-pipeline end to end", f"{c['touchpoints_per_s']:,}/s",
+         f"{c['workers']} worker(s), {c['seconds']}s incl. {c['startup_seconds']}s start-up"),
+        ("c / a", f"{c['touchpoints_per_s'] / a['touchpoints_per_s']:.3f}", "target >= 0.5"),
+        ("c / b", f"{c['touchpoints_per_s'] / max(1, b['touchpoints_per_s']):.2f}", "floor >= 3"),
+        ("latency p50 / p99 (event -> alert)", f"{r['latency']['p50_ms']} / {r['latency']['p99_ms']} ms",
+         f"at {r['latency']['rate_per_s']:,}/s (~50% of c), {r['latency']['alerts']} alerts"),
+        ("ClickHouse rows/s", f"{c['clickhouse_rows_per_s']:,}", f"avg batch {c['clickhouse_batch_rows_avg']:,} rows"),
+        ("peak memory (cem workers)", f"{c['peak_rss_mib']} MiB", f"baseline {b['peak_rss_mib']} MiB"),
+        ("memory per 1M active customers", f"{c['rss_per_1m_customers_mib']} MiB", "RSS growth, extrapolated"),
+        ("precision / recall", f"{r['quality']['precision']} / {r['quality']['recall']}",
+         f"{r['quality']['detected']} detected, {r['quality']['labels']} labels"),
+    ]  # fmt: skip
+    if "kill" in r:
+        k = r["kill"]
+        rows.append(("catch-up after SIGKILL", f"{k['seconds_from_kill']} s",
+                     f"backlog {k['backlog']:,}; caught up: {k['caught_up']}"))  # fmt: skip
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{scale.name}.json"
+    path.write_text(json.dumps(r, indent=2))
+    console.print(f"results: {path.relative_to(ROOT)}")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="about a minute: 60k touchpoints")
+    parser.add_argument("--workers", type=int, default=1, help="cem workers (default 1)")
+    parser.add_argument("--touchpoints", type=int, help="override the scale's touchpoints")
+    parser.add_argument("--customers", type=int, help="override the scale's customers")
+    args = parser.parse_args()
+    scale = QUICK if args.quick else FULL
+    if args.touchpoints:
+        scale.touchpoints = args.touchpoints
+    if args.customers:
+        scale.customers = args.customers
+    run = namespace(args.workers)
+    step(f"generating {scale.touchpoints:,} touchpoints over {scale.customers:,} customers")
+    t0 = time.monotonic()
+    wl = generate(scale.touchpoints, scale.customers)
+    run.results["workload"] = {"touchpoints": len(wl.touchpoints), "customers": wl.customers,
+                               "profiles": len(wl.profiles), "labels": len(wl.labels),
+                               "generate_seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
+    step(f"creating topics and pre-producing ({len(wl.profiles):,} profiles, {len(wl.touchpoints):,} touchpoints)")
+    create_topics(run.settings)
+    secs = produce(run, wl.profiles + wl.touchpoints)
+    run.results["workload"]["produce_per_s"] = round((len(wl.profiles) + len(wl.touchpoints)) / secs)
+    step("(a) bare consumption")
+    secs = asyncio.run(bare_consume(run, len(wl.touchpoints)))
+    run.results["bare"] = {"seconds": round(secs, 2), "touchpoints_per_s": round(len(wl.touchpoints) / secs)}
+    step("(b) baseline Faust pipeline")
+    run.results["baseline"] = run_baseline(run, wl, scale)
+    step(f"(c) cem-pipeline with {args.workers} worker(s)")
+    run.results["cem"], procs = run_cem(run, wl, args.workers)
+    run.results["quality"] = precision_recall(run, wl)
+    rate = run.results["cem"]["touchpoints_per_s"] * 0.5
+    step(f"latency at {rate:,.0f} touchpoints/s for {scale.latency_s:.0f}s")
+    run.results["latency"] = latency(run, rate, scale.latency_s)
+    try:
+        if scale.kill:
+            step("catch-up after a worker is killed")
+            extra = generate(max(20_000, scale.touchpoints // 5), max(2_000, scale.customers // 5), seed=99, prefix="K")
+            run.results["kill"] = catch_up_after_kill(run, procs, extra)
+    finally:
+        for w, _ in procs:
+            w.stop()
+    report(run, scale)
+
+
+if __name__ == "__main__":
+    main()
