@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := scripts/stack.sh
 
-.PHONY: help setup stack-install up down status demo test test-fuzz test-faults test-scaleout test-unit test-integration lint typecheck check clean wipe
+.PHONY: help setup stack-install up down status demo test test-fuzz test-faults test-scaleout bench bench-quick test-unit test-integration lint typecheck check clean wipe
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -49,6 +49,12 @@ test-faults: setup ## fault injection over 50k+ touchpoints: SIGKILL, SIGTERM, b
 test-scaleout: setup ## two workers on 8 partitions, one killed mid-stream (see docs/operations.md)
 	$(BIN)/pytest tests/integration/test_faults.py -m scaleout -s
 
+bench: up ## the benchmark: 1M touchpoints, ceiling vs baseline vs cem-pipeline (about 30-40 min)
+	$(BIN)/python -m bench.run
+
+bench-quick: up ## the benchmark at 60k touchpoints (a few minutes), for everyday use
+	$(BIN)/python -m bench.run --quick
+
 test-unit: setup ## pure tests only: no services
 	$(BIN)/pytest tests/unit
 
@@ -60,7 +66,7 @@ lint: setup ## ruff
 	$(BIN)/ruff format --check .
 
 typecheck: setup ## mypy --strict
-	$(BIN)/mypy pipeline schemas processors sinks
+	$(BIN)/mypy pipeline schemas processors sinks bench
 
 check: lint typecheck ## lint + type-check
 

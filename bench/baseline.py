@@ -81,7 +81,7 @@ async def process(stream: Any) -> None:
             flush()
 
 
-@app.timer(interval=1.0)
+@app.timer(interval=1.0)  # type: ignore[untyped-decorator]
 async def flush_rest() -> None:
     flush()
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,7 +37,7 @@ from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import Touch
 from processors.normalize import to_micros, to_touch
 from schemas.erasure import ErasureReceipt, Removed
-from schemas.internal import ENVELOPE, EraseEnvelope, ProfileEnvelope, TouchEnvelope
+from schemas.internal import ENVELOPE, EraseEnvelope, ProfileEnvelope
 from schemas.profile import ProfileSnapshot
 from schemas.touchpoints import Channel
 from sinks.alerts import to_alert
@@ -95,6 +96,12 @@ class Pipeline:
         self.customers = app.Table(
             "customers", partitions=s.kafka.partitions, use_partitioner=True, key_type=bytes, value_type=bytes
         )
+        # Live customer states, so a batch does not decode from JSON what the last batch just
+        # encoded (the table holds the same states as bytes, for its changelog). Cleared when
+        # partitions are revoked: another worker may change a customer before it comes back.
+        self._live: dict[str, tuple[int, CustomerState]] = {}
+        self._generation = 0
+        app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]  # mode types the handler too narrowly
         app.agent(self.touchpoints, name="resolve")(self._resolve_agent)
         app.agent(self.profiles, name="ingest_profiles")(self._profiles_agent)
         app.agent(self.by_customer, name="judge")(self._judge_agent)
@@ -120,14 +127,32 @@ class Pipeline:
     # ------------------------------------------------------------------ stage A
     async def _resolve_agent(self, stream: faust.StreamT[bytes]) -> None:
         await self.index.loaded.wait()  # resolve nothing before the identity index is loaded
-        async for event in stream.events():
+        w = self.settings.worker
+        batches = stream.take_events(w.batch_size, within=w.batch_within_s)  # type: ignore[attr-defined]  # missing from faust's StreamT
+        async for events in batches:
+            await self._resolve_batch(events)
+
+    async def _resolve_batch(self, events: list[EventT[bytes]]) -> None:
+        """Resolve a batch and re-key it by customer. The sends go straight to the producer and
+        are awaited together: offsets are acked only after every message is on the broker."""
+        now = datetime.now(UTC)
+        pending: list[Awaitable[Any]] = []
+        for event in events:
             try:
-                await self._resolve_one(event)
+                out = await self._resolve_one(event, now)
+                if out is not None:
+                    pending.append(await self._send(self.settings.kafka.topics.by_customer, *out))
             except Exception as e:  # a bug must not stop the agent: park the message
                 log.exception("resolve failed at %s", _where(event))
                 await self.dead_letter(event, Rejected("processing_error", "", repr(e)[:500]))
+        await asyncio.gather(*pending)
 
-    async def _resolve_one(self, event: EventT[bytes]) -> None:
+    async def _send(self, topic: str, key: bytes, value: bytes) -> Awaitable[Any]:
+        """Hand a message to the producer; returns the future of its delivery. faust's
+        Topic.send costs several times more per message (its buffer, sensors and callbacks)."""
+        return await self.app.producer.send(topic, key, value, None, None, None)
+
+    async def _resolve_one(self, event: EventT[bytes], now: datetime) -> tuple[bytes, bytes] | None:
         m = event.message
         self.stats.events_in[m.topic] += 1
         channel: Channel | None = self.settings.kafka.topics.channel_of(m.topic)  # type: ignore[assignment]
@@ -136,19 +161,19 @@ class Pipeline:
             channel,
             m.value,
             vocabulary=self.vocabulary,
-            now=datetime.now(UTC),
+            now=now,
             max_future=self.max_future,
             max_bytes=self.settings.worker.max_message_bytes,
         )
         if isinstance(result, Rejected):
             await self.dead_letter(event, result)
-            return
+            return None
         res = resolve(result.customer_id, result.identifiers, self._lookup, self.settings.secret)
         if res.link_anonymous is not None and self._lookup(res.link_anonymous) != res.customer_id:
             await self._index_put(res.link_anonymous, res.customer_id)
         touch = to_touch(channel, result, res.customer_id, res.resolved_by, m.topic, m.partition, m.offset)
-        env = TouchEnvelope(customer_id=res.customer_id, touch=touch.to_dict())
-        await self.by_customer.send(key=res.customer_id.encode(), value=orjson.dumps(env.model_dump()))
+        env = {"kind": "touch", "customer_id": res.customer_id, "touch": touch.to_dict()}  # a TouchEnvelope
+        return res.customer_id.encode(), orjson.dumps(env)
 
     def _lookup(self, fingerprint: str) -> str | None:
         return self.index.get(fingerprint)
@@ -196,13 +221,26 @@ class Pipeline:
         async for events in batches:
             await self._judge_batch(events)
 
+    async def _on_partitions_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        self._generation += 1
+        self._live.clear()
+
     async def _judge_batch(self, events: list[EventT[bytes]]) -> None:
+        try:
+            await self._judge_events(events)
+        except BaseException:
+            # states in memory may now be ahead of what was written: trust the table again
+            self._generation += 1
+            self._live.clear()
+            raise
+
+    async def _judge_events(self, events: list[EventT[bytes]]) -> None:
         """Judge a batch; write ClickHouse; then alerts and state. Offsets are acked after return.
         An erasure splits the batch: what came before it is written first, so its deletion
         covers it, and what comes after it is not deleted."""
         now = now_utc()
         now_us = to_micros(now)
-        out = _Pending()
+        out = _Pending(self._generation)
         for event in events:
             m = event.message
             try:
@@ -216,7 +254,7 @@ class Pipeline:
                     had_state, entries = self._forget(out, cid)
                     await self._flush(out)
                     await self._retrying("erasure", self._erase, env, had_state, entries)
-                    out = _Pending()
+                    out = _Pending(self._generation)
                     continue
                 state = self._state(out.states, cid)
                 if isinstance(env, ProfileEnvelope):
@@ -251,6 +289,13 @@ class Pipeline:
     async def _flush(self, out: _Pending) -> None:
         await self._write_clickhouse(out.timeline, out.alert_rows)
         await self._retrying("publish alerts and state", self._publish, out.alert_msgs, out.states, out.index)
+        for cid, st in out.states.items():
+            if out.generation != self._generation:
+                break  # a rebalance came in between: these may be stale soon
+            if st is None:
+                self._live.pop(cid, None)
+            else:
+                self._live[cid] = (out.generation, st)
 
     # ------------------------------------------------------------------ erasure
     def _forget(self, out: _Pending, cid: str) -> tuple[bool, int]:
@@ -313,7 +358,8 @@ class Pipeline:
         """Alerts, then state, then the identity index. Idempotent, so it can be retried whole."""
         # Alerts must be on the broker before the state that says they were published: wait
         # for their acks, so a crash cannot leave state claiming an alert the topic never got.
-        sent = [await self.alerts_topic.send(key=key, value=value, force=True) for key, value in alert_msgs]
+        topic = self.settings.kafka.topics.alerts
+        sent = [await self._send(topic, key, value) for key, value in alert_msgs]
         await asyncio.gather(*sent)
         for cid, st in states.items():
             if st is None:
@@ -346,8 +392,12 @@ class Pipeline:
     def _state(self, states: dict[str, CustomerState | None], cid: str) -> CustomerState:
         st = states.get(cid)
         if st is None:
-            raw = None if cid in states else self.customers.get(cid.encode())
-            st = CustomerState.from_dict(orjson.loads(raw)) if raw else CustomerState(cid)
+            live = None if cid in states else self._live.get(cid)
+            if live is not None and live[0] == self._generation:
+                st = live[1]
+            else:
+                raw = None if cid in states else self.customers.get(cid.encode())
+                st = CustomerState.from_dict(orjson.loads(raw)) if raw else CustomerState(cid)
             states[cid] = st
         return st
 
@@ -443,6 +493,7 @@ class Pipeline:
 class _Pending:
     """What a (part of a) batch will write: rows, alerts, changed states, identity changes."""
 
+    generation: int  # of the live-state cache when the batch began
     states: dict[str, CustomerState | None] = field(default_factory=dict)  # None: erased
     index: dict[str, str | None] = field(default_factory=dict)  # fingerprint -> customer | removed
     timeline: list[tuple[Any, ...]] = field(default_factory=list)

@@ -66,6 +66,13 @@ class CustomerState:
     events: list[Stored] = field(default_factory=list)
     max_t: int | None = None
     alerts: dict[str, Published] = field(default_factory=dict)
+    # The detectors' states after folding `events` in order. An event that arrives in order
+    # continues from here instead of replaying the kept history. Valid however much history
+    # was pruned, because the detectors only look one window back (at most 30 days, and the
+    # kept history covers window + lateness). Not serialized: the first replay rebuilds it.
+    tail: tuple[repeat_contact.State, re_entry.State] | None = field(default=None, repr=False, compare=False)
+    # (channel, event_id) of the kept events, for the duplicate check; rebuilt when missing
+    seen: set[tuple[str, str]] | None = field(default=None, repr=False, compare=False)
 
     # --- serialization (the state lives in a Faust table as JSON) ---
     def to_dict(self) -> dict[str, Any]:
@@ -174,13 +181,11 @@ def apply_profile(state: CustomerState, profile: Profile) -> tuple[CustomerState
 
 def attach_profile(state: CustomerState, touch: Touch) -> Touch:
     """Stamp the touch with the CRM facts held now, which the detectors use forever after."""
-    from dataclasses import replace
-
     p = state.profile
     if p is None:
-        return replace(touch, crm_known=(), loyalty_tier="none", profile_version=0)
+        return touch.with_profile((), "none", 0)
     known = tuple(f for f in touch.fields if f in p.known_fields)
-    return replace(touch, crm_known=known, loyalty_tier=p.loyalty_tier, profile_version=p.version)
+    return touch.with_profile(known, p.loyalty_tier, p.version)
 
 
 def alert_body(draft: AlertDraft, first_t: int) -> dict[str, Any]:
@@ -208,18 +213,22 @@ def alert_body(draft: AlertDraft, first_t: int) -> dict[str, Any]:
 Flags = tuple[tuple[str, ...], tuple[str, ...], str]  # friction, re-entered fields, contact role
 
 
+Tail = tuple[repeat_contact.State, re_entry.State]
+
+
 def _replay(
-    events: list[Stored], start: int, state: CustomerState, rules: Rules
-) -> tuple[list[Flags], dict[str, tuple[tuple[int, str, str], dict[str, Any]]]]:
-    """Flags for events[start:] and the alerts they trigger, replaying from the first kept event."""
-    rc_state = repeat_contact.State()
-    re_state = re_entry.State()
+    events: list[Stored], start: int, state: CustomerState, rules: Rules, tail: Tail | None = None
+) -> tuple[list[Flags], dict[str, tuple[tuple[int, str, str], dict[str, Any]]], Tail]:
+    """Flags for events[start:] and the alerts they trigger, and the detectors' final states.
+    Replays from the first kept event, or continues from `tail` (the states after
+    events[:start]) when the caller has it."""
+    rc_state, re_state = tail if tail is not None else (repeat_contact.State(), re_entry.State())
     flags: list[Flags] = []
     drafts: dict[str, tuple[tuple[int, str, str], dict[str, Any]]] = {}
-    times = {s.touch.event_id: s.touch.t for s in events}
-    touches = [s.touch for s in events]
-    for i, stored in enumerate(events):
-        touch = stored.touch
+    times: dict[str, int] | None = None
+    touches: list[Touch] | None = None
+    for i in range(start if tail is not None else 0, len(events)):
+        touch = events[i].touch
         if i == start:
             # Cooldowns before this point are what was published, not what the (possibly
             # pruned) replay says: outputs before `start` cannot change.
@@ -239,23 +248,33 @@ def _replay(
         for draft in (rc.alert, *re.alerts):
             if draft is None:
                 continue
+            if times is None or touches is None:
+                times = {s.touch.event_id: s.touch.t for s in events}
+                touches = [s.touch for s in events]
             first_t = min((times.get(e, draft.t) for e in draft.evidence), default=draft.t)
             aid = alert_id(draft.kind, draft.customer_id, draft.subject, draft.trigger_uid)
             body = alert_body(draft, first_t)
             body["context"] = already_told_us(touches, i, draft, rules)
             drafts[aid] = (touch.order_key, body)
-    return flags, drafts
+    return flags, drafts, (rc_state, re_state)
 
 
 def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tuple[CustomerState, Judgement]:
-    if any(s.touch.uid == touch.uid for s in state.events):
+    if state.seen is None:
+        state.seen = {(s.touch.channel, s.touch.event_id) for s in state.events}
+    if (touch.channel, touch.event_id) in state.seen:
         return state, Judgement(duplicate=True)
+    state.seen.add((touch.channel, touch.event_id))
     touch = attach_profile(state, touch)
     late = state.max_t is not None and touch.t < state.max_t - rules.allowed_lateness_days * 86_400_000_000
     key = touch.order_key
-    start = next((i for i, s in enumerate(state.events) if s.touch.order_key > key), len(state.events))
-    state.events.insert(start, Stored(touch))
-    flags, drafts = _replay(state.events, start, state, rules)
+    events = state.events
+    if not events or events[-1].touch.order_key < key:  # in order: the common case
+        start, tail = len(events), state.tail
+    else:
+        start, tail = next(i for i, s in enumerate(events) if s.touch.order_key > key), None
+    events.insert(start, Stored(touch))
+    flags, drafts, state.tail = _replay(events, start, state, rules, tail)
 
     rows: list[RowVersion] = []
     for stored, (friction, reentered, contact) in zip(state.events[start:], flags, strict=True):
@@ -291,6 +310,7 @@ def _prune(state: CustomerState, rules: Rules) -> None:
     keep_from = state.max_t - rules.horizon_us
     if state.events and state.events[0].touch.t < keep_from:
         state.events = [s for s in state.events if s.touch.t >= keep_from]
+        state.seen = None  # rebuilt from the kept events when next needed
     # alerts feed re-entry cooldowns one window beyond the kept events
     alert_from = keep_from - rules.re_entry.window_days * 86_400_000_000
     stale = [aid for aid, a in state.alerts.items() if a.order_key[0] < alert_from]

@@ -10,7 +10,7 @@ A fold: detect(state, touch, rules, vip_tiers) -> (state, verdict). Pure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from processors.model import MICROS_PER_DAY, AlertDraft, ReEntryRules, Touch
 
@@ -80,5 +80,5 @@ def detect(state: State, touch: Touch, rules: ReEntryRules, vip_tiers: frozenset
                 loyalty_tier=touch.loyalty_tier,
             )
         )
-    state = replace(state, entries=tuple(entries), last_alert=tuple(sorted(last_alert.items())))
+    state = State(tuple(entries), tuple(sorted(last_alert.items())))
     return state, Verdict(reentered=tuple(reentered), alerts=tuple(alerts))

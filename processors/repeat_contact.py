@@ -7,7 +7,7 @@ Pure: no I/O and no clock; `judge` decides which events to feed and in what orde
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from processors.model import MICROS_PER_DAY, MICROS_PER_MINUTE, AlertDraft, RepeatContactRules, Touch
 
@@ -23,7 +23,10 @@ class NewContact:
 
 @dataclass(frozen=True, slots=True)
 class State:
-    contact_ids: frozenset[str] = frozenset()
+    # (event id, time) of assisted contacts inside the window: a transfer leg names the contact it
+    # continues. Window-bounded like everything here, so folding from any point earlier than
+    # one window back gives the same verdicts (judge relies on it to skip replays).
+    contacts: tuple[tuple[str, int], ...] = ()
     # end time and outcome of this customer's previous assisted contact (any matter)
     last_end: int | None = None
     last_outcome: str = ""
@@ -43,7 +46,10 @@ NO_VERDICT = Verdict()
 
 def continues_previous(state: State, touch: Touch, rules: RepeatContactRules) -> bool:
     """A transfer or consult leg is part of the contact it continues, not a new contact."""
-    if touch.previous_contact_id and touch.previous_contact_id in state.contact_ids:
+    window = rules.window_days * MICROS_PER_DAY
+    if touch.previous_contact_id and any(
+        c == touch.previous_contact_id and t >= touch.t - window for c, t in state.contacts
+    ):
         return True
     grace = rules.transfer_grace_minutes * MICROS_PER_MINUTE
     return state.last_outcome == "transferred" and state.last_end is not None and touch.t <= state.last_end + grace
@@ -55,9 +61,8 @@ def detect(state: State, touch: Touch, rules: RepeatContactRules, vip_tiers: fro
     continues = continues_previous(state, touch, rules)
     window = rules.window_days * MICROS_PER_DAY
     recent = tuple(c for c in state.recent if c.t >= touch.t - window)
-    state = replace(
-        state,
-        contact_ids=state.contact_ids | {touch.event_id},
+    state = State(
+        contacts=(*(c for c in state.contacts if c[1] >= touch.t - window), (touch.event_id, touch.t)),
         last_end=touch.t + touch.duration_s * 1_000_000,
         last_outcome=touch.outcome,
         recent=recent,
@@ -67,7 +72,7 @@ def detect(state: State, touch: Touch, rules: RepeatContactRules, vip_tiers: fro
     if not touch.matter:  # contacts without a reason are not judged
         return state, NO_VERDICT
     this = NewContact(touch.t, touch.matter, touch.channel, touch.agent_id, touch.event_id)
-    state = replace(state, recent=(*recent, this))
+    state = State(state.contacts, state.last_end, state.last_outcome, (*recent, this))
     same = [c for c in state.recent if c.matter == touch.matter]
     if len(same) < 2:
         return state, NO_VERDICT

@@ -67,10 +67,11 @@ class ClickHouseSink:
 
     def write(self, timeline: Sequence[tuple[Any, ...]], alerts: Sequence[tuple[Any, ...]]) -> None:
         # Rows are always passed as data, never inline in the SQL: inline VALUES hang on 18.16.
+        # Columnar: the driver serializes a column at a time, several times faster than rows.
         if timeline:
-            self.client.execute(self._timeline_sql, list(timeline))
+            self.client.execute(self._timeline_sql, [list(c) for c in zip(*timeline, strict=True)], columnar=True)
         if alerts:
-            self.client.execute(self._alerts_sql, list(alerts))
+            self.client.execute(self._alerts_sql, [list(c) for c in zip(*alerts, strict=True)], columnar=True)
 
 
 def now_utc() -> datetime:
