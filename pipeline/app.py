@@ -61,6 +61,7 @@ class Pipeline:
         self.max_future = timedelta(hours=s.worker.max_future_skew_hours)
         self._sink: ClickHouseSink | None = None
         self._last_progress, self._stalled_s = -1, 0.0
+        self._retries_running = 0
         t = s.kafka.topics
         self.app = app = faust.App(
             s.worker.app_id,
@@ -372,22 +373,28 @@ class Pipeline:
     async def _retrying(self, what: str, step: Any, *args: Any) -> None:
         """Retry a step with backoff instead of letting the agent crash: a crashed faust agent
         leaves its batch unacknowledged, and the partitions behind it stop for good."""
-        delay = 0.25
-        while True:
-            try:
-                await step(*args)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                self.stats.counters["retried_steps"] += 1
-                log.warning("%s failed (%s); retrying in %.1fs", what, e, delay)
-                await asyncio.sleep(delay)
-                # faust partitions table writes with the producer's cached metadata, which
-                # knows no topic created after it last refreshed: refresh before retrying
-                with contextlib.suppress(Exception):
-                    await self.app.producer._ensure_producer().client.force_metadata_update()  # type: ignore[attr-defined]
-                delay = min(delay * 2, self.settings.worker.clickhouse_retry_max_s)
+        delay, failing = 0.25, False
+        try:
+            while True:
+                try:
+                    await step(*args)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    self.stats.counters["retried_steps"] += 1
+                    log.warning("%s failed (%s); retrying in %.1fs", what, e, delay)
+                    if not failing:  # the stall watchdog leaves a retrying worker alone
+                        failing, self._retries_running = True, self._retries_running + 1
+                    await asyncio.sleep(delay)
+                    # faust partitions table writes with the producer's cached metadata, which
+                    # knows no topic created after it last refreshed: refresh before retrying
+                    with contextlib.suppress(Exception):
+                        await self.app.producer._ensure_producer().client.force_metadata_update()  # type: ignore[attr-defined]
+                    delay = min(delay * 2, self.settings.worker.clickhouse_retry_max_s)
+        finally:
+            if failing:
+                self._retries_running -= 1
 
     def _state(self, states: dict[str, CustomerState | None], cid: str) -> CustomerState:
         st = states.get(cid)
@@ -443,32 +450,40 @@ class Pipeline:
             log.debug("lag refresh failed: %s", e)
 
     async def _watch_for_stalls(self) -> None:
-        """Detect a faust stall (faust-streaming issue #629): after a restart or rebalance,
-        partitions can stay unfetched while the worker reports ready. If the broker shows lag
-        while nothing moves here, log it and put assigned partitions that faust has parked
-        (`_buffered_partitions`) or paused back into its fetch set. That attempt has not been
-        seen to cure a real stall (docs/operations.md, "Known problem"): the log line and
-        `cem_stalls_resumed_total` are what operators should act on."""
+        """Detect and undo a faust stall (faust-streaming issue #629): after a restart or
+        rebalance, stream partitions can stay paused with lag on the broker and nothing
+        moving. faust's recovery pauses the stream partitions and the flow of messages while it
+        restores tables, and resumes them at the end; but when the consumer generation moved on
+        meanwhile, it returns without resuming ("Recovery rebalancing again"), counting on a
+        next recovery round that does not always come. So when nothing has moved for 20 s
+        with lag on the broker, no rebalance under way, no table left to restore and no retry
+        in progress, this does what the end of recovery does: resume the stream partitions
+        and the flow, and restart the fetcher. `cem_stalls_resumed_total` counts it."""
+        app: Any = self.app
         progress = self.stats.counters["touchpoints_judged"] + sum(self.stats.events_in.values())
         lagging = sum(self.stats.lag.values()) > 0
-        if not (self.stats.ready and lagging) or progress != self._last_progress:
+        if not lagging or progress != self._last_progress or app.rebalancing or self._retries_running:
             self._last_progress, self._stalled_s = progress, 0.0
             return
         self._stalled_s += 5.0
-        if self._stalled_s < 15.0 or self.app.in_recovery:
+        recovery = app.tables.recovery
+        if self._stalled_s < 20.0 or recovery.need_recovery():
             return
-        consumer: Any = self.app.consumer  # faust's Consumer: its private fetch-set bookkeeping
-        parked = [tp for tp in consumer.assignment() if tp in consumer._buffered_partitions]
-        paused = [tp for tp in consumer.assignment() if tp in consumer._paused_partitions]
-        if not (parked or paused):
-            return
+        consumer = app.consumer  # faust's Consumer: its private fetch-set bookkeeping
+        streams = [tp for tp in consumer.assignment() if not recovery._is_changelog_tp(tp)]
+        parked = [tp for tp in streams if tp in consumer._buffered_partitions]
+        paused = [tp for tp in streams if tp in consumer._paused_partitions]
         log.warning(
-            "no progress for %.0fs with lag %s: resuming %d parked and %d paused partitions",
-            self._stalled_s, self.stats.lag, len(parked), len(paused),
+            "no progress for %.0fs with lag %s: resuming %d stream partitions (%d paused, %d parked) and the flow",
+            self._stalled_s, self.stats.lag, len(streams), len(paused), len(parked),
         )  # fmt: skip
         for tp in parked:
             consumer.on_buffer_drop(tp)
-        consumer.resume_partitions(parked + paused)
+        consumer.resume_partitions(streams)
+        app.flow_control.resume()
+        consumer.resume_flow()
+        await app._fetcher.maybe_start()
+        recovery.completed.set()
         self.stats.counters["stalls_resumed"] += 1
         self._stalled_s = 0.0
 
