@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -100,7 +101,7 @@ class Pipeline:
         # Live customer states, so a batch does not decode from JSON what the last batch just
         # encoded (the table holds the same states as bytes, for its changelog). Cleared when
         # partitions are revoked: another worker may change a customer before it comes back.
-        self._live: dict[str, tuple[int, CustomerState]] = {}
+        self._live: OrderedDict[str, tuple[int, CustomerState]] = OrderedDict()  # least recent first
         self._generation = 0
         app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]  # mode types the handler too narrowly
         app.agent(self.touchpoints, name="resolve")(self._resolve_agent)
@@ -297,6 +298,10 @@ class Pipeline:
                 self._live.pop(cid, None)
             else:
                 self._live[cid] = (out.generation, st)
+                self._live.move_to_end(cid)
+        # decoded states cost ~10x their JSON: keep the most recently active ones only
+        while len(self._live) > self.settings.worker.live_states_max:
+            self._live.popitem(last=False)
 
     # ------------------------------------------------------------------ erasure
     def _forget(self, out: _Pending, cid: str) -> tuple[bool, int]:

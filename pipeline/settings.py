@@ -139,6 +139,9 @@ class WorkerSettings(_Section):
     commit_interval_s: float = Field(1.0, gt=0)
     max_future_skew_hours: float = Field(24.0, ge=0, description="events further ahead of the clock are rejected")
     max_message_bytes: int = Field(256 * 1024, ge=1024, description="larger touchpoints go to the dead-letter topic")
+    live_states_max: int = Field(
+        20_000, ge=0, description="customer states kept decoded between batches (most recently active first)"
+    )
     clickhouse_retry_max_s: float = Field(30.0, gt=0, description="longest pause between ClickHouse retries")
     data_dir: Path = Path(".local/worker")
 
