@@ -49,7 +49,7 @@ test-faults: setup ## fault injection over 50k+ touchpoints: SIGKILL, SIGTERM, b
 test-scaleout: setup ## two workers on 8 partitions, one killed mid-stream (see docs/operations.md)
 	$(BIN)/pytest tests/integration/test_faults.py -m scaleout -s
 
-bench: up ## the benchmark: 1M touchpoints, ceiling vs baseline vs cem-pipeline (about 30-40 min)
+bench: up ## the benchmark: 1M touchpoints, ceiling vs baseline vs cem-pipeline (about an hour)
 	$(BIN)/python -m bench.run
 
 bench-quick: up ## the benchmark at 60k touchpoints (a few minutes), for everyday use

@@ -135,19 +135,25 @@ class Pipeline:
             await self._resolve_batch(events)
 
     async def _resolve_batch(self, events: list[EventT[bytes]]) -> None:
-        """Resolve a batch and re-key it by customer. The sends go straight to the producer and
-        are awaited together: offsets are acked only after every message is on the broker."""
+        """Resolve a batch and re-key it by customer. Offsets are acked only after every
+        message is on the broker; a failed send (the broker away) resends the whole batch,
+        which is safe because the judge drops what it has already seen."""
         now = datetime.now(UTC)
-        pending: list[Awaitable[Any]] = []
+        out: list[tuple[bytes, bytes]] = []
         for event in events:
             try:
-                out = await self._resolve_one(event, now)
-                if out is not None:
-                    pending.append(await self._send(self.settings.kafka.topics.by_customer, *out))
+                msg = await self._resolve_one(event, now)
+                if msg is not None:
+                    out.append(msg)
             except Exception as e:  # a bug must not stop the agent: park the message
                 log.exception("resolve failed at %s", _where(event))
                 await self.dead_letter(event, Rejected("processing_error", "", repr(e)[:500]))
-        await asyncio.gather(*pending)
+        await self._retrying(
+            "forward to the by-customer topic", self._send_all, self.settings.kafka.topics.by_customer, out
+        )
+
+    async def _send_all(self, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+        await asyncio.gather(*[await self._send(topic, key, value) for key, value in messages])
 
     async def _send(self, topic: str, key: bytes, value: bytes) -> Awaitable[Any]:
         """Hand a message to the producer; returns the future of its delivery. faust's
@@ -364,9 +370,7 @@ class Pipeline:
         """Alerts, then state, then the identity index. Idempotent, so it can be retried whole."""
         # Alerts must be on the broker before the state that says they were published: wait
         # for their acks, so a crash cannot leave state claiming an alert the topic never got.
-        topic = self.settings.kafka.topics.alerts
-        sent = [await self._send(topic, key, value) for key, value in alert_msgs]
-        await asyncio.gather(*sent)
+        await self._send_all(self.settings.kafka.topics.alerts, alert_msgs)
         for cid, st in states.items():
             if st is None:
                 self.customers.pop(cid.encode(), None)
