@@ -2,6 +2,8 @@
 in one run, on the same pre-produced topics, on the local stack (`make up`).
 
   (a) bare    aiokafka consuming the touchpoints + orjson decoding: the ceiling for Python
+  (a2)        a Faust agent that does no work: the ceiling of any Faust stage
+  (a3) core   cem's own Python work per event without Faust or I/O (bench/core_ceiling.py)
   (b) baseline the straightforward Faust pipeline in bench/baseline.py
   (c) cem     `cem worker`, until the last timeline row is in ClickHouse
 
@@ -35,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from bench.core_ceiling import core_ceiling
 from bench.workload import Workload, generate
 from pipeline import kafka_config
 from pipeline.admin import create_topics, producer, read_to_end
@@ -391,6 +394,8 @@ def report(run: Run, scale: Scale) -> Path:
         ("(a) bare aiokafka + orjson", f"{a['touchpoints_per_s']:,}/s", "ceiling for Python here"),
         ("(a2) Faust stream, no work", f"{r['faust_ceiling']['touchpoints_per_s']:,}/s",
          "one take_events agent + orjson: any Faust stage"),
+        ("(a3) cem's core, no Faust", f"{r['core']['touchpoints_per_s']:,}/s",
+         "us/event: " + ", ".join(f"{k} {v}" for k, v in r["core"]["us_per_touchpoint"].items())),
         ("(b) baseline Faust pipeline", f"{b['touchpoints_per_s']:,}/s",
          "" if b["complete"] else f"stopped after {b['seconds']}s ({b['rows']:,} rows)"),
         ("(c) cem-pipeline end to end", f"{c['touchpoints_per_s']:,}/s",
@@ -447,6 +452,8 @@ def main() -> None:
     run.results["bare"] = {"seconds": round(secs, 2), "touchpoints_per_s": round(len(wl.touchpoints) / secs)}
     step("(a2) Faust's own ceiling: take_events + orjson, nothing else")
     run.results["faust_ceiling"] = faust_ceiling(run, len(wl.touchpoints))
+    step("(a3) cem's own work without Faust: decode, resolve, re-key, judge, persist")
+    run.results["core"] = asyncio.run(core_ceiling(run.settings, len(wl.profiles), len(wl.touchpoints)))
     step("(b) baseline Faust pipeline")
     run.results["baseline"] = run_baseline(run, wl, scale)
     step(f"(c) cem-pipeline with {args.workers} worker(s)")

@@ -46,6 +46,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[dict[str, str]]:
     env = {**os.environ, **STACK_ENV}
+    # start from empty data: what earlier sessions left (gigabytes after a few fault runs)
+    # slows every broker start, and a broker restarted mid-test must come back in time
+    subprocess.run([str(ROOT / "scripts" / "stack.sh"), "wipe"], env=env, check=True)
     subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], env=env, check=True)
     yield STACK_ENV
     subprocess.run([str(ROOT / "scripts" / "stack.sh"), "down"], env=env, check=False)

@@ -1,0 +1,124 @@
+"""(a3) cem's own work per touchpoint, without Faust: the same pre-produced messages read with
+aiokafka, then every step the two stages do in Python, in one process:
+
+  decode   bytes -> validated touchpoint (pydantic), as stage A
+  resolve  identity resolution with salted fingerprints against the CRM index, as stage A
+  rekey    the by-customer envelope written and read back (orjson + pydantic), the hop
+           between the stages that any co-partitioned design keeps
+  judge    the detectors over the customer's state, as stage B
+  persist  timeline rows and each touched customer's state serialised once per batch
+
+No broker writes and no ClickHouse: this is the ceiling for any design that runs cem's core
+in Python on this machine, and its breakdown says where the time per event goes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from pipeline import kafka_config
+from pipeline.decode import Rejected, decode_profile, decode_touchpoint
+from pipeline.settings import Settings
+from processors.identity import profile_fingerprints, resolve
+from processors.judge import CustomerState, Profile, apply_profile, judge
+from processors.model import Touch
+from processors.normalize import to_micros, to_touch
+from schemas.internal import ENVELOPE
+from schemas.profile import ProfileSnapshot
+from sinks.clickhouse.writer import now_utc, timeline_row
+
+STEPS = ("decode", "resolve", "rekey", "judge", "persist")
+
+
+async def _read_all(settings: Settings, topics: list[str], expected: int) -> list[Any]:
+    consumer = AIOKafkaConsumer(**kafka_config.aiokafka(settings.kafka), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(settings.kafka.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[Any] = []
+        while len(out) < expected:
+            batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
+            for records in batch.values():
+                out.extend(records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def core_ceiling(settings: Settings, expected_profiles: int, expected_touchpoints: int) -> dict[str, Any]:
+    t = settings.kafka.topics
+    vocabulary = frozenset(settings.rules.field_vocabulary)
+    rules, secret = settings.rules_obj, settings.secret
+    index: dict[str, str] = {}
+    states: dict[str, CustomerState] = {}
+    for rec in await _read_all(settings, [t.profiles], expected_profiles):
+        p = decode_profile(rec.key, rec.value, vocabulary=vocabulary, max_bytes=settings.worker.max_message_bytes)
+        if isinstance(p, ProfileSnapshot):
+            ids = p.identifiers
+            fps = profile_fingerprints(ids.email, ids.phone, ids.loyalty_id, secret)
+            index.update(dict.fromkeys(fps, p.customer_id))
+            profile = Profile(p.version, p.loyalty_tier.lower(), tuple(p.known_fields), tuple(fps))
+            states[p.customer_id] = apply_profile(states.get(p.customer_id) or CustomerState(p.customer_id), profile)[0]
+    records = await _read_all(settings, [t.web, t.callcenter, t.booking], expected_touchpoints)
+
+    spent: dict[str, float] = defaultdict(float)
+    clock = time.perf_counter
+    now = datetime.now(UTC)
+    max_future = timedelta(hours=settings.worker.max_future_skew_hours)
+    started = clock()
+    for i in range(0, len(records), settings.worker.batch_size):
+        wall, now_us = now_utc(), to_micros(now)
+        touched: dict[str, CustomerState] = {}
+        rows: list[tuple[Any, ...]] = []
+        for rec in records[i : i + settings.worker.batch_size]:
+            t0 = clock()
+            channel = t.channel_of(rec.topic)
+            result = decode_touchpoint(
+                channel,  # type: ignore[arg-type]
+                rec.value,
+                vocabulary=vocabulary,
+                now=now,
+                max_future=max_future,
+                max_bytes=settings.worker.max_message_bytes,
+            )
+            t1 = clock()
+            spent["decode"] += t1 - t0
+            if isinstance(result, Rejected):
+                continue
+            res = resolve(result.customer_id, result.identifiers, index.get, secret)
+            touch = to_touch(channel, result, res.customer_id, res.resolved_by, rec.topic, rec.partition, rec.offset)  # type: ignore[arg-type]
+            t2 = clock()
+            spent["resolve"] += t2 - t1
+            wire = orjson.dumps({"kind": "touch", "customer_id": res.customer_id, "touch": touch.to_dict()})
+            env: Any = ENVELOPE.validate_json(wire)
+            touch = Touch.from_dict(env.touch)
+            t3 = clock()
+            spent["rekey"] += t3 - t2
+            cid = env.customer_id
+            state = touched.get(cid) or states.get(cid) or CustomerState(cid)
+            state, verdict = judge(state, touch, rules, now_us)
+            touched[cid] = state
+            t4 = clock()
+            spent["judge"] += t4 - t3
+            rows.extend(timeline_row(r, wall) for r in verdict.rows)
+            spent["persist"] += clock() - t4
+        t5 = clock()
+        for cid, state in touched.items():
+            orjson.dumps(state.to_dict())
+            states[cid] = state
+        spent["persist"] += clock() - t5
+    seconds = clock() - started
+    n = len(records)
+    return {
+        "seconds": round(seconds, 2),
+        "touchpoints_per_s": round(n / seconds),
+        "us_per_touchpoint": {step: round(spent[step] / n * 1e6, 1) for step in STEPS},
+    }
