@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ import orjson
 from faust.types import EventT
 from pydantic import ValidationError
 
-from pipeline import kafka_config
+from pipeline import faults, kafka_config
 from pipeline.decode import Rejected, decode_profile, decode_touchpoint
 from pipeline.identity_index import IdentityIndex
 from pipeline.settings import Settings
@@ -105,6 +106,8 @@ class Pipeline:
         self._live: OrderedDict[str, tuple[int, CustomerState]] = OrderedDict()  # least recent first
         self._generation = 0
         app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]  # mode types the handler too narrowly
+        if os.environ.get(faults.ENV):
+            app.on_partitions_assigned.connect(self._on_partitions_assigned)  # type: ignore[arg-type]
         app.agent(self.touchpoints, name="resolve")(self._resolve_agent)
         app.agent(self.profiles, name="ingest_profiles")(self._profiles_agent)
         app.agent(self.by_customer, name="judge")(self._judge_agent)
@@ -233,6 +236,9 @@ class Pipeline:
         batches = stream.take_events(w.batch_size, within=w.batch_within_s)  # type: ignore[attr-defined]  # missing from faust's StreamT
         async for events in batches:
             await self._judge_batch(events)
+
+    async def _on_partitions_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        faults.install_drop_once(self.app.consumer)  # the fault tests only; before fetching starts
 
     async def _on_partitions_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         self._generation += 1

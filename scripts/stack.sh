@@ -116,7 +116,7 @@ ssl.endpoint.identification.algorithm=https
 PROPS
   fi
   if [ ! -f "$dir/data/meta.properties" ]; then
-    java -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format --standalone -t "$(java -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool random-uuid)" \
+    java -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format --standalone -t "$(java -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool random-uuid 2>/dev/null)" \
       -c "$dir/server.properties" "${scram_args[@]}" >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "kafka storage format failed"; }
   fi
   log "starting kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT"

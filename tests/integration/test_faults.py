@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from pipeline import faults
 from pipeline.admin import Record, configured_topic, encode_value, producer, send_all, wait_until_processed
 from pipeline.admin import read_to_end as read_topic
 from pipeline.workload import generate
@@ -196,6 +197,20 @@ def test_clickhouse_away_for_a_minute(space: Namespace, workload: Workload) -> N
     assert max(rss) < 1.5 * 2**30  # bounded: the stream waits instead of buffering everything
     assert max(rss) - rss[0] < 300 * 2**20
     assert worker.poll() is None
+    verify(space, workload)
+
+
+def test_messages_read_but_never_acknowledged_are_read_again(space: Namespace, workload: Workload) -> None:
+    """Around a rebalance faust can read messages and never hand them to the stream (seen in
+    the scale-out test). The partition's commits then stop at the first of them while
+    everything after it is processed. The fault is injected here, and the watchdog must
+    re-read the partition so that nothing is lost and the lag clears."""
+    space.env[faults.ENV] = f"{space.settings.kafka.topics.web}:0:3000-3001"
+    worker = space.start_worker()
+    feed(space, workload)
+    wait_until_processed(space.settings, timeout_s=600)
+    assert space.stats(worker)["partitions_reread"] >= 1
+    assert b"fault injection" in (space.tmp / "worker.log").read_bytes()  # the fault did happen
     verify(space, workload)
 
 
