@@ -151,13 +151,20 @@ def test_graceful_stop_flushes_and_a_restart_reprocesses_nothing_written(space: 
     wait_until_processed(space.settings, timeout_s=600)
     verify(space, workload)
     # everything is written: stop once more; the next worker has nothing to redo
-    written = judged_rows(space)
     assert space.stop_worker() == 0
+    time.sleep(1.1)  # ingested_at has whole seconds: rows after this moment come from the third
+    (stopped,) = space.ch().execute("SELECT toUnixTimestamp(now())")[0]
     third = space.start_worker()
     wait_until(lambda: space.stats(third)["ready"], 60, "the worker to be ready")
     time.sleep(3)
     assert space.stats(third)["touchpoints_judged"] == 0
-    assert judged_rows(space) == written
+    # Not a count of all rows: the versions tables are ReplacingMergeTrees, and a background
+    # merge folds identical versions written twice before the stop (the first restart
+    # replayed its uncommitted tail), so their row count can fall by itself.
+    for table in ("timeline_versions", "friction_alert_versions"):
+        sql = f"SELECT count() FROM {space.db}.{table} WHERE toUnixTimestamp(ingested_at) >= %(t)s"
+        ((n,),) = space.ch().execute(sql, {"t": stopped})
+        assert n == 0, f"{n} rows written to {table} by a worker that had nothing to redo"
 
 
 def test_broker_restarted_mid_stream(space: Namespace, workload: Workload) -> None:
