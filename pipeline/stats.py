@@ -29,8 +29,8 @@ _PLAIN = {
     "clickhouse_errors": "failed ClickHouse writes (each retried)",
     "retried_steps": "judge steps (ClickHouse write, alerts and state) retried after an error",
     "stalls_resumed": "times the watchdog put stalled partitions back into the fetch set (faust issue #629)",
-    "partitions_reread": "times a partition was re-read from its committed offset because messages read from it "
-    "were never acknowledged, which blocks its commits",
+    "commit_holes": "partitions found with messages read but never acknowledged, which blocks their commits "
+    "until the worker restarts",
 }
 
 
