@@ -480,7 +480,7 @@ class Pipeline:
         in progress, this does what the end of recovery does: resume the stream partitions
         and the flow, and restart the fetcher. `cem_stalls_resumed_total` counts it."""
         app: Any = self.app
-        await self._report_commit_holes()
+        self._report_commit_holes()
         progress = self.stats.counters["touchpoints_judged"] + sum(self.stats.events_in.values())
         lagging = sum(self.stats.lag.values()) > 0
         if not lagging or progress != self._last_progress or app.rebalancing or self._retries_running:
@@ -522,7 +522,7 @@ class Pipeline:
             out.extend(f"{task.get_name()}:\n{_await_chain(task)}" for task in tasks)
         return "\n".join(out)
 
-    async def _report_commit_holes(self) -> None:
+    def _report_commit_holes(self) -> None:
         """Report a partition whose commits are blocked by messages that were read but never
         acknowledged. faust commits a partition only up to its first unacknowledged offset;
         around a rebalance it can take messages off the fetcher and never hand them to the
