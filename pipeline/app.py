@@ -29,7 +29,7 @@ import orjson
 from faust.types import EventT
 from pydantic import ValidationError
 
-from pipeline import faults, kafka_config
+from pipeline import faults, faust_consumer, kafka_config
 from pipeline.decode import Rejected, decode_profile, decode_touchpoint
 from pipeline.identity_index import IdentityIndex
 from pipeline.settings import Settings
@@ -66,7 +66,7 @@ class Pipeline:
         self._holes: dict[Any, tuple[tuple[int, int], int]] = {}  # tp -> (hole, ticks it stayed)
         self._retries_running = 0
         t = s.kafka.topics
-        self.app = app = faust.App(
+        self.app = app = faust_consumer.App(
             s.worker.app_id,
             broker=[f"kafka://{h}" for h in kafka_config.servers(s.kafka)],
             broker_credentials=kafka_config.faust_credentials(s.kafka),
@@ -477,8 +477,9 @@ class Pipeline:
         meanwhile, it returns without resuming ("Recovery rebalancing again"), counting on a
         next recovery round that does not always come. So when nothing has moved for 20 s
         with lag on the broker, no rebalance under way, no table left to restore and no retry
-        in progress, this does what the end of recovery does: resume the stream partitions
-        and the flow, and restart the fetcher. `cem_stalls_resumed_total` counts it."""
+        in progress, this does what the end of recovery does: resume the stream partitions,
+        seek them to their committed offsets, resume the flow and restart the fetcher.
+        `cem_stalls_resumed_total` counts it."""
         app: Any = self.app
         self._report_commit_holes()
         progress = self.stats.counters["touchpoints_judged"] + sum(self.stats.events_in.values())
@@ -501,6 +502,9 @@ class Pipeline:
         for tp in parked:
             consumer.on_buffer_drop(tp)
         consumer.resume_partitions(streams)
+        # as the end of recovery does: what was read meanwhile is read again from the
+        # committed offsets, since resuming the flow clears the streams' buffers
+        await consumer.perform_seek()
         app.flow_control.resume()
         consumer.resume_flow()
         await app._fetcher.maybe_start()
