@@ -13,6 +13,7 @@ so only those are compared with what was published before:
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from processors.summary import summarize
 ALERT_NAMESPACE = uuid.UUID("6f1d8c52-2f43-4f0e-9a57-8e3cf1a0c2b1")
 
 
+@functools.lru_cache(maxsize=65_536)  # replays draft the same alerts again; uuid5 is a SHA-1
 def alert_id(kind: str, customer_id: str, subject: str, trigger_uid: str) -> str:
     """Deterministic: the same input gives the same id, across replays and workers."""
     return str(uuid.uuid5(ALERT_NAMESPACE, f"{kind}|{customer_id}|{subject}|{trigger_uid}"))
@@ -45,6 +47,10 @@ class Stored:
     reentered: tuple[str, ...] = ()
     revision: int = 0
     contact: str = ""  # "" (not an assisted contact) | new | continuation
+    # The detectors' states after folding the kept events up to this one, so that an event
+    # arriving out of order replays only what comes after it. Valid however much history
+    # was pruned, for the reason `CustomerState.tail` is. Not serialized.
+    after: tuple[repeat_contact.State, re_entry.State] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -214,6 +220,7 @@ Flags = tuple[tuple[str, ...], tuple[str, ...], str]  # friction, re-entered fie
 
 
 Tail = tuple[repeat_contact.State, re_entry.State]
+FIRST: Tail = (repeat_contact.State(), re_entry.State())  # before any event
 
 
 def _replay(
@@ -222,7 +229,7 @@ def _replay(
     """Flags for events[start:] and the alerts they trigger, and the detectors' final states.
     Replays from the first kept event, or continues from `tail` (the states after
     events[:start]) when the caller has it."""
-    rc_state, re_state = tail if tail is not None else (repeat_contact.State(), re_entry.State())
+    rc_state, re_state = tail if tail is not None else FIRST
     flags: list[Flags] = []
     drafts: dict[str, tuple[tuple[int, str, str], dict[str, Any]]] = {}
     times: dict[str, int] | None = None
@@ -240,6 +247,7 @@ def _replay(
             re_state = re_entry.State(re_state.entries, tuple(sorted(last.items())))
         rc_state, rc = repeat_contact.detect(rc_state, touch, rules.repeat_contact, rules.vip_tiers)
         re_state, re = re_entry.detect(re_state, touch, rules.re_entry, rules.vip_tiers)
+        events[i].after = (rc_state, re_state)
         if i < start:
             continue
         friction = tuple(k for k, on in (("repeat_contact", rc.repeat), ("re_entry", bool(re.reentered))) if on)
@@ -271,8 +279,9 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
     events = state.events
     if not events or events[-1].touch.order_key < key:  # in order: the common case
         start, tail = len(events), state.tail
-    else:
-        start, tail = next(i for i, s in enumerate(events) if s.touch.order_key > key), None
+    else:  # out of order: replay from the event before it, or from the start
+        start = next(i for i, s in enumerate(events) if s.touch.order_key > key)
+        tail = events[start - 1].after if start > 0 else FIRST
     events.insert(start, Stored(touch))
     flags, drafts, state.tail = _replay(events, start, state, rules, tail)
 
