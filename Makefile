@@ -40,10 +40,10 @@ test: setup check ## lint, type-check, unit and integration tests (starts its ow
 test-fuzz: setup ## 10,000 malformed messages among valid ones: all in the DLQ with reasons, no restart (CI)
 	$(BIN)/pytest tests/integration/test_fuzz_deadletter.py -m faults -s
 
-test-faults: setup ## fault injection over 50k+ touchpoints: SIGKILL, SIGTERM, broker restart, ClickHouse outage, injected commit hole (not in CI, see docs/operations.md)
+test-faults: setup ## fault injection over 50k+ touchpoints: SIGKILL, SIGTERM, broker restart, ClickHouse outage, injected commit hole (about 14 min)
 	$(BIN)/pytest tests/integration/test_faults.py -m "faults and not scaleout" -s
 
-test-scaleout: setup ## two workers on 8 partitions, one killed mid-stream (not in CI)
+test-scaleout: setup ## two workers on 8 partitions, one killed mid-stream (about 5 min)
 	$(BIN)/pytest tests/integration/test_faults.py -m scaleout -s
 
 bench: up ## the benchmark: 1M touchpoints, ceiling vs baseline vs cem-pipeline (about an hour)

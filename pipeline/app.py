@@ -528,13 +528,15 @@ class Pipeline:
 
     def _report_commit_holes(self) -> None:
         """Report a partition whose commits are blocked by messages that were read but never
-        acknowledged. faust commits a partition only up to its first unacknowledged offset;
-        around a rebalance it can take messages off the fetcher and never hand them to the
-        stream (seen in tests/integration/test_faults.py: web[2] offsets 2599-2600 of 4033,
-        the rest processed, the lag stuck for good). A hole that stays 20 s is logged and
-        counted (`cem_commit_holes_total`); restarting the worker re-reads from the committed
-        offset. The watchdog does not seek by itself: an automatic re-read was tried and, in
-        one CI run in three, was followed by wrong results after a restart (docs/operations.md)."""
+        acknowledged. faust commits a partition only up to its first unacknowledged offset, so
+        such a hole stops the partition's commits for good while everything after it is
+        processed. faust's seek at the end of recovery made such holes on every restart with
+        a backlog (fixed in pipeline/faust_consumer.py); this report is there for whatever
+        else can make one. A hole that stays 20 s is logged and counted
+        (`cem_commit_holes_total`); restarting the worker re-reads from the committed offset.
+        The watchdog does not seek by itself: a seek while the fetcher hands over a batch makes
+        faust record the skipped offsets as a gap, which counts as acknowledged
+        (docs/operations.md, "Stalls")."""
         app: Any = self.app
         if app.rebalancing or self._retries_running:
             self._holes.clear()

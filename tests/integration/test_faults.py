@@ -210,10 +210,11 @@ def test_clickhouse_away_for_a_minute(space: Namespace, workload: Workload) -> N
 def test_messages_read_but_never_acknowledged_are_reported_and_a_restart_recovers_them(
     space: Namespace, workload: Workload
 ) -> None:
-    """Around a rebalance faust can read messages and never hand them to the stream (seen in
-    the scale-out test). The partition's commits then stop at the first of them while
-    everything after it is processed. The fault is injected here: the watchdog must report
-    it, and a restart must re-read the messages, so that nothing is lost."""
+    """Messages read and never handed to the stream (what faust's seek at the end of recovery
+    did before pipeline/faust_consumer.py; first seen in the scale-out test). The partition's
+    commits stop at the first of them while everything after it is processed. The fault is
+    injected here: the watchdog must report it, and a restart must re-read the messages
+    (which the unfixed seek did not: it dropped them again), so that nothing is lost."""
     space.env[faults.ENV] = f"{space.settings.kafka.topics.web}:0:3000-3001"
     first = space.start_worker()
     total = feed(space, workload)
