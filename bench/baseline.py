@@ -36,6 +36,7 @@ app = faust.App(
     web_port=int(os.environ.get("BENCH_WEB_PORT", "6099")),
     web_host="127.0.0.1",
     web_bind="127.0.0.1",
+    datadir=".local/bench/{conf.id}-data",  # not the working directory
 )
 touchpoints = app.topic(*TOPICS.split(","), value_type=bytes, value_serializer="raw")
 profiles = app.topic(PROFILES, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

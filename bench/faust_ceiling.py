@@ -24,6 +24,7 @@ app = faust.App(
     store="memory://",
     consumer_auto_offset_reset="earliest",
     web_port=int(os.environ.get("BENCH_WEB_PORT", "6098")),
+    datadir=".local/bench/{conf.id}-data",  # not the working directory
 )
 topic = app.topic(*os.environ.get("BENCH_TOPICS", "").split(","), value_type=bytes, value_serializer="raw")
 seen = {"n": 0, "t0": 0.0}
