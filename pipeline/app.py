@@ -76,6 +76,11 @@ class Pipeline:
             broker_session_timeout=s.worker.session_timeout_s,
             broker_heartbeat_interval=max(0.5, s.worker.session_timeout_s / 5),
             broker_commit_interval=s.worker.commit_interval_s,
+            # Customer states on the changelog are kilobytes each: with faust's defaults
+            # (16 KiB batches, no linger) most produce requests carried one or two of them.
+            producer_linger=s.worker.producer_linger_ms / 1000,
+            producer_max_batch_size=s.worker.producer_batch_bytes,
+            producer_max_request_size=max(1_000_000, 2 * s.worker.producer_batch_bytes),
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             web_host="127.0.0.1",

@@ -143,6 +143,12 @@ class WorkerSettings(_Section):
         20_000, ge=0, description="customer states kept decoded between batches (most recently active first)"
     )
     clickhouse_retry_max_s: float = Field(30.0, gt=0, description="longest pause between ClickHouse retries")
+    producer_linger_ms: float = Field(
+        5.0, ge=0, le=1000, description="how long the producer waits to fill a batch (faust's default: 0)"
+    )
+    producer_batch_bytes: int = Field(
+        512 * 1024, ge=16 * 1024, le=8 * 2**20, description="largest producer batch per partition (faust's: 16 KiB)"
+    )
     data_dir: Path = Path(".local/worker")
 
 
