@@ -40,7 +40,7 @@ class SeekSafeConsumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer; the seek waits for the fetcher's batch in hand."""
 
     #: batches the fetcher thread is handing over (from their first message to their end);
-    #: written in that thread, read in the worker's loop (a plain int: atomic in CPython)
+    #: written only in that thread, read in the worker's loop (reading an int is atomic)
     _batches_open = 0
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
@@ -52,8 +52,8 @@ class SeekSafeConsumer(faust_aiokafka.Consumer):
                 if not opened:
                     self._batches_open += 1
                     opened = True
-                # faust checks the flow before each message, but in this thread: a seek
-                # that stopped the flow and saw no open batch may have come in between
+                # Checked again after counting: a seek may have stopped the flow and seen
+                # no open batch between faust's own check of the flow and the count.
                 if not self.flow_active:
                     break
                 yield tp, message
