@@ -47,9 +47,11 @@ class Stored:
     reentered: tuple[str, ...] = ()
     revision: int = 0
     contact: str = ""  # "" (not an assisted contact) | new | continuation
-    # The detectors' states after folding the kept events up to this one, so that an event
-    # arriving out of order replays only what comes after it. Valid however much history
-    # was pruned, for the reason `CustomerState.tail` is. Not serialized.
+    # The detectors' states after folding the kept events up to this one: the next event,
+    # in order or not, continues from here instead of replaying the kept history. Valid
+    # however much history was pruned, because the detectors only look one window back (at
+    # most 30 days, and the kept history covers window + lateness). Not serialized: the
+    # first replay after decoding rebuilds it.
     after: tuple[repeat_contact.State, re_entry.State] | None = field(default=None, repr=False, compare=False)
 
 
@@ -72,11 +74,6 @@ class CustomerState:
     events: list[Stored] = field(default_factory=list)
     max_t: int | None = None
     alerts: dict[str, Published] = field(default_factory=dict)
-    # The detectors' states after folding `events` in order. An event that arrives in order
-    # continues from here instead of replaying the kept history. Valid however much history
-    # was pruned, because the detectors only look one window back (at most 30 days, and the
-    # kept history covers window + lateness). Not serialized: the first replay rebuilds it.
-    tail: tuple[repeat_contact.State, re_entry.State] | None = field(default=None, repr=False, compare=False)
     # (channel, event_id) of the kept events, for the duplicate check; rebuilt when missing
     seen: set[tuple[str, str]] | None = field(default=None, repr=False, compare=False)
 
@@ -225,10 +222,10 @@ FIRST: Tail = (repeat_contact.State(), re_entry.State())  # before any event
 
 def _replay(
     events: list[Stored], start: int, state: CustomerState, rules: Rules, tail: Tail | None = None
-) -> tuple[list[Flags], dict[str, tuple[tuple[int, str, str], dict[str, Any]]], Tail]:
-    """Flags for events[start:] and the alerts they trigger, and the detectors' final states.
-    Replays from the first kept event, or continues from `tail` (the states after
-    events[:start]) when the caller has it."""
+) -> tuple[list[Flags], dict[str, tuple[tuple[int, str, str], dict[str, Any]]]]:
+    """Flags for events[start:] and the alerts they trigger; records each event's detector
+    states in `Stored.after`. Replays from the first kept event, or continues from `tail`
+    (the states after events[:start]) when the caller has it."""
     rc_state, re_state = tail if tail is not None else FIRST
     flags: list[Flags] = []
     drafts: dict[str, tuple[tuple[int, str, str], dict[str, Any]]] = {}
@@ -264,7 +261,7 @@ def _replay(
             body = alert_body(draft, first_t)
             body["context"] = already_told_us(touches, i, draft, rules)
             drafts[aid] = (touch.order_key, body)
-    return flags, drafts, (rc_state, re_state)
+    return flags, drafts
 
 
 def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tuple[CustomerState, Judgement]:
@@ -278,12 +275,13 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
     key = touch.order_key
     events = state.events
     if not events or events[-1].touch.order_key < key:  # in order: the common case
-        start, tail = len(events), state.tail
-    else:  # out of order: replay from the event before it, or from the start
+        start = len(events)
+    else:
         start = next(i for i, s in enumerate(events) if s.touch.order_key > key)
-        tail = events[start - 1].after if start > 0 else FIRST
+    # continue from the detectors' states before it (None after decoding: a full replay)
+    tail = events[start - 1].after if start > 0 else FIRST
     events.insert(start, Stored(touch))
-    flags, drafts, state.tail = _replay(events, start, state, rules, tail)
+    flags, drafts = _replay(events, start, state, rules, tail)
 
     rows: list[RowVersion] = []
     for stored, (friction, reentered, contact) in zip(state.events[start:], flags, strict=True):
