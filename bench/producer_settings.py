@@ -31,7 +31,7 @@ async def cpu_per_message(conf: dict[str, Any], linger_ms: float, batch_bytes: i
         **conf,
         linger_ms=linger_ms,
         max_batch_size=batch_bytes,
-        max_request_size=max(1_000_000, 2 * batch_bytes),
+        max_request_size=kafka_config.producer_request_bytes(batch_bytes),
         acks=-1,
     )
     await producer.start()

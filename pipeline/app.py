@@ -80,7 +80,7 @@ class Pipeline:
             # (16 KiB batches, no linger) most produce requests carried one or two of them.
             producer_linger=s.worker.producer_linger_ms / 1000,
             producer_max_batch_size=s.worker.producer_batch_bytes,
-            producer_max_request_size=max(1_000_000, 2 * s.worker.producer_batch_bytes),
+            producer_max_request_size=kafka_config.producer_request_bytes(s.worker.producer_batch_bytes),
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             web_host="127.0.0.1",

@@ -2,10 +2,9 @@
 
 `CEM_FAULT_DROP_ONCE=<topic>:<partition>:<first>-<last>` makes the worker read those
 offsets once without handing them to the stream, as faust's seek at the end of recovery did
-before `pipeline/faust_consumer.py`. They
-are then never acknowledged, so the partition's commits stop at the first of them: the
-watchdog reports it (`Pipeline._report_commit_holes`), and a restart re-reads them. Unset
-in production; tests/integration/test_faults.py sets it.
+before `pipeline/faust_consumer.py`. They are then never acknowledged, so the partition's
+commits stop at the first of them: the watchdog reports it (`Pipeline._report_commit_holes`),
+and a restart re-reads them. Unset in production; tests/integration/test_faults.py sets it.
 """
 
 from __future__ import annotations

@@ -52,6 +52,12 @@ def aiokafka(k: KafkaSettings) -> dict[str, Any]:
     return kafka_python(k) | {"bootstrap_servers": k.bootstrap_servers}
 
 
+def producer_request_bytes(batch_bytes: int) -> int:
+    """The producer's largest request for a given batch size: room for two full batches,
+    and never below Kafka's usual 1 MB."""
+    return max(1_000_000, 2 * batch_bytes)
+
+
 def faust_credentials(k: KafkaSettings) -> CredentialsT | None:
     """faust's `broker_credentials`: faust passes them to every consumer and producer it makes."""
     sec = k.security

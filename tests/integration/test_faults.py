@@ -4,7 +4,7 @@ Each run feeds a generated workload of 50k+ touchpoints (10,500 customers; profi
 breaks something in the middle, and then requires the exact results of event-time order:
 every touchpoint once in `timeline` with the flags the pure core computes, every implied alert
 exactly once in `friction_alerts` (and open on the alerts topic in its latest revision).
-Run with `make test-faults` (not in CI yet: see "Stalls" in docs/operations.md).
+Run with `make test-faults` and `make test-scaleout` (CI runs both).
 """
 
 from __future__ import annotations
