@@ -3,7 +3,7 @@ aiokafka, then every step the two stages do in Python, in one process:
 
   decode   bytes -> validated touchpoint (pydantic), as stage A
   resolve  identity resolution with salted fingerprints against the CRM index, as stage A
-  rekey    the by-customer envelope written and read back (orjson + pydantic), the hop
+  rekey    the touchpoints packed per partition and read back (orjson + pydantic), the hop
            between the stages that any co-partitioned design keeps
   judge    the detectors over the customer's state, as stage B
   persist  timeline rows and each touched customer's state serialised once per batch
@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import kafka_config
 from pipeline.decode import Rejected, decode_profile, decode_touchpoint
+from pipeline.rekey import pack_touches
 from pipeline.settings import Settings
 from processors.identity import profile_fingerprints, resolve
 from processors.judge import CustomerState, Profile, apply_profile, judge
@@ -78,6 +79,7 @@ async def core_ceiling(settings: Settings, expected_profiles: int, expected_touc
         wall, now_us = now_utc(), to_micros(now)
         touched: dict[str, CustomerState] = {}
         rows: list[tuple[Any, ...]] = []
+        resolved: list[tuple[str, bytes]] = []
         for rec in records[i : i + settings.worker.batch_size]:
             t0 = clock()
             channel = t.channel_of(rec.topic)
@@ -97,19 +99,25 @@ async def core_ceiling(settings: Settings, expected_profiles: int, expected_touc
             touch = to_touch(channel, result, res.customer_id, res.resolved_by, rec.topic, rec.partition, rec.offset)  # type: ignore[arg-type]
             t2 = clock()
             spent["resolve"] += t2 - t1
-            wire = orjson.dumps({"kind": "touch", "customer_id": res.customer_id, "touch": touch.to_dict()})
-            env: Any = ENVELOPE.validate_json(wire)
-            touch = Touch.from_dict(env.touch)
-            t3 = clock()
-            spent["rekey"] += t3 - t2
-            cid = env.customer_id
-            state = touched.get(cid) or states.get(cid) or CustomerState(cid)
-            state, verdict = judge(state, touch, rules, now_us)
-            touched[cid] = state
-            t4 = clock()
-            spent["judge"] += t4 - t3
-            rows.extend(timeline_row(r, wall) for r in verdict.rows)
-            spent["persist"] += clock() - t4
+            resolved.append((res.customer_id, orjson.dumps(touch.to_dict())))
+            spent["rekey"] += clock() - t2
+        t3 = clock()
+        envelopes: list[Any] = [ENVELOPE.validate_json(v) for _, v in pack_touches(resolved, settings.kafka.partitions)]
+        spent["rekey"] += clock() - t3
+        for env in envelopes:
+            for item in env.touches:
+                t3 = clock()
+                touch = Touch.from_dict(item)
+                t4 = clock()
+                spent["rekey"] += t4 - t3
+                cid = touch.customer_id
+                state = touched.get(cid) or states.get(cid) or CustomerState(cid)
+                state, verdict = judge(state, touch, rules, now_us)
+                touched[cid] = state
+                t5 = clock()
+                spent["judge"] += t5 - t4
+                rows.extend(timeline_row(r, wall) for r in verdict.rows)
+                spent["persist"] += clock() - t5
         t5 = clock()
         for cid, state in touched.items():
             orjson.dumps(state.to_dict())

@@ -17,6 +17,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.conn import BrokerConnection
 from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
 
 from pipeline import kafka_config
 from pipeline.settings import Settings, Topics
@@ -180,16 +181,50 @@ class Lag:
         return sum(self.by_topic.values())
 
 
+def group_offsets(settings: Settings, group: str) -> dict[TopicPartition, Any]:
+    """A consumer group's committed offsets (OffsetAndMetadata) per partition."""
+    admin = admin_client(settings)
+    try:
+        return dict(admin.list_consumer_group_offsets(group))
+    finally:
+        admin.close()
+
+
+def adopt_offsets(settings: Settings, source: str, target: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    """Give the `target` group the `source` group's offsets on `topics` where `target` has
+    none yet; returns what it adopted. For an upgrade: releases up to 0.1 read the channel
+    topics in Faust's group, and the resolve group must start where that one left off, so
+    the backlog is neither skipped nor read twice. Runs before the worker joins `target`:
+    committing from outside the group is refused while the group has members (another
+    upgraded worker already took over), and then there is nothing to adopt."""
+    wanted = set(topics)
+    theirs = {tp: c.offset for tp, c in group_offsets(settings, source).items() if tp.topic in wanted}
+    ours = group_offsets(settings, target)
+    adopt = {tp: offset for tp, offset in theirs.items() if tp not in ours and offset >= 0}
+    if adopt:
+        cons = consumer(settings, group_id=target)
+        try:
+            cons.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in adopt.items()})
+        finally:
+            cons.close()
+    return adopt
+
+
 def consumer_lag(settings: Settings, topics: Iterable[str] | None = None) -> Lag:
-    """Messages not yet committed by the worker's consumer group, per topic."""
+    """Messages not yet committed by the worker's consumer groups, per topic: the channel
+    topics are read by the resolve group, the others by Faust's."""
     t = settings.kafka.topics
-    names = list(topics or (t.web, t.callcenter, t.booking, t.profiles, t.by_customer))
+    channels = (t.web, t.callcenter, t.booking)
+    names = list(topics or (*channels, t.profiles, t.by_customer))
     admin = admin_client(settings)
     cons = consumer(settings)
     try:
         # Sources first, then the internal topic: a source committed means what it sent is on
         # the internal topic, so reading its end offsets afterwards cannot miss it.
-        committed = admin.list_consumer_group_offsets(settings.worker.app_id)
+        committed = admin.list_consumer_group_offsets(settings.worker.resolve_group)
+        committed = {tp: c for tp, c in committed.items() if tp.topic in channels}
+        committed |= {tp: c for tp, c in admin.list_consumer_group_offsets(settings.worker.app_id).items()
+                      if tp.topic not in channels}  # fmt: skip
         lag: dict[str, int] = {}
         for name in names:
             parts = cons.partitions_for_topic(name) or set()

@@ -1,15 +1,15 @@
-"""The Faust app: thin agents around the pure core in `processors/`.
+"""The worker: thin stages around the pure core in `processors/`.
 
-    cem.touchpoints.{web,callcenter,booking} --resolve----+
-                                                          +--> cem.internal.by-customer --judge--> ClickHouse
-    cem.crm.profiles -----------------ingest_profiles-----+      (keyed by customer)       +--> cem.friction.alerts
+    cem.touchpoints.{web,callcenter,booking} --resolve----+  (packs per partition: pipeline/rekey.py)
+                     (aiokafka batches: pipeline/source.py)  +--> cem.internal.by-customer --judge--> ClickHouse
+    cem.crm.profiles -----------------ingest_profiles-----+   (by customer partition)   +--> cem.friction.alerts
                           bad input -> cem.deadletter (original bytes + reason headers)
 
 Stage A (`resolve`, `ingest_profiles`) is stateless but for the identity index (identifier
 fingerprint -> customer id, a compacted topic every worker follows: pipeline/identity_index.py).
-It validates, resolves the customer, and re-keys by customer id, so stage B (`judge`) sees all of a customer's events on
-one partition, co-partitioned with the `customers` state table.
-"""
+It validates, resolves the customer, and re-keys by customer id, so stage B (`judge`, a Faust
+agent with the `customers` table) sees all of a customer's events on one partition,
+co-partitioned with its state. Why `resolve` is not a Faust agent: docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -32,14 +32,16 @@ from pydantic import ValidationError
 from pipeline import faults, faust_consumer, kafka_config
 from pipeline.decode import Rejected, decode_profile, decode_touchpoint
 from pipeline.identity_index import IdentityIndex
+from pipeline.rekey import pack_touches
 from pipeline.settings import Settings
+from pipeline.source import BatchSource
 from pipeline.stats import Stats
 from processors.identity import fingerprint, profile_fingerprints, resolve
 from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import Touch
 from processors.normalize import to_micros, to_touch
 from schemas.erasure import ErasureReceipt, Removed
-from schemas.internal import ENVELOPE, EraseEnvelope, ProfileEnvelope
+from schemas.internal import ENVELOPE, EraseEnvelope, ProfileEnvelope, TouchEnvelope, TouchesEnvelope
 from schemas.profile import ProfileSnapshot
 from schemas.touchpoints import Channel
 from sinks.alerts import to_alert
@@ -91,7 +93,6 @@ class Pipeline:
             value_serializer="raw",
             table_standby_replicas=0,
         )
-        self.touchpoints = app.topic(t.web, t.callcenter, t.booking, **RAW)
         self.profiles = app.topic(t.profiles, **RAW)
         self.by_customer = app.topic(t.by_customer, partitions=s.kafka.partitions, **RAW)
         self.alerts_topic = app.topic(t.alerts, **RAW)
@@ -113,7 +114,15 @@ class Pipeline:
         app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]  # mode types the handler too narrowly
         if os.environ.get(faults.ENV):
             app.on_partitions_assigned.connect(self._on_partitions_assigned)  # type: ignore[arg-type]
-        app.agent(self.touchpoints, name="resolve")(self._resolve_agent)
+        self.source = BatchSource(
+            kafka_config.aiokafka(s.kafka),
+            s.worker.resolve_group,
+            [t.web, t.callcenter, t.booking],
+            batch_size=s.worker.batch_size,
+            within_s=s.worker.batch_within_s,
+            session_timeout_s=s.worker.session_timeout_s,
+        )
+        app.task(self._resolve_task)
         app.agent(self.profiles, name="ingest_profiles")(self._profiles_agent)
         app.agent(self.by_customer, name="judge")(self._judge_agent)
 
@@ -140,41 +149,56 @@ class Pipeline:
         app.timer(interval=5.0)(self._refresh_health)
 
     # ------------------------------------------------------------------ stage A
-    async def _resolve_agent(self, stream: faust.StreamT[bytes]) -> None:
+    async def _resolve_task(self) -> None:
+        """Stage A's loop: the channel topics in batches (pipeline/source.py), each batch
+        committed once everything it produced is on the broker."""
         await self.index.loaded.wait()  # resolve nothing before the identity index is loaded
-        w = self.settings.worker
-        batches = stream.take_events(w.batch_size, within=w.batch_within_s)  # type: ignore[attr-defined]  # missing from faust's StreamT
-        async for events in batches:
-            await self._resolve_batch(events)
+        await self._retrying("adopt the previous release's offsets", self._adopt_offsets)
+        async for batch in self.source.batches():
+            await self._resolve_batch(batch)
+            await self.source.commit(batch)
+            self.stats.counters["source_commit_failures"] = self.source.commit_failures
 
-    async def _resolve_batch(self, events: list[EventT[bytes]]) -> None:
-        """Resolve a batch and re-key it by customer. Offsets are acked only after every
-        message is on the broker; a failed send (the broker away) resends the whole batch,
-        which is safe because the judge drops what it has already seen."""
-        now = datetime.now(UTC)
-        out: list[tuple[bytes, bytes]] = []
-        for event in events:
-            try:
-                msg = await self._resolve_one(event, now)
-                if msg is not None:
-                    out.append(msg)
-            except Exception as e:  # a bug must not stop the agent: park the message
-                log.exception("resolve failed at %s", _where(event))
-                await self.dead_letter(event, Rejected("processing_error", "", repr(e)[:500]))
-        await self._retrying(
-            "forward to the by-customer topic", self._send_all, self.settings.kafka.topics.by_customer, out
+    async def _adopt_offsets(self) -> None:
+        from pipeline.admin import adopt_offsets  # kafka-python's admin client, blocking
+
+        s, t = self.settings, self.settings.kafka.topics
+        adopted = await asyncio.to_thread(
+            adopt_offsets, s, s.worker.app_id, s.worker.resolve_group, [t.web, t.callcenter, t.booking]
         )
+        for tp, offset in sorted(adopted.items()):
+            log.info("%s[%d]: the resolve group starts at %d, where the previous release left it",
+                     tp.topic, tp.partition, offset)  # fmt: skip
 
-    async def _send_all(self, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
-        """Send through faust's topic, waiting for every acknowledgement. (Handing messages
-        straight to the producer was faster, but a broker restart left the judge waiting for
-        good in tests/integration/test_faults.py; faust's send path survives it.)"""
-        target = self.by_customer if topic == self.settings.kafka.topics.by_customer else self.alerts_topic
-        sent = [await target.send(key=key, value=value, force=True) for key, value in messages]
+    async def _resolve_batch(self, records: list[Any]) -> None:
+        """Resolve a batch and re-key it by customer, packed per partition (pipeline/rekey.py).
+        Offsets are acked only after every message is on the broker; a failed send (the broker
+        away) resends the whole batch, which is safe because the judge drops what it has
+        already seen."""
+        now = datetime.now(UTC)
+        touches: list[tuple[str, bytes]] = []
+        for record in records:
+            try:
+                touch = await self._resolve_one(record, now)
+                if touch is not None:
+                    touches.append(touch)
+            except Exception as e:  # a bug must not stop stage A: park the message
+                log.exception("resolve failed at %s", _where(record))
+                await self.dead_letter(record, Rejected("processing_error", "", repr(e)[:500]))
+        out = [(None, value, p) for p, value in pack_touches(touches, self.settings.kafka.partitions)]
+        await self._retrying("forward to the by-customer topic", self._send_all, self.by_customer, out)
+
+    async def _send_all(self, target: faust.TopicT, messages: list[tuple[bytes | None, bytes, int | None]]) -> None:
+        """Send (key, value, partition or None) through faust's topic, waiting for every
+        acknowledgement. (Handing messages straight to the producer was faster, but a broker
+        restart left the judge waiting for good in tests/integration/test_faults.py; faust's
+        send path survives it.)"""
+        sent = [await target.send(key=k, value=v, partition=p, force=True) for k, v, p in messages]
         await asyncio.gather(*sent)
 
-    async def _resolve_one(self, event: EventT[bytes], now: datetime) -> tuple[bytes, bytes] | None:
-        m = event.message
+    async def _resolve_one(self, m: Any, now: datetime) -> tuple[str, bytes] | None:
+        """A touchpoint (aiokafka ConsumerRecord) -> (customer id, the Touch as JSON), or None
+        if it was dead-lettered."""
         self.stats.events_in[m.topic] += 1
         channel: Channel | None = self.settings.kafka.topics.channel_of(m.topic)  # type: ignore[assignment]
         assert channel is not None, m.topic
@@ -187,14 +211,13 @@ class Pipeline:
             max_bytes=self.settings.worker.max_message_bytes,
         )
         if isinstance(result, Rejected):
-            await self.dead_letter(event, result)
+            await self.dead_letter(m, result)
             return None
         res = resolve(result.customer_id, result.identifiers, self._lookup, self.settings.secret)
         if res.link_anonymous is not None and self._lookup(res.link_anonymous) != res.customer_id:
             await self._index_put(res.link_anonymous, res.customer_id)
         touch = to_touch(channel, result, res.customer_id, res.resolved_by, m.topic, m.partition, m.offset)
-        env = {"kind": "touch", "customer_id": res.customer_id, "touch": touch.to_dict()}  # a TouchEnvelope
-        return res.customer_id.encode(), orjson.dumps(env)
+        return res.customer_id, orjson.dumps(touch.to_dict())
 
     def _lookup(self, fingerprint: str) -> str | None:
         return self.index.get(fingerprint)
@@ -215,7 +238,7 @@ class Pipeline:
                     m.key, m.value, vocabulary=self.vocabulary, max_bytes=self.settings.worker.max_message_bytes
                 )
                 if isinstance(result, Rejected):
-                    await self.dead_letter(event, result)
+                    await self.dead_letter(event.message, result)
                     continue
                 env: ProfileEnvelope | EraseEnvelope
                 if isinstance(result, ProfileSnapshot):
@@ -231,14 +254,17 @@ class Pipeline:
                     env = _erase_request(event, result)
                 await self.by_customer.send(key=env.customer_id.encode(), value=orjson.dumps(env.model_dump()))
             except Exception as e:
-                log.exception("ingest_profiles failed at %s", _where(event))
-                await self.dead_letter(event, Rejected("processing_error", "", repr(e)[:500]))
+                log.exception("ingest_profiles failed at %s", _where(event.message))
+                await self.dead_letter(event.message, Rejected("processing_error", "", repr(e)[:500]))
 
     # ------------------------------------------------------------------ stage B
     async def _judge_agent(self, stream: faust.StreamT[bytes]) -> None:
         w = self.settings.worker
+        # A resolve batch sends at most one TouchesEnvelope per partition (more only when one
+        # would pass rekey.MAX_MESSAGE_BYTES), so this many messages hold about one resolve
+        # batch; _judge_events writes whenever batch_size rows are pending.
         # take_events (not take): the batch keeps each message's Kafka metadata for provenance.
-        batches = stream.take_events(w.batch_size, within=w.batch_within_s)  # type: ignore[attr-defined]  # missing from faust's StreamT
+        batches = stream.take_events(self.settings.kafka.partitions, within=w.batch_within_s)  # type: ignore[attr-defined]  # missing from faust's StreamT
         async for events in batches:
             await self._judge_batch(events)
 
@@ -270,9 +296,24 @@ class Pipeline:
             try:
                 env = ENVELOPE.validate_json(m.value or b"")
             except ValidationError as e:
-                await self.dead_letter(event, Rejected("invalid_internal", "", str(e)[:500]))
+                await self.dead_letter(event.message, Rejected("invalid_internal", "", str(e)[:500]))
                 continue
             try:
+                if isinstance(env, TouchesEnvelope):
+                    for item in env.touches:
+                        try:
+                            self._judge_touch(out, item, now, now_us)
+                        except Exception as e:  # park this touchpoint, judge the others
+                            log.exception("judge failed at %s", _where(event.message))
+                            why = Rejected("processing_error", "", repr(e)[:500])
+                            await self.dead_letter(event.message, why, value=orjson.dumps(item))
+                    if len(out.timeline) >= self.settings.worker.batch_size:  # bound inserts and memory
+                        await self._flush(out)
+                        out = _Pending(self._generation)
+                    continue
+                if isinstance(env, TouchEnvelope):
+                    self._judge_touch(out, env.touch, now, now_us)
+                    continue
                 cid = env.customer_id
                 if isinstance(env, EraseEnvelope):
                     had_state, entries = self._forget(out, cid)
@@ -281,34 +322,35 @@ class Pipeline:
                     out = _Pending(self._generation)
                     continue
                 state = self._state(out.states, cid)
-                if isinstance(env, ProfileEnvelope):
-                    old = set(state.profile.fingerprints) if state.profile else set()
-                    profile = Profile(env.version, env.loyalty_tier, tuple(env.known_fields), tuple(env.fingerprints))
-                    state, accepted = apply_profile(state, profile)
-                    out.states[cid] = state
-                    self.stats.profiles["held" if accepted else "ignored_older"] += 1
-                    if accepted:
-                        out.index.update({fp: None for fp in old - set(env.fingerprints)})
-                        out.index.update({fp: cid for fp in env.fingerprints})
-                else:
-                    touch = Touch.from_dict(env.touch)
-                    state, verdict = judge(state, touch, self.rules, now_us)
-                    out.states[cid] = state
-                    self.stats.counters["touchpoints_judged"] += 1
-                    if verdict.duplicate:
-                        self.stats.counters["duplicates"] += 1
-                    if verdict.late:
-                        self.stats.counters["late_events"] += 1
-                    out.timeline.extend(timeline_row(r, now) for r in verdict.rows)
-                    self.stats.counters["row_rewrites"] += sum(1 for r in verdict.rows if r.revision > 1)
-                    for a in verdict.alerts:
-                        out.alert_rows.append(alert_row(a, (touch.topic, touch.partition, touch.offset), now))
-                        out.alert_msgs.append((cid.encode(), to_alert(a).model_dump_json().encode()))
-                        self.stats.alerts[f"{a.body['kind']}:{a.status}"] += 1
+                old = set(state.profile.fingerprints) if state.profile else set()
+                profile = Profile(env.version, env.loyalty_tier, tuple(env.known_fields), tuple(env.fingerprints))
+                state, accepted = apply_profile(state, profile)
+                out.states[cid] = state
+                self.stats.profiles["held" if accepted else "ignored_older"] += 1
+                if accepted:
+                    out.index.update({fp: None for fp in old - set(env.fingerprints)})
+                    out.index.update({fp: cid for fp in env.fingerprints})
             except Exception as e:
-                log.exception("judge failed at %s", _where(event))
-                await self.dead_letter(event, Rejected("processing_error", "", repr(e)[:500]))
+                log.exception("judge failed at %s", _where(event.message))
+                await self.dead_letter(event.message, Rejected("processing_error", "", repr(e)[:500]))
         await self._flush(out)
+
+    def _judge_touch(self, out: _Pending, touch_dict: dict[str, object], now: datetime, now_us: int) -> None:
+        touch = Touch.from_dict(touch_dict)
+        cid = touch.customer_id
+        state, verdict = judge(self._state(out.states, cid), touch, self.rules, now_us)
+        out.states[cid] = state
+        self.stats.counters["touchpoints_judged"] += 1
+        if verdict.duplicate:
+            self.stats.counters["duplicates"] += 1
+        if verdict.late:
+            self.stats.counters["late_events"] += 1
+        out.timeline.extend(timeline_row(r, now) for r in verdict.rows)
+        self.stats.counters["row_rewrites"] += sum(1 for r in verdict.rows if r.revision > 1)
+        for a in verdict.alerts:
+            out.alert_rows.append(alert_row(a, (touch.topic, touch.partition, touch.offset), now))
+            out.alert_msgs.append((cid.encode(), to_alert(a).model_dump_json().encode()))
+            self.stats.alerts[f"{a.body['kind']}:{a.status}"] += 1
 
     async def _flush(self, out: _Pending) -> None:
         await self._write_clickhouse(out.timeline, out.alert_rows)
@@ -386,7 +428,7 @@ class Pipeline:
         """Alerts, then state, then the identity index. Idempotent, so it can be retried whole."""
         # Alerts must be on the broker before the state that says they were published: wait
         # for their acks, so a crash cannot leave state claiming an alert the topic never got.
-        await self._send_all(self.settings.kafka.topics.alerts, alert_msgs)
+        await self._send_all(self.alerts_topic, [(k, v, None) for k, v in alert_msgs])
         for cid, st in states.items():
             if st is None:
                 self.customers.pop(cid.encode(), None)
@@ -560,8 +602,10 @@ class Pipeline:
                 self.stats.counters["commit_holes"] += 1
 
     # ------------------------------------------------------------------ shared
-    async def dead_letter(self, event: EventT[bytes], why: Rejected) -> None:
-        m = event.message
+    async def dead_letter(self, m: Any, why: Rejected, value: bytes | None = None) -> None:
+        """Park a message (faust's Message or aiokafka's ConsumerRecord) with the reason in its
+        headers. `value`: the part that failed (one touchpoint of a TouchesEnvelope); by
+        default the whole message."""
         self.stats.deadletter[why.reason] += 1
         headers = [
             ("cem.error.reason", why.reason.encode()),
@@ -572,8 +616,8 @@ class Pipeline:
             ("cem.source.offset", str(m.offset).encode()),
             ("cem.error.at", datetime.now(UTC).isoformat().encode()),
         ]
-        log.info("dead-letter %s: %s", _where(event), why.describe())
-        await self.deadletter.send(key=m.key, value=m.value, headers=headers)
+        log.info("dead-letter %s: %s", _where(m), why.describe())
+        await self.deadletter.send(key=m.key, value=m.value if value is None else value, headers=headers)
 
 
 @dataclass
@@ -608,8 +652,8 @@ def _erase_request(event: EventT[bytes], customer_id: str) -> EraseEnvelope:
     )
 
 
-def _where(event: EventT[bytes]) -> str:
-    m = event.message
+def _where(m: Any) -> str:
+    """topic[partition]@offset of a faust Message or an aiokafka ConsumerRecord."""
     return f"{m.topic}[{m.partition}]@{m.offset}"
 
 

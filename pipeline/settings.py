@@ -151,6 +151,12 @@ class WorkerSettings(_Section):
     )
     data_dir: Path = Path(".local/worker")
 
+    @property
+    def resolve_group(self) -> str:
+        """The consumer group that reads the channel topics (pipeline/source.py); Faust's
+        group, `app_id`, reads the CRM and internal topics."""
+        return f"{self.app_id}-resolve"
+
 
 class RepeatContactConfig(_Section):
     window_days: int = Field(7, ge=1, le=365)

@@ -6,7 +6,8 @@ Metric names (all prefixed `cem_`), see docs/operations.md:
   events_in_total{topic}, deadletter_total{reason}, alerts_total{kind,status},
   late_events_total, duplicates_total, row_rewrites_total (corrections), profiles_total{outcome},
   touchpoints_judged_total, timeline_rows_written_total, alert_rows_written_total,
-  clickhouse_errors_total, clickhouse_batch_rows (summary), clickhouse_write_seconds (summary),
+  clickhouse_errors_total, source_commit_failures_total, clickhouse_batch_rows (summary),
+  clickhouse_write_seconds (summary),
   consumer_lag{topic} (gauge), ready (gauge)
 """
 
@@ -29,6 +30,8 @@ _PLAIN = {
     "clickhouse_errors": "failed ClickHouse writes (each retried)",
     "retried_steps": "judge steps (ClickHouse write, alerts and state) retried after an error",
     "stalls_resumed": "times the watchdog put stalled partitions back into the fetch set (faust issue #629)",
+    "source_commit_failures": "channel-topic commits that failed (a rebalance, the broker away); "
+    "the batch may be forwarded again, and the judge drops the duplicates",
     "commit_holes": "partitions found with messages read but never acknowledged, which blocks their commits "
     "until the worker restarts",
 }

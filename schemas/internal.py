@@ -1,7 +1,13 @@
-"""Messages on the internal topic `cem.internal.by-customer` (keyed by customer id).
+"""Messages on the internal topic `cem.internal.by-customer`.
 
 Stage A (resolve / ingest_profiles) writes them; stage B (judge) reads them. Both are ours,
 so the models are strict. They carry fingerprints and field names only: no raw identifiers.
+
+A message goes to the partition of its customer id under Kafka's default partitioner, the
+partition the `customers` table's changelog uses for that customer. Profiles and erasures
+are one message each, keyed by the customer id. Touchpoints travel as `TouchesEnvelope`s: all
+of a resolve batch's touchpoints for one partition in one message, because the per-message
+cost of a Faust stream, not the judging, bounded the judge stage.
 """
 
 from __future__ import annotations
@@ -16,9 +22,19 @@ class _Strict(BaseModel):
 
 
 class TouchEnvelope(_Strict):
+    """One touchpoint, keyed by its customer id. Written by earlier versions, and still judged,
+    so that a worker upgraded with a backlog on the internal topic loses nothing."""
+
     kind: Literal["touch"] = "touch"
     customer_id: str
     touch: dict[str, object]  # processors.model.Touch.to_dict()
+
+
+class TouchesEnvelope(_Strict):
+    """Several customers' touchpoints bound for one partition (no key)."""
+
+    kind: Literal["touches"] = "touches"
+    touches: list[dict[str, object]]  # Touch.to_dict() each; its customer_id keys the state
 
 
 class ProfileEnvelope(_Strict):
@@ -40,5 +56,5 @@ class EraseEnvelope(_Strict):
     requested_at: str  # ISO 8601, UTC
 
 
-Envelope = Annotated[TouchEnvelope | ProfileEnvelope | EraseEnvelope, Field(discriminator="kind")]
+Envelope = Annotated[TouchesEnvelope | TouchEnvelope | ProfileEnvelope | EraseEnvelope, Field(discriminator="kind")]
 ENVELOPE = TypeAdapter(Envelope)

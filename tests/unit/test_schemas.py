@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from processors.model import Touch
 from schemas.alert import FrictionAlert
 from schemas.erasure import ErasureReceipt
-from schemas.internal import ENVELOPE, TouchEnvelope
+from schemas.internal import ENVELOPE, TouchEnvelope, TouchesEnvelope
 from schemas.profile import ProfileSnapshot
 from schemas.touchpoints import BookingEvent, ContactEvent, WebEvent
 
@@ -51,6 +51,14 @@ def test_internal_envelope_example_round_trips_to_a_touch() -> None:
     touch = Touch.from_dict(env.touch)
     assert touch.uid == "web/w-3" and touch.fields == ("passport_number",)
     assert Touch.from_dict(touch.to_dict()) == touch
+
+
+def test_internal_touches_example_holds_touches_of_several_customers() -> None:
+    env = ENVELOPE.validate_json((EXAMPLES / "internal.touches.json").read_bytes())
+    assert isinstance(env, TouchesEnvelope)
+    touches = [Touch.from_dict(t) for t in env.touches]
+    assert [t.uid for t in touches] == ["web/w-3", "callcenter/c-9"]
+    assert {t.customer_id for t in touches} == {"C-1042", "C-2001"}
 
 
 def test_unknown_extra_fields_are_tolerated_on_producer_messages() -> None:

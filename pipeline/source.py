@@ -1,0 +1,95 @@
+"""Where touchpoints enter: the channel topics read in batches by a plain aiokafka group consumer.
+
+Stage A (resolve) is stateless, so it does not need Faust's streams, which cost more per
+message than the whole of cem's work on it (bench: (a2) against (a)). This consumer hands
+over whole batches and commits a batch's offsets only after the caller has finished it,
+so every touchpoint is forwarded at least once; the judge drops what it has already seen.
+
+Its consumer group is `<app_id>-resolve` (settings.worker.resolve_group). Releases up to
+0.1 read the channel topics in Faust's group, `<app_id>`: see admin.adopt_offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
+
+log = logging.getLogger("cem.source")
+
+
+class BatchSource:
+    def __init__(
+        self,
+        client_config: dict[str, Any],  # pipeline.kafka_config.aiokafka()
+        group_id: str,
+        topics: list[str],
+        *,
+        batch_size: int,
+        within_s: float,
+        session_timeout_s: float,
+    ) -> None:
+        self.topics, self.batch_size, self.within_s = topics, batch_size, within_s
+        self.config = client_config | {
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "session_timeout_ms": int(session_timeout_s * 1000),
+            "heartbeat_interval_ms": int(max(0.5, session_timeout_s / 5) * 1000),
+        }
+        self.consumer: Any = None  # AIOKafkaConsumer, made in the worker's event loop
+        self.commit_failures = 0
+        self._uncommitted: dict[TopicPartition, int] = {}  # a failed commit, retried with the next
+
+    async def batches(self) -> AsyncIterator[list[Any]]:
+        """Batches of ConsumerRecords: up to batch_size, or what came within `within_s` of the
+        first record. Runs until cancelled; the consumer leaves the group on the way out."""
+        self.consumer = AIOKafkaConsumer(**self.config)
+        await self.consumer.start()
+        try:
+            self.consumer.subscribe(self.topics)
+            while True:
+                batch = await self._next()
+                if batch:
+                    yield batch
+                elif self._uncommitted:
+                    await self.commit([])
+        finally:
+            await self.consumer.stop()
+
+    async def _next(self) -> list[Any]:
+        got = await self.consumer.getmany(timeout_ms=1000, max_records=self.batch_size)
+        out = [r for records in got.values() for r in records]
+        deadline = time.monotonic() + self.within_s
+        while out and len(out) < self.batch_size and (left := deadline - time.monotonic()) > 0:
+            got = await self.consumer.getmany(timeout_ms=int(left * 1000) + 1, max_records=self.batch_size - len(out))
+            out.extend(r for records in got.values() for r in records)
+        return out
+
+    async def commit(self, batch: list[Any]) -> None:
+        """Commit past every record of a finished batch. If the partitions moved to another
+        worker meanwhile, the commit fails and the new owner forwards them again; if the
+        broker is away, the offsets are committed with the next batch (or when the topics go
+        quiet). Either way it is logged and counted, and harmless, since the judge drops
+        duplicates."""
+        offsets = dict(self._uncommitted)
+        for r in batch:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        self._uncommitted = {}
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as e:
+            self.commit_failures += 1
+            log.info("commit of a finished batch failed after a rebalance (%s); it may be forwarded again", e)
+        except KafkaError as e:
+            self.commit_failures += 1
+            self._uncommitted = offsets
+            log.warning("commit of a finished batch failed (%s); retrying with the next one", e)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.consumer.assignment()) if self.consumer is not None else set()
