@@ -134,7 +134,7 @@ class WorkerSettings(_Section):
     app_id: str = "cem-pipeline"
     web_port: int = Field(6066, ge=1, le=65535)
     batch_size: int = Field(2000, ge=1, le=100_000)
-    batch_within_s: float = Field(0.5, gt=0, le=60)
+    batch_within_s: float = Field(0.1, gt=0, le=60)
     session_timeout_s: float = Field(10.0, gt=0)
     commit_interval_s: float = Field(1.0, gt=0)
     max_future_skew_hours: float = Field(24.0, ge=0, description="events further ahead of the clock are rejected")
