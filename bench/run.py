@@ -40,7 +40,7 @@ from rich.table import Table
 from bench.core_ceiling import core_ceiling
 from bench.workload import Workload, generate
 from pipeline import kafka_config
-from pipeline.admin import create_topics, producer, read_to_end
+from pipeline.admin import create_topics, producer, read_to_end, wait_until_processed
 from pipeline.settings import Settings, Topics, load_settings
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
@@ -460,6 +460,9 @@ def main() -> None:
     run.results["cem"], procs = run_cem(run, wl, args.workers)
     run.results["quality"] = precision_recall(run, wl)
     rate = run.results["cem"]["touchpoints_per_s"] * 0.5
+    # (c) ends when the last row is in ClickHouse; the worker still publishes state and
+    # commits after that. Latency is measured from the steady state, not during that tail.
+    wait_until_processed(run.settings, timeout_s=600)
     step(f"latency at {rate:,.0f} touchpoints/s for {scale.latency_s:.0f}s")
     run.results["latency"] = latency(run, rate, scale.latency_s)
     try:
