@@ -151,7 +151,9 @@ class Pipeline:
     # ------------------------------------------------------------------ stage A
     async def _resolve_task(self) -> None:
         """Stage A's loop: the channel topics in batches (pipeline/source.py), each batch
-        committed once everything it produced is on the broker."""
+        committed once everything it produced is on the broker. An error that escapes it
+        crashes the worker (faust does that for a failed task), so a supervisor restarts it
+        from the committed offsets instead of leaving a worker that reads nothing."""
         await self.index.loaded.wait()  # resolve nothing before the identity index is loaded
         await self._retrying("adopt the previous release's offsets", self._adopt_offsets)
         async for batch in self.source.batches():
@@ -172,9 +174,8 @@ class Pipeline:
 
     async def _resolve_batch(self, records: list[Any]) -> None:
         """Resolve a batch and re-key it by customer, packed per partition (pipeline/rekey.py).
-        Offsets are acked only after every message is on the broker; a failed send (the broker
-        away) resends the whole batch, which is safe because the judge drops what it has
-        already seen."""
+        Returns once every message is on the broker; a failed send (the broker away) resends
+        the whole batch, which is safe because the judge drops what it has already seen."""
         now = datetime.now(UTC)
         touches: list[tuple[str, bytes]] = []
         for record in records:
