@@ -68,7 +68,7 @@ async def core_ceiling(settings: Settings, expected_profiles: int, expected_touc
             index.update(dict.fromkeys(fps, p.customer_id))
             profile = Profile(p.version, p.loyalty_tier.lower(), tuple(p.known_fields), tuple(fps))
             states[p.customer_id] = apply_profile(states.get(p.customer_id) or CustomerState(p.customer_id), profile)[0]
-    records = await _read_all(settings, [t.web, t.callcenter, t.booking], expected_touchpoints)
+    records = await _read_all(settings, list(t.channels), expected_touchpoints)
 
     spent: dict[str, float] = defaultdict(float)
     clock = time.perf_counter

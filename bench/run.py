@@ -113,8 +113,7 @@ async def bare_consume(run: Run, expected: int) -> float:
     consumer = AIOKafkaConsumer(**kafka_config.aiokafka(run.settings.kafka), enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for topic in (t.web, t.callcenter, t.booking)
-               for p in range(run.settings.kafka.partitions)]  # fmt: skip
+        tps = [TopicPartition(topic, p) for topic in t.channels for p in range(run.settings.kafka.partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         seen = 0

@@ -214,7 +214,7 @@ def consumer_lag(settings: Settings, topics: Iterable[str] | None = None) -> Lag
     """Messages not yet committed by the worker's consumer groups, per topic: the channel
     topics are read by the resolve group, the others by Faust's."""
     t = settings.kafka.topics
-    channels = (t.web, t.callcenter, t.booking)
+    channels = t.channels
     names = list(topics or (*channels, t.profiles, t.by_customer))
     admin = admin_client(settings)
     cons = consumer(settings)

@@ -117,10 +117,11 @@ class Pipeline:
         self.source = BatchSource(
             kafka_config.aiokafka(s.kafka),
             s.worker.resolve_group,
-            [t.web, t.callcenter, t.booking],
+            list(t.channels),
             batch_size=s.worker.batch_size,
             within_s=s.worker.batch_within_s,
             session_timeout_s=s.worker.session_timeout_s,
+            on_commit_failure=self._count_commit_failure,
         )
         app.task(self._resolve_task)
         app.agent(self.profiles, name="ingest_profiles")(self._profiles_agent)
@@ -159,14 +160,16 @@ class Pipeline:
         async for batch in self.source.batches():
             await self._resolve_batch(batch)
             await self.source.commit(batch)
-            self.stats.counters["source_commit_failures"] = self.source.commit_failures
+
+    def _count_commit_failure(self) -> None:
+        self.stats.counters["source_commit_failures"] += 1
 
     async def _adopt_offsets(self) -> None:
         from pipeline.admin import adopt_offsets  # kafka-python's admin client, blocking
 
-        s, t = self.settings, self.settings.kafka.topics
+        s = self.settings
         adopted = await asyncio.to_thread(
-            adopt_offsets, s, s.worker.app_id, s.worker.resolve_group, [t.web, t.callcenter, t.booking]
+            adopt_offsets, s, s.worker.app_id, s.worker.resolve_group, s.kafka.topics.channels
         )
         for tp, offset in sorted(adopted.items()):
             log.info("%s[%d]: the resolve group starts at %d, where the previous release left it",

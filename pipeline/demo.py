@@ -134,7 +134,7 @@ def _wait_with_progress(settings: Settings, total: int, console: Console) -> Non
         t = settings.kafka.topics
 
         def show(lag: Any) -> None:
-            pending = sum(lag.by_topic.get(name, 0) for name in (t.web, t.callcenter, t.booking, t.by_customer))
+            pending = sum(lag.by_topic.get(name, 0) for name in (*t.channels, t.by_customer))
             progress.update(task, completed=max(0, total - min(total, pending)))
 
         wait_until_processed(settings, timeout_s=900, on_progress=show)

@@ -49,6 +49,11 @@ class Topics(_Section):
     # internal: identifier fingerprint -> customer id, compacted, read in full by every worker
     identity: str = "cem.internal.identity"
 
+    @property
+    def channels(self) -> tuple[str, str, str]:
+        """The channel (touchpoint) topics, read by stage A."""
+        return (self.web, self.callcenter, self.booking)
+
     def channel_of(self, topic: str) -> str | None:
         return {self.web: "web", self.callcenter: "call_center", self.booking: "booking"}.get(topic)
 

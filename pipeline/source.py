@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -32,6 +32,7 @@ class BatchSource:
         batch_size: int,
         within_s: float,
         session_timeout_s: float,
+        on_commit_failure: Callable[[], None] = lambda: None,
     ) -> None:
         self.topics, self.batch_size, self.within_s = topics, batch_size, within_s
         self.config = client_config | {
@@ -42,7 +43,7 @@ class BatchSource:
             "heartbeat_interval_ms": int(max(0.5, session_timeout_s / 5) * 1000),
         }
         self.consumer: Any = None  # AIOKafkaConsumer, made in the worker's event loop
-        self.commit_failures = 0
+        self.on_commit_failure = on_commit_failure  # e.g. a metric
         self._uncommitted: dict[TopicPartition, int] = {}  # a failed commit, retried with the next
 
     async def batches(self) -> AsyncIterator[list[Any]]:
@@ -84,12 +85,9 @@ class BatchSource:
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as e:
-            self.commit_failures += 1
+            self.on_commit_failure()
             log.info("commit of a finished batch failed after a rebalance (%s); it may be forwarded again", e)
         except KafkaError as e:
-            self.commit_failures += 1
+            self.on_commit_failure()
             self._uncommitted = offsets
             log.warning("commit of a finished batch failed (%s); retrying with the next one", e)
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.consumer.assignment()) if self.consumer is not None else set()
