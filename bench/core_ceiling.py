@@ -19,7 +19,6 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import kafka_config
@@ -99,7 +98,7 @@ async def core_ceiling(settings: Settings, expected_profiles: int, expected_touc
             touch = to_touch(channel, result, res.customer_id, res.resolved_by, rec.topic, rec.partition, rec.offset)  # type: ignore[arg-type]
             t2 = clock()
             spent["resolve"] += t2 - t1
-            resolved.append((res.customer_id, orjson.dumps(touch.to_dict())))
+            resolved.append((res.customer_id, touch.to_json()))
             spent["rekey"] += clock() - t2
         t3 = clock()
         envelopes: list[Any] = [ENVELOPE.validate_json(v) for _, v in pack_touches(resolved, settings.kafka.partitions)]
@@ -120,7 +119,7 @@ async def core_ceiling(settings: Settings, expected_profiles: int, expected_touc
                 spent["persist"] += clock() - t5
         t5 = clock()
         for cid, state in touched.items():
-            orjson.dumps(state.to_dict())
+            state.to_json()
             states[cid] = state
         spent["persist"] += clock() - t5
     seconds = clock() - started

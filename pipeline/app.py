@@ -221,7 +221,7 @@ class Pipeline:
         if res.link_anonymous is not None and self._lookup(res.link_anonymous) != res.customer_id:
             await self._index_put(res.link_anonymous, res.customer_id)
         touch = to_touch(channel, result, res.customer_id, res.resolved_by, m.topic, m.partition, m.offset)
-        return res.customer_id, orjson.dumps(touch.to_dict())
+        return res.customer_id, touch.to_json()
 
     def _lookup(self, fingerprint: str) -> str | None:
         return self.index.get(fingerprint)
@@ -439,7 +439,7 @@ class Pipeline:
             if st is None:
                 self.customers.pop(cid.encode(), None)
             else:
-                self.customers[cid.encode()] = orjson.dumps(st.to_dict())
+                self.customers[cid.encode()] = st.to_json()
         for fp, owner in index.items():
             await self._index_put(fp, owner)
 
@@ -477,7 +477,7 @@ class Pipeline:
                 st = live[1]
             else:
                 raw = None if cid in states else self.customers.get(cid.encode())
-                st = CustomerState.from_dict(orjson.loads(raw)) if raw else CustomerState(cid)
+                st = CustomerState.from_json(raw) if raw else CustomerState(cid)
             states[cid] = st
         return st
 

@@ -32,7 +32,7 @@ def partition_of(customer_id: str, partitions: int) -> int:
 def pack_touches(
     touches: Iterable[tuple[str, bytes]], partitions: int, max_bytes: int = MAX_MESSAGE_BYTES
 ) -> list[tuple[int, bytes]]:
-    """(customer id, Touch.to_dict() as JSON) pairs -> (partition, TouchesEnvelope JSON)
+    """(customer id, Touch.to_json()) pairs -> (partition, TouchesEnvelope JSON)
     messages, each at most `max_bytes` unless one touchpoint alone is larger. Order within
     a partition is kept."""
     by_partition: dict[int, list[bytes]] = {}

@@ -27,14 +27,14 @@ class TouchEnvelope(_Strict):
 
     kind: Literal["touch"] = "touch"
     customer_id: str
-    touch: dict[str, object]  # processors.model.Touch.to_dict()
+    touch: dict[str, object]  # processors.model.Touch.to_json()
 
 
 class TouchesEnvelope(_Strict):
     """Several customers' touchpoints bound for one partition (no key)."""
 
     kind: Literal["touches"] = "touches"
-    touches: list[dict[str, object]]  # Touch.to_dict() each; its customer_id keys the state
+    touches: list[dict[str, object]]  # Touch.to_json() each; its customer_id keys the state
 
 
 class ProfileEnvelope(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -112,6 +113,33 @@ def test_continuation_arriving_late_retracts_the_alert() -> None:
     ]
 
 
+def test_written_state_follows_flags_changed_by_a_late_event() -> None:
+    # each kept event's JSON is cached between writes: a revision must replace it
+    state, rules = CustomerState("C"), Rules()
+    state, _ = judge(state, contact("c2", 2 * D), rules, 0)
+    assert b'"friction":[]' in state.to_json()
+    state, late = judge(state, contact("c1", 0 * D), rules, 0)  # c2 now repeats c1
+    assert [(r.touch.event_id, r.revision) for r in late.rows] == [("c1", 1), ("c2", 2)]
+    back = CustomerState.from_json(state.to_json())
+    assert back == state
+    assert [(s.touch.event_id, s.friction, s.revision) for s in back.events] == [
+        ("c1", (), 1),
+        ("c2", ("repeat_contact",), 2),
+    ]
+
+
+def test_kept_state_json_holds_only_its_own_size() -> None:
+    state, _ = judge(CustomerState("C"), contact("c1", 0 * D), Rules(), 0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held = [state.to_json() for _ in range(100)]
+        per_state = (tracemalloc.get_traced_memory()[0] - before) / len(held)
+    finally:
+        tracemalloc.stop()
+    assert per_state < len(held[0]) + 200  # orjson alone hands back a 4 KiB buffer
+
+
 def test_re_entry_needs_crm_knowledge_or_another_place() -> None:
     rows, _ = run([entry("w1", 0 * D, "web:a", "address"), entry("w2", D, "web:a", "address")])
     assert rows == {"w1": (), "w2": ()}
@@ -144,7 +172,7 @@ def test_old_events_are_pruned_beyond_the_horizon() -> None:
     for i in range(60):
         state, _ = judge(state, contact(f"c{i}", i * D, matter=f"m{i}"), Rules(), 0)
     assert len(state.events) == 38  # window 30 + lateness 7 days, both ends included
-    assert CustomerState.from_dict(state.to_dict()) == state
+    assert CustomerState.from_json(state.to_json()) == state
 
 
 def test_older_or_equal_profile_versions_are_ignored() -> None:
