@@ -22,6 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import kafka_config
+from pipeline.app import tune_gc
 from pipeline.decode import Rejected, decode_profile, decode_touchpoint
 from pipeline.rekey import pack_touches
 from pipeline.settings import Settings
@@ -69,6 +70,7 @@ async def core_ceiling(settings: Settings, expected_profiles: int, expected_touc
             states[p.customer_id] = apply_profile(states.get(p.customer_id) or CustomerState(p.customer_id), profile)[0]
     records = await _read_all(settings, list(t.channels), expected_touchpoints)
 
+    tune_gc()  # as the worker does: at 30k customers the default thresholds cost a third
     spent: dict[str, float] = defaultdict(float)
     clock = time.perf_counter
     now = datetime.now(UTC)

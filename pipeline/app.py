@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -50,6 +51,15 @@ from sinks.clickhouse.erasure import delete_customer, find_receipt, insert_recei
 from sinks.clickhouse.writer import ClickHouseSink, alert_row, now_utc, timeline_row
 
 log = logging.getLogger("cem.pipeline")
+
+
+def tune_gc() -> None:
+    """The worker keeps every active customer's state in memory: millions of small objects
+    that live for long. With the default thresholds the cyclic collector keeps walking them
+    (45 % of the judge's time at 100k customers, bench/): collect the young generation less
+    often and the old one rarely."""
+    gc.set_threshold(50_000, 50, 1000)
+
 
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import signal
@@ -287,7 +286,7 @@ def worker(
     import faust
 
     from pipeline.admin import preflight
-    from pipeline.app import Pipeline
+    from pipeline.app import Pipeline, tune_gc
     from sinks.clickhouse.client import check_credentials
 
     if web_port is not None:
@@ -301,10 +300,7 @@ def worker(
     check_credentials(s.clickhouse)
     check_credentials(s.clickhouse.as_role("eraser"))
     pipeline = Pipeline(s)
-    # The worker keeps every active customer's state in memory: millions of small objects that
-    # live for long. With the default thresholds the cyclic collector keeps walking them (45 %
-    # of the judge's time at 100k customers, bench/): collect the young generation less often.
-    gc.set_threshold(50_000, 50, 1000)
+    tune_gc()
     worker = faust.Worker(pipeline.app, loglevel=loglevel)
     # faust's terminal spinner sets the root logger to DEBUG for good (at any log level from
     # warning up), so every debug call in faust, aiokafka and clickhouse-driver builds a log
