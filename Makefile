@@ -46,7 +46,7 @@ test-faults: setup ## fault injection over 50k+ touchpoints: SIGKILL, SIGTERM, b
 test-scaleout: setup ## two workers on 8 partitions, one killed mid-stream (about 5 min)
 	$(BIN)/pytest tests/integration/test_faults.py -m scaleout -s
 
-bench: up ## the benchmark: 1M touchpoints, ceiling vs baseline vs cem-pipeline (about an hour)
+bench: up ## the benchmark: 1M touchpoints, ceiling vs baseline vs cem-pipeline (about 20 minutes)
 	$(BIN)/python -m bench.run
 
 bench-quick: up ## the benchmark at 60k touchpoints (a few minutes), for everyday use
