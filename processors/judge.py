@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,13 +43,6 @@ class Profile:
     fingerprints: tuple[str, ...] = ()
 
 
-def kept(data: bytes) -> bytes:
-    """A right-sized copy of orjson output that is kept for long. orjson (3.12+) returns its
-    writing buffer without trimming it: at least 4 KiB, else a power of two (ijl/orjson;
-    home-assistant/core#181245). Measured here: 4,100 bytes held per 430-byte event."""
-    return bytes(memoryview(data))
-
-
 @dataclass(slots=True)
 class Stored:
     touch: Touch
@@ -56,34 +50,28 @@ class Stored:
     reentered: tuple[str, ...] = ()
     revision: int = 0
     contact: str = ""  # "" (not an assisted contact) | new | continuation
+    # The touch's order key, computed once: finding an event's place compares it often.
+    key: tuple[int, str, str] = field(init=False, repr=False, compare=False)
     # The detectors' states after folding the kept events up to this one: the next event,
-    # in order or not, continues from here instead of replaying the kept history. Valid
-    # however much history was pruned, because the detectors only look one window back (at
-    # most 30 days, and the kept history covers window + lateness). Not serialized: the
-    # first replay after decoding rebuilds it.
+    # in order or not, continues from here instead of replaying the kept history, and a
+    # replay stops where the states it computes meet these again. Valid however much
+    # history was pruned, because the detectors only look one window back (at most 30
+    # days, and the kept history covers window + lateness). Not serialized: the first
+    # replay after decoding rebuilds it.
     after: tuple[repeat_contact.State, re_entry.State] | None = field(default=None, repr=False, compare=False)
-    # This entry as written in the state's JSON, kept until its flags change: a customer's
-    # state is written whole after each batch that touches it, and re-encoding every kept
-    # event each time was the largest single cost of the judge stage (py-spy, bench-quick).
-    # Costs its size in memory: about 430 bytes per kept event (see `kept`).
-    encoded: orjson.Fragment | None = field(default=None, repr=False, compare=False)
 
-    def as_json(self) -> orjson.Fragment:
-        if self.encoded is None:
-            self.encoded = orjson.Fragment(
-                kept(
-                    orjson.dumps(
-                        {
-                            "touch": self.touch,
-                            "friction": self.friction,
-                            "reentered": self.reentered,
-                            "revision": self.revision,
-                            "contact": self.contact,
-                        }
-                    )
-                )
-            )
-        return self.encoded
+    def __post_init__(self) -> None:
+        t = self.touch
+        self.key = (t.t, t.channel, t.event_id)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "touch": self.touch,
+            "friction": self.friction,
+            "reentered": self.reentered,
+            "revision": self.revision,
+            "contact": self.contact,
+        }
 
 
 @dataclass(slots=True)
@@ -108,36 +96,23 @@ class CustomerState:
     # (channel, event_id) of the kept events, for the duplicate check; rebuilt when missing
     seen: set[tuple[str, str]] | None = field(default=None, repr=False, compare=False)
 
-    # --- serialization (the state lives in a Faust table as JSON) ---
+    # --- serialization: snapshots (pipeline/state.py), and the changelog of releases up to 0.2 ---
+    def as_dict(self) -> dict[str, Any]:
+        """The state as a dict that orjson serializes natively (touches, profile and alerts are
+        dataclasses: building their dicts in Python would cost more than the judging)."""
+        return {
+            "customer_id": self.customer_id,
+            "profile": self.profile,
+            "events": [s.as_dict() for s in self.events],
+            "max_t": self.max_t,
+            "alerts": list(self.alerts.values()),
+        }
+
     def to_json(self) -> bytes:
-        """The state as JSON, right-sized: the table holds it until the customer's next batch."""
-        # Touches go to orjson as dataclasses, which it serializes natively (building their
-        # dicts in Python cost more than the judging), and each kept event only once.
-        return kept(
-            orjson.dumps(
-                {
-                    "customer_id": self.customer_id,
-                    "profile": self.profile,
-                    "events": [s.as_json() for s in self.events],
-                    "max_t": self.max_t,
-                    "alerts": [
-                        {
-                            "alert_id": a.alert_id,
-                            "order_key": a.order_key,
-                            "status": a.status,
-                            "revision": a.revision,
-                            "detected_at": a.detected_at,
-                            "body": a.body,
-                        }
-                        for a in self.alerts.values()
-                    ],
-                }
-            )
-        )
+        return orjson.dumps(self.as_dict())
 
     @classmethod
-    def from_json(cls, raw: bytes) -> CustomerState:
-        d = orjson.loads(raw)
+    def from_dict(cls, d: dict[str, Any]) -> CustomerState:
         p = d.get("profile")
         return cls(
             customer_id=d["customer_id"],
@@ -168,8 +143,12 @@ class CustomerState:
             },
         )
 
+    @classmethod
+    def from_json(cls, raw: bytes) -> CustomerState:
+        return cls.from_dict(orjson.loads(raw))
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)  # a value (why not frozen: model.py)
 class RowVersion:
     """A timeline row to write: the touchpoint, its flags, and the row's revision."""
 
@@ -180,7 +159,7 @@ class RowVersion:
     contact: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value (why not frozen: model.py)
 class AlertVersion:
     alert_id: str
     status: str
@@ -189,7 +168,7 @@ class AlertVersion:
     body: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value (why not frozen: model.py)
 class Judgement:
     rows: tuple[RowVersion, ...] = ()
     alerts: tuple[AlertVersion, ...] = ()
@@ -241,36 +220,57 @@ Flags = tuple[tuple[str, ...], tuple[str, ...], str]  # friction, re-entered fie
 
 Tail = tuple[repeat_contact.State, re_entry.State]
 FIRST: Tail = (repeat_contact.State(), re_entry.State())  # before any event
+DUPLICATE = Judgement(duplicate=True)
+_FRICTION = {  # (repeat contact?, re-entry?) -> the kinds flagged on the row
+    (False, False): (),
+    (True, False): ("repeat_contact",),
+    (False, True): ("re_entry",),
+    (True, True): ("repeat_contact", "re_entry"),
+}
+
+
+def _key(stored: Stored) -> tuple[int, str, str]:
+    return stored.key
 
 
 def _replay(
-    events: list[Stored], start: int, state: CustomerState, rules: Rules, tail: Tail | None = None
-) -> tuple[list[Flags], dict[str, tuple[tuple[int, str, str], dict[str, Any]]]]:
-    """Flags for events[start:] and the alerts they trigger; records each event's detector
-    states in `Stored.after`. Replays from the first kept event, or continues from `tail`
-    (the states after events[:start]) when the caller has it."""
+    events: list[Stored], start: int, state: CustomerState, rules: Rules, tail: Tail | None
+) -> tuple[list[Flags], dict[str, tuple[tuple[int, str, str], dict[str, Any]]], int]:
+    """Flags for events[start:stop + 1] and the alerts they trigger, and `stop`; records each
+    event's detector states in `Stored.after`. Replays from the first kept event, or
+    continues from `tail` (the states after events[:start]) when the caller has it.
+
+    Stops early where the states after an event equal those recorded for it before the new
+    event came: the fold from there on is the same function of the same inputs, so the
+    verdicts of the events after it cannot change. (The "already told us" context of an alert
+    only looks back as far as the detectors' windows, whose contents the states hold.) A late
+    page view stops the replay at the next event; without this, every late event replayed
+    the customer's whole kept history."""
     rc_state, re_state = tail if tail is not None else FIRST
     flags: list[Flags] = []
     drafts: dict[str, tuple[tuple[int, str, str], dict[str, Any]]] = {}
     times: dict[str, int] | None = None
     touches: list[Touch] | None = None
+    rc_rules, re_rules, vip = rules.repeat_contact, rules.re_entry, rules.vip_tiers
     for i in range(start if tail is not None else 0, len(events)):
-        touch = events[i].touch
-        if i == start:
+        stored = events[i]
+        touch = stored.touch
+        if i == start and (state.alerts or re_state.last_alert):
             # Cooldowns before this point are what was published, not what the (possibly
             # pruned) replay says: outputs before `start` cannot change.
             last: dict[str, int] = {}
             for a in state.alerts.values():
-                if a.body["kind"] == "re_entry" and a.status == "open" and a.order_key < touch.order_key:
+                if a.body["kind"] == "re_entry" and a.status == "open" and a.order_key < stored.key:
                     f = a.body["field"]
                     last[f] = max(last.get(f, a.order_key[0]), a.order_key[0])
-            re_state = re_entry.State(re_state.entries, tuple(sorted(last.items())))
-        rc_state, rc = repeat_contact.detect(rc_state, touch, rules.repeat_contact, rules.vip_tiers)
-        re_state, re = re_entry.detect(re_state, touch, rules.re_entry, rules.vip_tiers)
-        events[i].after = (rc_state, re_state)
+            re_state = re_entry.seeded(re_state, last, touch.t, re_rules)
+        rc_state, rc = repeat_contact.detect(rc_state, touch, rc_rules, vip)
+        re_state, re = re_entry.detect(re_state, touch, re_rules, vip)
+        before = stored.after
+        stored.after = (rc_state, re_state)
         if i < start:
             continue
-        friction = tuple(k for k, on in (("repeat_contact", rc.repeat), ("re_entry", bool(re.reentered))) if on)
+        friction = _FRICTION[rc.repeat, bool(re.reentered)]
         contact = "" if not touch.is_contact else ("continuation" if rc.continues else "new")
         flags.append((friction, re.reentered, contact))
         for draft in (rc.alert, *re.alerts):
@@ -283,31 +283,37 @@ def _replay(
             aid = alert_id(draft.kind, draft.customer_id, draft.subject, draft.trigger_uid)
             body = alert_body(draft, first_t)
             body["context"] = already_told_us(touches, i, draft, rules)
-            drafts[aid] = (touch.order_key, body)
-    return flags, drafts
+            drafts[aid] = (stored.key, body)
+        if i > start and before is not None and before[0] == rc_state and before[1] == re_state:
+            return flags, drafts, i
+    return flags, drafts, len(events) - 1
 
 
 def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tuple[CustomerState, Judgement]:
-    if state.seen is None:
-        state.seen = {(s.touch.channel, s.touch.event_id) for s in state.events}
-    if (touch.channel, touch.event_id) in state.seen:
-        return state, Judgement(duplicate=True)
-    state.seen.add((touch.channel, touch.event_id))
+    seen = state.seen
+    if seen is None:
+        seen = state.seen = {(s.touch.channel, s.touch.event_id) for s in state.events}
+    uid = (touch.channel, touch.event_id)
+    if uid in seen:
+        return state, DUPLICATE
+    seen.add(uid)
     touch = attach_profile(state, touch)
     late = state.max_t is not None and touch.t < state.max_t - rules.allowed_lateness_days * 86_400_000_000
-    key = touch.order_key
+    new = Stored(touch)
+    key = new.key
     events = state.events
-    if not events or events[-1].touch.order_key < key:  # in order: the common case
+    if not events or events[-1].key < key:  # in order: the common case
         start = len(events)
-    else:
-        start = next(i for i, s in enumerate(events) if s.touch.order_key > key)
+        events.append(new)
+    else:  # keys are unique: (channel, event_id) is
+        start = bisect_right(events, key, key=_key)
+        events.insert(start, new)
     # continue from the detectors' states before it (None after decoding: a full replay)
     tail = events[start - 1].after if start > 0 else FIRST
-    events.insert(start, Stored(touch))
-    flags, drafts = _replay(events, start, state, rules, tail)
+    flags, drafts, stop = _replay(events, start, state, rules, tail)
 
     rows: list[RowVersion] = []
-    for stored, (friction, reentered, contact) in zip(state.events[start:], flags, strict=True):
+    for stored, (friction, reentered, contact) in zip(events[start : stop + 1], flags, strict=True):
         if stored.revision == 0 or (friction, reentered, contact) != (
             stored.friction,
             stored.reentered,
@@ -315,7 +321,6 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
         ):
             stored.friction, stored.reentered, stored.contact = friction, reentered, contact
             stored.revision += 1
-            stored.encoded = None
             rows.append(RowVersion(stored.touch, friction, reentered, stored.revision, contact))
 
     alerts: list[AlertVersion] = []
@@ -326,24 +331,33 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
         revision = 1 if old is None else old.revision + 1
         state.alerts[aid] = Published(aid, order_key, "open", revision, now_us, body)
         alerts.append(AlertVersion(aid, "open", revision, now_us, body))
-    for aid, old in state.alerts.items():
-        if old.order_key >= key and old.status == "open" and aid not in drafts:
-            old.status, old.revision, old.detected_at = "retracted", old.revision + 1, now_us
-            alerts.append(AlertVersion(aid, "retracted", old.revision, now_us, old.body))
+    if state.alerts:
+        last_key = events[stop].key  # alerts triggered after the replay's stop are unchanged
+        for aid, old in state.alerts.items():
+            if old.status == "open" and key <= old.order_key <= last_key and aid not in drafts:
+                old.status, old.revision, old.detected_at = "retracted", old.revision + 1, now_us
+                alerts.append(AlertVersion(aid, "retracted", old.revision, now_us, old.body))
 
-    state.max_t = touch.t if state.max_t is None else max(state.max_t, touch.t)
-    _prune(state, rules)
+    if state.max_t is None or touch.t > state.max_t:
+        state.max_t = touch.t
+        _prune(state, rules)
     return state, Judgement(tuple(rows), tuple(alerts), late=late)
 
 
 def _prune(state: CustomerState, rules: Rules) -> None:
     assert state.max_t is not None
     keep_from = state.max_t - rules.horizon_us
-    if state.events and state.events[0].touch.t < keep_from:
-        state.events = [s for s in state.events if s.touch.t >= keep_from]
-        state.seen = None  # rebuilt from the kept events when next needed
+    events = state.events
+    if events and events[0].touch.t < keep_from:
+        cut = bisect_right(events, (keep_from, "", ""), key=_key)  # the first event at or after keep_from
+        seen = state.seen
+        if seen is not None:
+            for s in events[:cut]:
+                seen.discard((s.touch.channel, s.touch.event_id))
+        del events[:cut]
     # alerts feed re-entry cooldowns one window beyond the kept events
     alert_from = keep_from - rules.re_entry.window_days * 86_400_000_000
-    stale = [aid for aid, a in state.alerts.items() if a.order_key[0] < alert_from]
-    for aid in stale:
-        del state.alerts[aid]
+    if state.alerts:
+        stale = [aid for aid, a in state.alerts.items() if a.order_key[0] < alert_from]
+        for aid in stale:
+            del state.alerts[aid]

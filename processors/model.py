@@ -14,8 +14,14 @@ MICROS_PER_DAY = 24 * 3600 * MICROS_PER_SECOND
 #: web types that are assisted contacts (call-centre events always are)
 WEB_CONTACT_TYPES = frozenset({"contact_form", "chat"})
 
+# The values of the judging path (Touch, the detectors' states and verdicts, alert drafts)
+# are plain slots dataclasses that no code changes after making them. They are not
+# frozen because a frozen dataclass's __init__ sets every field through
+# object.__setattr__: 1.4 us for a Touch against 0.15 us, and the judge makes several
+# values per touchpoint.
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)  # a value (why not frozen: above)
 class Touch:
     """One touchpoint, resolved to a customer, with the CRM facts held when it was processed.
 
@@ -52,7 +58,7 @@ class Touch:
         return f"{self.channel}/{self.event_id}"
 
     def with_profile(self, crm_known: tuple[str, ...], loyalty_tier: str, profile_version: int) -> Touch:
-        """A copy stamped with CRM facts (spelled out: dataclasses.replace is ~10x slower here)."""
+        """A copy stamped with CRM facts (spelled out: dataclasses.replace is 20x slower here)."""
         return Touch(
             self.customer_id, self.channel, self.event_id, self.t, self.type, self.matter, self.place,
             self.agent_id, self.fields, self.is_contact, self.outcome, self.duration_s, self.previous_contact_id,
@@ -103,7 +109,7 @@ class Rules:
         return (longest + self.allowed_lateness_days) * MICROS_PER_DAY
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value (why not frozen: above)
 class AlertDraft:
     """An alert as a detector sees it; `judge` turns it into a published FrictionAlert."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from processors.model import MICROS_PER_DAY, AlertDraft, ReEntryRules, Touch
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value (why not frozen: model.py)
 class Entry:
     t: int
     field: str
@@ -24,14 +24,14 @@ class Entry:
     reentry: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value (why not frozen: model.py)
 class State:
     entries: tuple[Entry, ...] = ()  # inside the window, oldest first
     # field -> event time of the last alert; seeded from published alerts when history is pruned
     last_alert: tuple[tuple[str, int], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value (why not frozen: model.py)
 class Verdict:
     reentered: tuple[str, ...] = ()
     alerts: tuple[AlertDraft, ...] = ()
@@ -45,7 +45,9 @@ def detect(state: State, touch: Touch, rules: ReEntryRules, vip_tiers: frozenset
         return state, NO_VERDICT
     window = rules.window_days * MICROS_PER_DAY
     entries = [e for e in state.entries if e.t >= touch.t - window]
-    last_alert = dict(state.last_alert)
+    # a cooldown that ended before this event can hold back no later one: dropped, so that
+    # equal histories give equal states (judge stops a replay where the states meet again)
+    last_alert = {f: t for f, t in state.last_alert if t > touch.t - window}
     reentered: list[str] = []
     alerts: list[AlertDraft] = []
     for name in dict.fromkeys(touch.fields):  # a field named twice in one event is one entry
@@ -82,3 +84,11 @@ def detect(state: State, touch: Touch, rules: ReEntryRules, vip_tiers: frozenset
         )
     state = State(tuple(entries), tuple(sorted(last_alert.items())))
     return state, Verdict(reentered=tuple(reentered), alerts=tuple(alerts))
+
+
+def seeded(state: State, last_alert: dict[str, int], t: int, rules: ReEntryRules) -> State:
+    """`state` with its cooldowns replaced by `last_alert` (field -> time of the last alert
+    published before `t`): judge takes them from what was published, since the kept history
+    may no longer hold the events that raised them. Ended cooldowns are left out, as in `detect`."""
+    window = rules.window_days * MICROS_PER_DAY
+    return State(state.entries, tuple(sorted((f, a) for f, a in last_alert.items() if a > t - window)))

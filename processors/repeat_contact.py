@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from processors.model import MICROS_PER_DAY, MICROS_PER_MINUTE, AlertDraft, RepeatContactRules, Touch
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value (why not frozen: model.py)
 class NewContact:
     t: int
     matter: str
@@ -21,7 +21,7 @@ class NewContact:
     event_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value (why not frozen: model.py)
 class State:
     # (event id, time) of assisted contacts inside the window: a transfer leg names the contact it
     # continues. Window-bounded like everything here, so folding from any point earlier than
@@ -34,7 +34,7 @@ class State:
     recent: tuple[NewContact, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value (why not frozen: model.py)
 class Verdict:
     repeat: bool = False
     continues: bool = False
