@@ -2,11 +2,13 @@
 aiokafka, then every step the two stages do in Python, in one process:
 
   decode   bytes -> validated touchpoint (pydantic), as stage A
-  resolve  identity resolution with salted fingerprints against the CRM index, as stage A
-  rekey    the touchpoints packed per partition and read back (orjson + pydantic), the hop
-           between the stages that any co-partitioned design keeps
+  resolve  identity resolution with salted fingerprints against the CRM index, and the
+           touch's row, as stage A
+  rekey    the rows packed per partition and read back, the hop between the stages that
+           any co-partitioned design keeps
   judge    the detectors over the customer's state, as stage B
-  persist  timeline rows and each touched customer's state serialised once per batch
+  rows     the timeline rows for ClickHouse
+  snapshot the whole state encoded once, as a snapshot does (its share per touchpoint)
 
 No broker writes and no ClickHouse: this is the ceiling for any design that runs cem's core
 in Python on this machine, and its breakdown says where the time per event goes.
@@ -19,22 +21,24 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import kafka_config
 from pipeline.app import tune_gc
 from pipeline.decode import Rejected, decode_profile, decode_touchpoint
-from pipeline.rekey import pack_touches
+from pipeline.judging import read_items
+from pipeline.rekey import pack
 from pipeline.settings import Settings
+from pipeline.state import encode_chunk
 from processors.identity import profile_fingerprints, resolve
 from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import Touch
 from processors.normalize import to_micros, to_touch
-from schemas.internal import ENVELOPE
 from schemas.profile import ProfileSnapshot
 from sinks.clickhouse.writer import now_utc, timeline_row
 
-STEPS = ("decode", "resolve", "rekey", "judge", "persist")
+STEPS = ("decode", "resolve", "rekey", "judge", "rows", "snapshot")
 
 
 async def _read_all(settings: Settings, topics: list[str], expected: int) -> list[Any]:
@@ -78,7 +82,6 @@ async def core_ceiling(settings: Settings, expected_profiles: int, expected_touc
     started = clock()
     for i in range(0, len(records), settings.worker.batch_size):
         wall, now_us = now_utc(), to_micros(now)
-        touched: dict[str, CustomerState] = {}
         rows: list[tuple[Any, ...]] = []
         resolved: list[tuple[str, bytes]] = []
         for rec in records[i : i + settings.worker.batch_size]:
@@ -98,32 +101,26 @@ async def core_ceiling(settings: Settings, expected_profiles: int, expected_touc
                 continue
             res = resolve(result.customer_id, result.identifiers, index.get, secret)
             touch = to_touch(channel, result, res.customer_id, res.resolved_by, rec.topic, rec.partition, rec.offset)  # type: ignore[arg-type]
-            t2 = clock()
-            spent["resolve"] += t2 - t1
-            resolved.append((res.customer_id, touch.to_json()))
-            spent["rekey"] += clock() - t2
+            resolved.append((res.customer_id, orjson.dumps(touch.to_row())))
+            spent["resolve"] += clock() - t1
         t3 = clock()
-        envelopes: list[Any] = [ENVELOPE.validate_json(v) for _, v in pack_touches(resolved, settings.kafka.partitions)]
+        items = [item for _, value in pack(resolved, settings.kafka.partitions) for item in read_items(value)]
         spent["rekey"] += clock() - t3
-        for env in envelopes:
-            for item in env.touches:
-                t3 = clock()
-                touch = Touch.from_dict(item)
-                t4 = clock()
-                spent["rekey"] += t4 - t3
-                cid = touch.customer_id
-                state = touched.get(cid) or states.get(cid) or CustomerState(cid)
-                state, verdict = judge(state, touch, rules, now_us)
-                touched[cid] = state
-                t5 = clock()
-                spent["judge"] += t5 - t4
-                rows.extend(timeline_row(r, wall) for r in verdict.rows)
-                spent["persist"] += clock() - t5
-        t5 = clock()
-        for cid, state in touched.items():
-            state.to_json()
-            states[cid] = state
-        spent["persist"] += clock() - t5
+        for item in items:
+            assert isinstance(item, Touch)
+            t4 = clock()
+            cid = item.customer_id
+            state = states.get(cid)
+            if state is None:
+                state = states[cid] = CustomerState(cid)
+            state, verdict = judge(state, item, rules, now_us)
+            t5 = clock()
+            spent["judge"] += t5 - t4
+            rows.extend(timeline_row(r, wall) for r in verdict.rows)
+            spent["rows"] += clock() - t5
+    t6 = clock()
+    encode_chunk(states.values())
+    spent["snapshot"] = clock() - t6
     seconds = clock() - started
     n = len(records)
     return {

@@ -23,6 +23,8 @@ from pipeline import kafka_config
 from pipeline.settings import Settings, Topics
 
 DEFAULT_TOPICS = Topics()
+#: the largest message the snapshot topic takes (a chunk is ~2 MiB before compression)
+SNAPSHOT_MESSAGE_BYTES = 16 * 2**20
 
 
 class KafkaUnavailable(Exception):
@@ -35,8 +37,11 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
 
 
 def consumer(settings: Settings, **kwargs: Any) -> KafkaConsumer:
+    # kafka-python refuses a fetch response larger than receive_message_max_bytes (1 MB by
+    # default), which one fetch across a few partitions of packs or snapshots easily is
+    sizes = {"receive_message_max_bytes": 64 * 2**20, "fetch_max_bytes": 32 * 2**20}
     with _explained(settings):
-        return KafkaConsumer(**kafka_config.kafka_python(settings.kafka), enable_auto_commit=False, **kwargs)
+        return KafkaConsumer(**kafka_config.kafka_python(settings.kafka), enable_auto_commit=False, **sizes | kwargs)
 
 
 @contextlib.contextmanager
@@ -115,14 +120,25 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(t.booking, n, rf),
         # the CRM snapshot topic is compacted: the latest profile (or tombstone) per customer
         NewTopic(t.profiles, n, rf, topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}),
-        NewTopic(t.by_customer, n, rf),
+        # the judge's state is rebuilt from this topic after its newest snapshot (pipeline/state.py)
+        NewTopic(t.by_customer, n, rf, topic_configs={"retention.ms": str(k.internal_retention_days * 86_400_000)}),
         NewTopic(t.identity, n, rf, topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}),
+        # snapshots of the judge's state: chunks of up to a few MiB; segments roll hourly so
+        # that compaction can reclaim the snapshots each new one replaces
+        NewTopic(
+            t.snapshots,
+            n,
+            rf,
+            topic_configs={
+                "cleanup.policy": "compact",
+                "min.cleanable.dirty.ratio": "0.1",
+                "segment.ms": "3600000",
+                "max.message.bytes": str(SNAPSHOT_MESSAGE_BYTES),
+            },
+        ),  # fmt: skip
         NewTopic(t.alerts, n, rf),
         # one receipt per erasure request, kept for good (compaction keeps the last per request)
         NewTopic(t.erasure_receipts, 1, rf, topic_configs={"cleanup.policy": "compact"}),
-        # the judge's state changelog, created up front: created by faust on the fly it can race
-        # the first state write on a cold broker (the producer has no metadata for it yet)
-        NewTopic(f"{settings.worker.app_id}-customers-changelog", n, rf, topic_configs={"cleanup.policy": "compact"}),
         NewTopic(t.deadletter, n, rf, topic_configs={"retention.ms": dlq_ms}),
     ]
 
@@ -212,19 +228,20 @@ def adopt_offsets(settings: Settings, source: str, target: str, topics: Iterable
 
 def consumer_lag(settings: Settings, topics: Iterable[str] | None = None) -> Lag:
     """Messages not yet committed by the worker's consumer groups, per topic: the channel
-    topics are read by the resolve group, the others by Faust's."""
+    topics and the CRM topic are read by the resolve group, the internal topic by the judge group."""
     t = settings.kafka.topics
-    channels = t.channels
-    names = list(topics or (*channels, t.profiles, t.by_customer))
+    w = settings.worker
+    sources = (*t.channels, t.profiles)
+    names = list(topics or (*sources, t.by_customer))
     admin = admin_client(settings)
     cons = consumer(settings)
     try:
         # Sources first, then the internal topic: a source committed means what it sent is on
         # the internal topic, so reading its end offsets afterwards cannot miss it.
-        committed = admin.list_consumer_group_offsets(settings.worker.resolve_group)
-        committed = {tp: c for tp, c in committed.items() if tp.topic in channels}
-        committed |= {tp: c for tp, c in admin.list_consumer_group_offsets(settings.worker.app_id).items()
-                      if tp.topic not in channels}  # fmt: skip
+        committed = {tp: c for tp, c in admin.list_consumer_group_offsets(w.resolve_group).items()
+                     if tp.topic in sources}  # fmt: skip
+        committed |= {tp: c for tp, c in admin.list_consumer_group_offsets(w.judge_group).items()
+                      if tp.topic == t.by_customer}  # fmt: skip
         lag: dict[str, int] = {}
         for name in names:
             parts = cons.partitions_for_topic(name) or set()

@@ -48,6 +48,8 @@ class Topics(_Section):
     by_customer: str = "cem.internal.by-customer"
     # internal: identifier fingerprint -> customer id, compacted, read in full by every worker
     identity: str = "cem.internal.identity"
+    # internal: snapshots of the judge's state per partition, compacted (pipeline/state.py)
+    snapshots: str = "cem.internal.snapshots"
 
     @property
     def channels(self) -> tuple[str, str, str]:
@@ -98,6 +100,9 @@ class KafkaSettings(_Section):
     replication_factor: int = Field(1, ge=1)
     topics: Topics = Topics()
     deadletter_retention_days: int = Field(30, ge=1)
+    # The judge's state is rebuilt from the by-customer topic after its newest snapshot, so the
+    # topic must keep far longer than worker.snapshot_interval_s.
+    internal_retention_days: int = Field(7, ge=1, description="retention of cem.internal.by-customer")
 
 
 class ClickHouseSettings(_Section):
@@ -144,8 +149,11 @@ class WorkerSettings(_Section):
     commit_interval_s: float = Field(1.0, gt=0)
     max_future_skew_hours: float = Field(24.0, ge=0, description="events further ahead of the clock are rejected")
     max_message_bytes: int = Field(256 * 1024, ge=1024, description="larger touchpoints go to the dead-letter topic")
-    live_states_max: int = Field(
-        20_000, ge=0, description="customer states kept decoded between batches (most recently active first)"
+    snapshot_interval_s: float = Field(
+        300.0, ge=1, description="longest a partition with changes goes without a snapshot of its state"
+    )
+    snapshot_min_touchpoints: int = Field(
+        50_000, ge=1, description="a partition is snapshotted after this many touchpoints, or as many as it holds"
     )
     clickhouse_retry_max_s: float = Field(30.0, gt=0, description="longest pause between ClickHouse retries")
     producer_linger_ms: float = Field(
@@ -158,9 +166,19 @@ class WorkerSettings(_Section):
 
     @property
     def resolve_group(self) -> str:
-        """The consumer group that reads the channel topics (pipeline/source.py); Faust's
-        group, `app_id`, reads the CRM and internal topics."""
+        """The consumer group that reads the channel topics and the CRM topic (stage A)."""
         return f"{self.app_id}-resolve"
+
+    @property
+    def judge_group(self) -> str:
+        """The consumer group that reads the internal by-customer topic (stage B)."""
+        return f"{self.app_id}-judge"
+
+    @property
+    def legacy_changelog(self) -> str:
+        """Where releases up to 0.2 kept the judge's state (a faust table's changelog): read
+        once, when a partition has no snapshot yet."""
+        return f"{self.app_id}-customers-changelog"
 
 
 class RepeatContactConfig(_Section):

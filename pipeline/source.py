@@ -1,22 +1,25 @@
-"""Where touchpoints enter: the channel topics read in batches by a plain aiokafka group consumer.
+"""Where touchpoints enter: the channel topics (and the CRM topic) read in batches by a plain
+aiokafka group consumer.
 
-Stage A (resolve) is stateless, so it does not need Faust's streams, which cost more per
-message than the whole of cem's work on it (bench: (a2) against (a)). This consumer hands
-over whole batches and commits a batch's offsets only after the caller has finished it,
+Stage A (pipeline/resolve.py) is stateless, so it does not need Faust's streams, which cost
+more per message than the whole of cem's work on it (bench: (a2) against (a)). This consumer
+hands over whole batches and commits a batch's offsets only after the caller has finished it,
 so every touchpoint is forwarded at least once; the judge drops what it has already seen.
 
 Its consumer group is `<app_id>-resolve` (settings.worker.resolve_group). Releases up to
-0.1 read the channel topics in Faust's group, `<app_id>`: see admin.adopt_offsets.
+0.2 read the CRM topic, and up to 0.1 the channel topics, in Faust's group, `<app_id>`: see
+admin.adopt_offsets.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 
 log = logging.getLogger("cem.source")
@@ -45,15 +48,17 @@ class BatchSource:
         self.consumer: Any = None  # AIOKafkaConsumer, made in the worker's event loop
         self.on_commit_failure = on_commit_failure  # e.g. a metric
         self._uncommitted: dict[TopicPartition, int] = {}  # a failed commit, retried with the next
+        self.joined = False  # has been given its partitions (possibly none) at least once
 
-    async def batches(self) -> AsyncIterator[list[Any]]:
+    async def batches(self, stopping: asyncio.Event) -> AsyncIterator[list[Any]]:
         """Batches of ConsumerRecords: up to batch_size, or what came within `within_s` of the
-        first record. Runs until cancelled; the consumer leaves the group on the way out."""
+        first record. Runs until `stopping` is set (the caller finishes the batch in hand
+        first); the consumer leaves the group on the way out."""
         self.consumer = AIOKafkaConsumer(**self.config)
         await self.consumer.start()
         try:
-            self.consumer.subscribe(self.topics)
-            while True:
+            self.consumer.subscribe(self.topics, listener=_Joined(self))
+            while not stopping.is_set():
                 batch = await self._next()
                 if batch:
                     yield batch
@@ -91,3 +96,14 @@ class BatchSource:
             self.on_commit_failure()
             self._uncommitted = offsets
             log.warning("commit of a finished batch failed (%s); retrying with the next one", e)
+
+
+class _Joined(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, source: BatchSource) -> None:
+        self.source = source
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.source.joined = True

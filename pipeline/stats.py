@@ -6,9 +6,11 @@ Metric names (all prefixed `cem_`), see docs/operations.md:
   events_in_total{topic}, deadletter_total{reason}, alerts_total{kind,status},
   late_events_total, duplicates_total, row_rewrites_total (corrections), profiles_total{outcome},
   touchpoints_judged_total, timeline_rows_written_total, alert_rows_written_total,
-  clickhouse_errors_total, source_commit_failures_total, clickhouse_batch_rows (summary),
-  clickhouse_write_seconds (summary),
-  consumer_lag{topic} (gauge), ready (gauge)
+  clickhouse_errors_total, source_commit_failures_total, touchpoints_replayed_total,
+  partitions_loaded_total, snapshots_written_total, snapshot_bytes_total, snapshot_us_total,
+  snapshot_failures_total, erasures_completed_total, retried_steps_total,
+  clickhouse_batch_rows (summary), clickhouse_write_seconds (summary),
+  consumer_lag{topic} (gauge), customers (gauge), ready (gauge)
 """
 
 from __future__ import annotations
@@ -29,11 +31,16 @@ _PLAIN = {
     "alert_rows_written": "alert revisions written to ClickHouse",
     "clickhouse_errors": "failed ClickHouse writes (each retried)",
     "retried_steps": "judge steps (ClickHouse write, alerts and state) retried after an error",
-    "stalls_resumed": "times the watchdog put stalled partitions back into the fetch set (faust issue #629)",
-    "source_commit_failures": "channel-topic commits that failed (a rebalance, the broker away); "
-    "the batch may be forwarded again, and the judge drops the duplicates",
-    "commit_holes": "partitions found with messages read but never acknowledged, which blocks their commits "
-    "until the worker restarts",
+    "source_commit_failures": "offset commits that failed (a rebalance, the broker away); "
+    "the batch may be forwarded or judged again, which writes nothing new",
+    "touchpoints_replayed": "touchpoints applied again to rebuild state after a restart or rebalance "
+    "(written before it; nothing is written for them)",
+    "partitions_loaded": "partitions of the internal topic whose state this worker loaded",
+    "snapshots_written": "snapshots of a partition's state written",
+    "snapshot_bytes": "bytes of snapshots written (compressed)",
+    "snapshot_us": "microseconds spent encoding snapshots",
+    "snapshot_failures": "snapshots abandoned because a chunk could not be written (retried later)",
+    "erasures_completed": "erasure requests completed (rows deleted, receipt written)",
 }
 
 
@@ -47,6 +54,7 @@ class Stats:
         self.lag: dict[str, int] = {}  # per topic, refreshed by the worker
         self.ready = False
         self.identity_entries = 0
+        self.customers = 0  # held by this worker, on the partitions it owns
         self.batch_rows_sum = 0
         self.batch_count = 0
         self.write_seconds_sum = 0.0
@@ -65,6 +73,7 @@ class Stats:
             "consumer_lag": dict(self.lag),
             "ready": self.ready,
             "identity_entries": self.identity_entries,
+            "customers": self.customers,
             "clickhouse_batches": self.batch_count,
             "clickhouse_batch_rows_avg": round(self.batch_rows_sum / self.batch_count, 1) if self.batch_count else 0,
             "clickhouse_write_seconds": round(self.write_seconds_sum, 3),
@@ -100,6 +109,7 @@ class Stats:
         for topic, value in sorted(self.lag.items()):
             lag.add_metric([topic], value)
         yield lag
+        yield GaugeMetricFamily("cem_customers", "customers whose state this worker holds", value=self.customers)
         yield GaugeMetricFamily(
             "cem_ready", "1 when the worker is assigned, recovered and processing", value=self.ready
         )

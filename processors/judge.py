@@ -64,15 +64,6 @@ class Stored:
         t = self.touch
         self.key = (t.t, t.channel, t.event_id)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "touch": self.touch,
-            "friction": self.friction,
-            "reentered": self.reentered,
-            "revision": self.revision,
-            "contact": self.contact,
-        }
-
 
 @dataclass(slots=True)
 class Published:
@@ -96,29 +87,55 @@ class CustomerState:
     # (channel, event_id) of the kept events, for the duplicate check; rebuilt when missing
     seen: set[tuple[str, str]] | None = field(default=None, repr=False, compare=False)
 
-    # --- serialization: snapshots (pipeline/state.py), and the changelog of releases up to 0.2 ---
-    def as_dict(self) -> dict[str, Any]:
-        """The state as a dict that orjson serializes natively (touches, profile and alerts are
-        dataclasses: building their dicts in Python would cost more than the judging)."""
-        return {
-            "customer_id": self.customer_id,
-            "profile": self.profile,
-            "events": [s.as_dict() for s in self.events],
-            "max_t": self.max_t,
-            "alerts": list(self.alerts.values()),
-        }
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.as_dict())
+    # --- serialization ---
+    def to_snapshot(self) -> list[Any]:
+        """The state in the compact form snapshots keep (pipeline/state.py), for orjson:
+        [customer_id, profile, max_t, events, alerts], each event as
+        [touch row, friction, re-entered fields, revision, contact role]."""
+        return [
+            self.customer_id,
+            self.profile,
+            self.max_t,
+            [(s.touch.to_row(), s.friction, s.reentered, s.revision, s.contact) for s in self.events],
+            list(self.alerts.values()),
+        ]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CustomerState:
-        p = d.get("profile")
+    def from_snapshot(cls, data: list[Any]) -> CustomerState:
+        customer_id, profile, max_t, events, alerts = data
+        return cls(
+            customer_id,
+            _profile(profile),
+            [
+                Stored(Touch.from_row(row), tuple(f), tuple(r), revision, contact)
+                for row, f, r, revision, contact in events
+            ],
+            max_t,
+            {a["alert_id"]: _published(a) for a in alerts},
+        )
+
+    def to_json(self) -> bytes:
+        """The state as one JSON object: the form releases up to 0.2 kept in their changelog."""
+        return orjson.dumps(
+            {
+                "customer_id": self.customer_id,
+                "profile": self.profile,
+                "events": [
+                    {"touch": s.touch, "friction": s.friction, "reentered": s.reentered, "revision": s.revision,
+                     "contact": s.contact}
+                    for s in self.events
+                ],
+                "max_t": self.max_t,
+                "alerts": list(self.alerts.values()),
+            }
+        )  # fmt: skip
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> CustomerState:
+        d = orjson.loads(raw)
         return cls(
             customer_id=d["customer_id"],
-            profile=None
-            if p is None
-            else Profile(p["version"], p["loyalty_tier"], tuple(p["known_fields"]), tuple(p["fingerprints"])),
+            profile=_profile(d.get("profile")),
             events=[
                 Stored(
                     Touch.from_dict(e["touch"]),
@@ -130,22 +147,19 @@ class CustomerState:
                 for e in d["events"]
             ],
             max_t=d.get("max_t"),
-            alerts={
-                a["alert_id"]: Published(
-                    a["alert_id"],
-                    (a["order_key"][0], a["order_key"][1], a["order_key"][2]),
-                    a["status"],
-                    a["revision"],
-                    a["detected_at"],
-                    a["body"],
-                )
-                for a in d["alerts"]
-            },
+            alerts={a["alert_id"]: _published(a) for a in d["alerts"]},
         )
 
-    @classmethod
-    def from_json(cls, raw: bytes) -> CustomerState:
-        return cls.from_dict(orjson.loads(raw))
+
+def _profile(p: dict[str, Any] | None) -> Profile | None:
+    if p is None:
+        return None
+    return Profile(p["version"], p["loyalty_tier"], tuple(p["known_fields"]), tuple(p["fingerprints"]))
+
+
+def _published(a: dict[str, Any]) -> Published:
+    k = a["order_key"]
+    return Published(a["alert_id"], (k[0], k[1], k[2]), a["status"], a["revision"], a["detected_at"], a["body"])
 
 
 @dataclass(slots=True)  # a value (why not frozen: model.py)
@@ -340,7 +354,7 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
 
     if state.max_t is None or touch.t > state.max_t:
         state.max_t = touch.t
-        _prune(state, rules)
+    _prune(state, rules)  # also an event older than the kept history, once judged
     return state, Judgement(tuple(rows), tuple(alerts), late=late)
 
 

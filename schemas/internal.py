@@ -1,40 +1,29 @@
-"""Messages on the internal topic `cem.internal.by-customer`.
+"""Messages on the internal topic `cem.internal.by-customer`: stage A (pipeline/resolve.py)
+writes them, stage B (pipeline/judging.py) reads them. Both are ours, so the models are strict.
+They carry fingerprints and field names only: no raw identifiers.
 
-Stage A (resolve / ingest_profiles) writes them; stage B (judge) reads them. Both are ours,
-so the models are strict. They carry fingerprints and field names only: no raw identifiers.
+Every message lands on the partition of its customer id under Kafka's default partitioner
+(pipeline/rekey.py), so one customer's messages are always read in order, by one worker. The
+topic is also the log the judge's state is rebuilt from (pipeline/state.py): a snapshot of a
+partition plus the messages after it give the state back.
 
-A message goes to the partition of its customer id under Kafka's default partitioner, the
-partition the `customers` table's changelog uses for that customer. Profiles and erasures
-are one message each, keyed by the customer id. Touchpoints travel as `TouchesEnvelope`s: all
-of a resolve batch's touchpoints for one partition in one message, because the per-message
-cost of a Faust stream, not the judging, bounded the judge stage.
+Since 0.3, stage A sends `PackEnvelope`s: one per partition per resolve batch, holding the
+batch's touchpoints, profile updates and erasures for that partition in the order they were
+read. A touchpoint travels as a row (`processors.model.Touch.to_row`: its fields in declared
+order, half the bytes of a JSON object); a profile update or an erasure as its own envelope.
+The other envelopes are what earlier releases wrote, and are still judged, so that a worker
+upgraded with a backlog on the internal topic loses nothing.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class TouchEnvelope(_Strict):
-    """One touchpoint, keyed by its customer id. Written by earlier versions, and still judged,
-    so that a worker upgraded with a backlog on the internal topic loses nothing."""
-
-    kind: Literal["touch"] = "touch"
-    customer_id: str
-    touch: dict[str, object]  # processors.model.Touch.to_json()
-
-
-class TouchesEnvelope(_Strict):
-    """Several customers' touchpoints bound for one partition (no key)."""
-
-    kind: Literal["touches"] = "touches"
-    touches: list[dict[str, object]]  # Touch.to_json() each; its customer_id keys the state
 
 
 class ProfileEnvelope(_Strict):
@@ -56,5 +45,32 @@ class EraseEnvelope(_Strict):
     requested_at: str  # ISO 8601, UTC
 
 
-Envelope = Annotated[TouchesEnvelope | TouchEnvelope | ProfileEnvelope | EraseEnvelope, Field(discriminator="kind")]
+class PackEnvelope(_Strict):
+    """A resolve batch's messages for one partition, in the order they were read (no key).
+    An item is a touch row (a JSON array) or a profile or erase envelope (a JSON object)."""
+
+    kind: Literal["pack"] = "pack"
+    items: list[list[Any] | ProfileEnvelope | EraseEnvelope]
+
+
+class TouchEnvelope(_Strict):
+    """One touchpoint, keyed by its customer id (releases up to 0.1)."""
+
+    kind: Literal["touch"] = "touch"
+    customer_id: str
+    touch: dict[str, object]  # processors.model.Touch as a JSON object
+
+
+class TouchesEnvelope(_Strict):
+    """Several customers' touchpoints bound for one partition (0.2)."""
+
+    kind: Literal["touches"] = "touches"
+    touches: list[dict[str, object]]  # processors.model.Touch as a JSON object each
+
+
+Envelope = Annotated[
+    PackEnvelope | TouchesEnvelope | TouchEnvelope | ProfileEnvelope | EraseEnvelope, Field(discriminator="kind")
+]
 ENVELOPE = TypeAdapter(Envelope)
+#: a profile or erase item of a pack
+ITEM = TypeAdapter(Annotated[ProfileEnvelope | EraseEnvelope, Field(discriminator="kind")])

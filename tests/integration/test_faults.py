@@ -18,10 +18,8 @@ from typing import Any
 
 import pytest
 
-from pipeline import faults
 from pipeline.admin import Record, configured_topic, encode_value, producer, send_all, wait_until_processed
 from pipeline.admin import read_to_end as read_topic
-from pipeline.rekey import partition_of
 from pipeline.workload import generate
 from schemas.alert import FrictionAlert
 from tests.integration.conftest import ROOT, STACK_ENV, Namespace
@@ -62,11 +60,13 @@ def records(space: Namespace, lines: list[dict[str, Any]]) -> list[Record]:
     ]
 
 
-def feed(space: Namespace, wl: Workload) -> int:
-    """Profiles first (and held), then every touchpoint; returns the number of touchpoints."""
+def feed(space: Namespace, wl: Workload, upto: float = 1.0) -> int:
+    """Profiles first (and held), then the touchpoints (the first `upto` of them); returns the
+    number of touchpoints in the workload."""
     recs = records(space, wl.lines)
     profiles = [r for r in recs if r.topic == space.settings.kafka.topics.profiles]
-    touches = [r for r in recs if r.topic != space.settings.kafka.topics.profiles]
+    everything = [r for r in recs if r.topic != space.settings.kafka.topics.profiles]
+    touches = everything[: int(len(everything) * upto)]
     prod = producer(space.settings)
     send_all(prod, profiles)
     wait_until_processed(space.settings, timeout_s=300)
@@ -86,7 +86,15 @@ def feed(space: Namespace, wl: Workload) -> int:
     wait_until(everyone_holds_them, 120, f"every worker to hold {fingerprints} identifiers (have {counts})")
     send_all(prod, touches)
     prod.close()
-    return len(touches)
+    return len(everything)
+
+
+def feed_rest(space: Namespace, wl: Workload, after: float) -> None:
+    """The touchpoints `feed(..., upto=after)` left out."""
+    recs = [r for r in records(space, wl.lines) if r.topic != space.settings.kafka.topics.profiles]
+    prod = producer(space.settings)
+    send_all(prod, recs[int(len(recs) * after) :])
+    prod.close()
 
 
 def judged_rows(space: Namespace) -> int:
@@ -208,29 +216,26 @@ def test_clickhouse_away_for_a_minute(space: Namespace, workload: Workload) -> N
     verify(space, workload)
 
 
-def test_messages_read_but_never_acknowledged_are_reported_and_a_restart_recovers_them(
-    space: Namespace, workload: Workload
-) -> None:
-    """Messages read and never handed to the stream (what faust's seek at the end of recovery
-    did before pipeline/faust_consumer.py; first seen in the scale-out test). The partition's
-    commits stop at the first of them while everything after it is processed. The fault is
-    injected here: the watchdog must report it, and a restart must re-read the messages
-    (which the unfixed seek did not: it dropped them again), so that nothing is lost."""
-    # Two touchpoint batches on the internal topic's partition 0: they follow one profile
-    # envelope per customer of that partition (profiles are fed first).
-    n = space.settings.kafka.partitions
-    crm = [line["value"]["customer_id"] for line in workload.lines if line["topic"] == "cem.crm.profiles"]
-    profiles = sum(1 for cid in crm if partition_of(cid, n) == 0)
-    space.env[faults.ENV] = f"{space.settings.kafka.topics.by_customer}:0:{profiles + 2}-{profiles + 3}"
+def test_worker_killed_after_snapshots_restarts_from_the_newest(space: Namespace, workload: Workload) -> None:
+    """The restarted worker loads each partition's newest snapshot and reads the log again only
+    from there (silently up to the committed offset): the results are still exact, and it
+    reads back fewer touchpoints than the killed worker had judged."""
+    space.env["CEM_WORKER__SNAPSHOT_MIN_TOUCHPOINTS"] = "2000"
     first = space.start_worker()
-    feed(space, workload)
-    wait_until(lambda: space.stats(first)["commit_holes"] >= 1, 600, "the watchdog to report the hole")
-    assert b"fault injection" in (space.tmp / "worker.log").read_bytes()  # the fault did happen
-    assert space.stop_worker(first, signal.SIGTERM) == 0
-    del space.env[faults.ENV]
-    space.start_worker()
+    total = feed(space, workload, upto=0.5)
+    wait_until_processed(space.settings, timeout_s=300)
+    assert space.stats(first)["snapshots_written"] >= 4
+    feed_rest(space, workload, after=0.5)
+    wait_until(lambda: judged_rows(space) > total * 0.6, 300, "the second half to be under way")
+    judged_before = space.stats(first)["touchpoints_judged"]
+    assert space.stop_worker(first, signal.SIGKILL) == -signal.SIGKILL
+    assert judged_before < total * 0.9, "killed too late to test anything"
+    second = space.start_worker()
     wait_until_processed(space.settings, timeout_s=600)
     verify(space, workload)
+    assert "loaded from snapshot" in space.worker_log()
+    replayed = space.stats(second)["touchpoints_replayed"]
+    assert replayed < judged_before, (replayed, judged_before)
 
 
 @pytest.mark.scaleout

@@ -1,7 +1,8 @@
 """The PII scan: after the demo workload (the airline story and generated customers, whose
 producers send emails, phones, loyalty ids and passport numbers), plus malformed messages
 that carry personal data in the wrong places, no such value appears in any ClickHouse table,
-on the alerts topic, on any internal topic or state changelog, or in the worker's log.
+on the alerts topic, on any internal topic or in the snapshots of the judge's state, or in
+the worker's log.
 
 The dead-letter topic is the one place that keeps raw input (to replay it once fixed): it is
 left out here and its retention is configurable (docs/security.md)."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from typing import Any
 
 from kafka import KafkaAdminClient
@@ -52,7 +54,10 @@ def _pii_values(obj: Any, key: str = "") -> set[str]:
     return set()
 
 
-def test_no_personal_data_value_reaches_clickhouse_alerts_internal_topics_or_logs(ns: Namespace) -> None:
+def test_no_personal_data_value_reaches_clickhouse_alerts_internal_topics_or_logs(space: Namespace) -> None:
+    space.env["CEM_WORKER__SNAPSHOT_MIN_TOUCHPOINTS"] = "500"  # so that the scan sees snapshots too
+    space.start_worker()
+    ns = space
     s = ns.settings
     lines = [json.loads(x) for x in STORY.read_text().splitlines() if x.strip()] + list(generate(400))
     values = set().union(*(_pii_values(line["value"]) for line in lines)) | set(LEAKS)
@@ -110,10 +115,14 @@ def test_no_personal_data_value_reaches_clickhouse_alerts_internal_topics_or_log
     inputs = {t.web, t.callcenter, t.booking, t.profiles, t.deadletter}
     ours = sorted(name for name in admin.list_topics() if tag in name and name not in inputs)
     admin.close()
-    assert {t.alerts, t.by_customer, t.identity, f"{s.worker.app_id}-customers-changelog"} <= set(ours)
+    assert {t.alerts, t.by_customer, t.identity, t.snapshots} <= set(ours)
     for topic in ours:
         records = read_to_end(s, topic)
         scan(f"topic {topic}", b"\n".join((r.key or b"") + b" " + (r.value or b"") for r in records))
+    # snapshot chunks are compressed: scan what they hold
+    chunks = [r.value for r in read_to_end(s, t.snapshots) if r.value and b"/c/" in (r.key or b"")]
+    assert chunks, "no snapshot was written"
+    scan("snapshots", b"\n".join(zlib.decompress(c) for c in chunks))
 
     log = ns.worker_log().encode()
     assert b"dead-letter" in log  # the log level shows rejections, so the scan can see their reasons

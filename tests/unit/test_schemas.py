@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from processors.model import Touch
 from schemas.alert import FrictionAlert
 from schemas.erasure import ErasureReceipt
-from schemas.internal import ENVELOPE, TouchEnvelope, TouchesEnvelope
+from schemas.internal import ENVELOPE, EraseEnvelope, PackEnvelope, ProfileEnvelope, TouchEnvelope, TouchesEnvelope
 from schemas.profile import ProfileSnapshot
 from schemas.touchpoints import BookingEvent, ContactEvent, WebEvent
 
@@ -51,7 +51,16 @@ def test_internal_envelope_example_round_trips_to_a_touch() -> None:
     assert isinstance(env, TouchEnvelope)
     touch = Touch.from_dict(env.touch)
     assert touch.uid == "web/w-3" and touch.fields == ("passport_number",)
-    assert Touch.from_dict(orjson.loads(touch.to_json())) == touch
+    assert Touch.from_row(orjson.loads(orjson.dumps(touch.to_row()))) == touch
+
+
+def test_internal_pack_example_holds_touch_rows_profiles_and_erasures_in_order() -> None:
+    env = ENVELOPE.validate_json((EXAMPLES / "internal.pack.json").read_bytes())
+    assert isinstance(env, PackEnvelope)
+    kinds = [type(item) for item in env.items]
+    assert kinds == [list, ProfileEnvelope, list, EraseEnvelope]
+    touches = [Touch.from_row(item) for item in env.items if isinstance(item, list)]
+    assert [t.uid for t in touches] == ["web/w-3", "call_center/c-9"]
 
 
 def test_internal_touches_example_holds_touches_of_several_customers() -> None:

@@ -1,0 +1,93 @@
+"""What both stages of a worker share: settings, counters, the producer, the identity index,
+the stop signal, and the two things every stage does the same way (retrying a step until it
+succeeds, and parking a bad message in the dead-letter topic)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from pipeline import kafka_config
+from pipeline.decode import Rejected
+from pipeline.identity_index import IdentityIndex
+from pipeline.outputs import Sends
+from pipeline.settings import Settings
+from pipeline.stats import Stats
+
+log = logging.getLogger("cem.pipeline")
+
+
+class Stopping(Exception):
+    """The worker is stopping: a step that was being retried is given up (nothing is committed
+    for it, so it is done again after the restart)."""
+
+
+class Context:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats = Stats()
+        self.index = IdentityIndex(kafka_config.aiokafka(settings.kafka), settings.kafka.topics.identity)
+        self.producer: AIOKafkaProducer | None = None  # made in the worker's event loop
+        self.stopping = asyncio.Event()
+        self.retries_running = 0
+
+    def sends(self) -> Sends:
+        assert self.producer is not None, "the producer starts before the stages"
+        return Sends(self.producer)
+
+    async def retrying(self, what: str, step: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run a step until it succeeds, with exponential backoff: a batch whose output cannot
+        be written (ClickHouse or the broker away) waits, and its offsets are not committed,
+        so the stream stops pulling and memory stays flat. Gives up when the worker stops."""
+        delay, failing = 0.25, False
+        try:
+            while True:
+                try:
+                    await step(*args)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    self.stats.counters["retried_steps"] += 1
+                    log.warning("%s failed (%s); retrying in %.1fs", what, e, delay)
+                    if not failing:
+                        failing, self.retries_running = True, self.retries_running + 1
+                    try:
+                        await asyncio.wait_for(self.stopping.wait(), delay)
+                    except TimeoutError:
+                        pass
+                    else:
+                        raise Stopping(what) from e
+                    delay = min(delay * 2, self.settings.worker.clickhouse_retry_max_s)
+        finally:
+            if failing:
+                self.retries_running -= 1
+
+    def dead_letter(
+        self, record: Any, why: Rejected, value: bytes | None = None
+    ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+        """A message (aiokafka ConsumerRecord) parked with the reason in its headers: (key,
+        value, headers) for the dead-letter topic. `value`: the part that failed (one item of
+        a pack); by default the whole message."""
+        self.stats.deadletter[why.reason] += 1
+        headers = [
+            ("cem.error.reason", why.reason.encode()),
+            ("cem.error.field", why.field.encode()),
+            ("cem.error.detail", why.describe().encode()),
+            ("cem.source.topic", record.topic.encode()),
+            ("cem.source.partition", str(record.partition).encode()),
+            ("cem.source.offset", str(record.offset).encode()),
+            ("cem.error.at", datetime.now(UTC).isoformat().encode()),
+        ]
+        log.info("dead-letter %s: %s", where(record), why.describe())
+        return record.key, record.value if value is None else value, headers
+
+
+def where(record: Any) -> str:
+    """topic[partition]@offset of a ConsumerRecord."""
+    return f"{record.topic}[{record.partition}]@{record.offset}"

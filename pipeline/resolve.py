@@ -1,0 +1,172 @@
+"""Stage A: where an event enters. Validate, resolve the customer, re-key by customer.
+
+Reads the channel topics and the CRM profile topic in batches (pipeline/source.py, consumer
+group `<app_id>-resolve`). Each touchpoint is validated (pipeline/decode.py: a bad one goes to
+the dead-letter topic with the reason), resolved to a customer (processors/identity.py,
+against the identity index), and turned into the row the judge reads. Each profile becomes
+a `ProfileEnvelope` with the fingerprints of its identifiers, each tombstone an
+`EraseEnvelope`. The batch then goes to `cem.internal.by-customer`, one `PackEnvelope` per
+partition (pipeline/rekey.py), and its offsets are committed once every message is on the
+broker. A batch forwarded twice (a crash before the commit, a rebalance) is harmless: the
+judge drops what it has already seen.
+
+Stateless but for the identity index, which every worker holds whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from pipeline import kafka_config
+from pipeline.context import Context, where
+from pipeline.decode import Rejected, decode_profile, decode_touchpoint
+from pipeline.rekey import pack
+from pipeline.source import BatchSource
+from processors.identity import profile_fingerprints, resolve
+from processors.normalize import to_touch
+from schemas.internal import EraseEnvelope, ProfileEnvelope
+from schemas.profile import ProfileSnapshot
+from schemas.touchpoints import Channel
+
+log = logging.getLogger("cem.resolve")
+
+Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, value, headers
+
+
+class ResolveStage:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        s = ctx.settings
+        self.topics = s.kafka.topics
+        self.vocabulary = frozenset(s.rules.field_vocabulary)
+        self.max_future = timedelta(hours=s.worker.max_future_skew_hours)
+        self.max_bytes = s.worker.max_message_bytes
+        self.secret = s.secret
+        self.source = BatchSource(
+            kafka_config.aiokafka(s.kafka),
+            s.worker.resolve_group,
+            [*self.topics.channels, self.topics.profiles],
+            batch_size=s.worker.batch_size,
+            within_s=s.worker.batch_within_s,
+            session_timeout_s=s.worker.session_timeout_s,
+            on_commit_failure=self._count_commit_failure,
+        )
+
+    async def run(self) -> None:
+        """Batches until the worker stops; a batch in hand is finished and committed first. An
+        error that escapes crashes the worker (faust does that for a failed task), so that a
+        supervisor restarts it from the committed offsets."""
+        await self.ctx.index.loaded.wait()  # resolve nothing before the identity index is loaded
+        await self.ctx.retrying("adopt the previous release's offsets", self._adopt_offsets)
+        async for batch in self.source.batches(self.ctx.stopping):
+            await self.resolve_batch(batch)
+            await self.source.commit(batch)
+
+    def _count_commit_failure(self) -> None:
+        self.ctx.stats.counters["source_commit_failures"] += 1
+
+    async def _adopt_offsets(self) -> None:
+        from pipeline.admin import adopt_offsets  # kafka-python's admin client, blocking
+
+        s = self.ctx.settings
+        topics = [*self.topics.channels, self.topics.profiles]
+        adopted = await asyncio.to_thread(adopt_offsets, s, s.worker.app_id, s.worker.resolve_group, topics)
+        for tp, offset in sorted(adopted.items()):
+            log.info("%s[%d]: the resolve group starts at %d, where the previous release left it",
+                     tp.topic, tp.partition, offset)  # fmt: skip
+
+    async def resolve_batch(self, records: list[Any]) -> None:
+        """Resolve a batch and forward it, packed per partition. Returns once every message is
+        on the broker; a failed send (the broker away) sends the whole batch again."""
+        now = datetime.now(UTC)
+        items: list[tuple[str, bytes]] = []
+        links: dict[str, str] = {}  # anonymous id fingerprint -> customer, learned from logins
+        parked: list[Message] = []
+        for record in records:
+            self.ctx.stats.events_in[record.topic] += 1
+            try:
+                if record.topic == self.topics.profiles:
+                    item = self._profile(record)
+                else:
+                    item = self._touch(record, now, links)
+            except Exception as e:  # a bug must not stop stage A: park the message
+                log.exception("resolve failed at %s", where(record))
+                item = Rejected("processing_error", "", repr(e)[:500])
+            if isinstance(item, Rejected):
+                parked.append(self.ctx.dead_letter(record, item))
+            else:
+                items.append(item)
+        packs = pack(items, self.ctx.settings.kafka.partitions)
+        await self.ctx.retrying("forward to the by-customer topic", self._send, packs, links, parked)
+
+    async def _send(self, packs: list[tuple[int, bytes]], links: dict[str, str], parked: list[Message]) -> None:
+        sends = self.ctx.sends()
+        for partition, value in packs:
+            await sends.send(self.topics.by_customer, value, partition=partition)
+        for key, original, headers in parked:
+            await sends.send(self.topics.deadletter, original, key=key, headers=headers)
+        # write-through: this worker already resolves with them, the others once they read them
+        await sends.send_keyed(self.topics.identity, [(fp.encode(), cid.encode()) for fp, cid in links.items()])
+        await sends.done()
+
+    def _touch(self, record: Any, now: datetime, links: dict[str, str]) -> tuple[str, bytes] | Rejected:
+        """A touchpoint -> (customer id, its row as JSON), or why it is rejected."""
+        channel: Channel | None = self.topics.channel_of(record.topic)  # type: ignore[assignment]
+        assert channel is not None, record.topic
+        result = decode_touchpoint(
+            channel, record.value, vocabulary=self.vocabulary, now=now, max_future=self.max_future,
+            max_bytes=self.max_bytes,
+        )  # fmt: skip
+        if isinstance(result, Rejected):
+            return result
+        index = self.ctx.index
+        res = resolve(result.customer_id, result.identifiers, index.get, self.secret)
+        if res.link_anonymous is not None and index.get(res.link_anonymous) != res.customer_id:
+            index.apply(res.link_anonymous, res.customer_id)
+            links[res.link_anonymous] = res.customer_id
+        touch = to_touch(channel, result, res.customer_id, res.resolved_by, record.topic, record.partition,
+                         record.offset)  # fmt: skip
+        return res.customer_id, orjson.dumps(touch.to_row())
+
+    def _profile(self, record: Any) -> tuple[str, bytes] | Rejected:
+        """A CRM profile -> (customer id, its ProfileEnvelope as JSON); a tombstone -> its
+        EraseEnvelope; or why it is rejected."""
+        result = decode_profile(record.key, record.value, vocabulary=self.vocabulary, max_bytes=self.max_bytes)
+        if isinstance(result, Rejected):
+            return result
+        env: ProfileEnvelope | EraseEnvelope
+        if isinstance(result, ProfileSnapshot):
+            ids = result.identifiers
+            env = ProfileEnvelope(
+                customer_id=result.customer_id,
+                version=result.version,
+                loyalty_tier=result.loyalty_tier.lower(),
+                known_fields=result.known_fields,
+                fingerprints=profile_fingerprints(ids.email, ids.phone, ids.loyalty_id, self.secret),
+            )
+        else:
+            env = erase_request(record, result)
+        return env.customer_id, orjson.dumps(env.model_dump())
+
+
+def erase_request(record: Any, customer_id: str) -> EraseEnvelope:
+    """A tombstone on the CRM topic: who asked comes from its headers (`cem erase` sets them);
+    a CRM's own tombstone is attributed to "crm" and identified by its position."""
+    headers: dict[str, bytes] = dict(record.headers or ())
+
+    def header(name: str) -> str | None:
+        v = headers.get(name)
+        return v.decode("utf-8", "replace") if v else None
+
+    at = datetime.fromtimestamp(record.timestamp / 1000, UTC) if record.timestamp else datetime.now(UTC)
+    return EraseEnvelope(
+        customer_id=customer_id,
+        request_id=header("cem.erasure.request_id") or f"{record.topic}:{record.partition}:{record.offset}",
+        requested_by=header("cem.erasure.requested_by") or "crm",
+        requested_at=at.isoformat(),
+    )

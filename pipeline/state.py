@@ -1,0 +1,315 @@
+"""The judge's state, held in memory, and its snapshots in Kafka.
+
+A worker holds the state (`processors.judge.CustomerState`) of every customer on the
+partitions of `cem.internal.by-customer` it owns. That state is a function of the partition's
+messages alone: the judge is deterministic, and a message applied twice changes nothing (a
+touchpoint seen before is dropped, an older profile version is ignored, erasing an erased
+customer erases nothing). So the partition's own log serves as the state's changelog, and the
+judge writes nothing per event. (Releases up to 0.2 kept the state in a faust table, which
+wrote each touched customer's whole state to a changelog topic after every batch: at 100,000
+customers that cost more than the judging.)
+
+Snapshots bound how much of the log a restart reads again. Each partition's go to the
+compacted topic `cem.internal.snapshots`, on the same partition number:
+
+* A partition is snapshotted when it has taken more touchpoints since its last snapshot than
+  its state holds events (so reading the log again never costs more than loading the state),
+  but no fewer than `worker.snapshot_min_touchpoints`; or when `worker.snapshot_interval_s`
+  has passed with any change, so that the snapshot the log is read from is always far
+  younger than the topic's retention (`kafka.internal_retention_days`).
+* A snapshot is written in chunks of about `CHUNK_BYTES`, one chunk between two batches, so
+  that it never holds up the stream for long. It starts at the partition's committed position,
+  `from_offset`. Each chunk holds its customers' states as they are when it is written (at or
+  after `from_offset`), so the chunks are not one consistent moment, and need not be: a
+  restart loads them and reads the log again from `from_offset`, and what a chunk already
+  holds is applied a second time, which changes nothing. (An erasure read again drops the
+  customer; the messages after it, read again too, bring back what came after it.)
+* Keys are `s/<id>/c/<n>` for the chunks and `s/<id>/m` for the manifest, which is written
+  once every chunk is acknowledged and makes the snapshot complete. Then the writer deletes
+  every other snapshot of the partition (tombstones; compaction reclaims them). The newest
+  complete snapshot wins, so a snapshot left half-written by a crash or a lost partition is
+  never loaded.
+
+Loading a partition when it is assigned (`load`): the newest complete snapshot; else the
+state table changelog of releases up to 0.2 (`<app_id>-customers-changelog`), read as the
+state at the group's committed offset; else an empty state at the start of the log. The
+judge then reads the partition from there: messages before the group's committed offset are
+applied silently (their rows, alerts and index entries were written before that commit), the
+rest as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from pipeline.outputs import Sends
+from processors.judge import CustomerState
+
+log = logging.getLogger("cem.state")
+
+FORMAT = 1  # of the manifest and chunks below
+#: uncompressed size of a chunk (about 5x less on the wire): encoding one takes ~20 ms here
+CHUNK_BYTES = 2 * 2**20
+MANIFEST = "m"
+
+
+@dataclass
+class Partition:
+    """The state of one partition of the internal topic, and where it stands in its log."""
+
+    number: int
+    customers: dict[str, CustomerState] = field(default_factory=dict)
+    next_offset: int = 0  # the first offset not applied yet
+    replay_until: int = 0  # offsets below this are applied silently (written before a restart)
+    touches_since: int = 0  # touchpoints applied since the newest snapshot's from_offset
+    events: int = 0  # kept events, as counted by the last snapshot or load
+    snapshot_at: float = field(default_factory=time.monotonic)  # of the last snapshot or load
+    snapshot_keys: set[bytes] = field(default_factory=set)  # live keys of its snapshot partition
+
+    @property
+    def replaying(self) -> bool:
+        return self.next_offset < self.replay_until
+
+
+def chunk_key(snapshot: str, n: int) -> bytes:
+    return f"s/{snapshot}/c/{n}".encode()
+
+
+def manifest_key(snapshot: str) -> bytes:
+    return f"s/{snapshot}/{MANIFEST}".encode()
+
+
+def encode_chunk(states: Iterable[CustomerState]) -> tuple[bytes, int]:
+    """A chunk's value, and its size before compression."""
+    raw = orjson.dumps([s.to_snapshot() for s in states])
+    return zlib.compress(raw, 1), len(raw)
+
+
+def decode_chunk(value: bytes) -> list[CustomerState]:
+    return [CustomerState.from_snapshot(c) for c in orjson.loads(zlib.decompress(value))]
+
+
+# ---------------------------------------------------------------------------- writing
+@dataclass
+class Walk:
+    """A snapshot being written, a chunk at a time."""
+
+    part: Partition
+    snapshot: str
+    from_offset: int
+    touches_at_start: int
+    ids: list[str]
+    sends: Sends
+    pos: int = 0
+    chunks: int = 0
+    customers: int = 0
+    events: int = 0
+    raw_bytes: int = 0
+    wire_bytes: int = 0
+    per_chunk: int = 500  # customers; adjusted so that chunks come out near CHUNK_BYTES
+    keys: set[bytes] = field(default_factory=set)
+
+
+class Snapshots:
+    """Decides when a partition is snapshotted and writes it, one chunk per `step`."""
+
+    def __init__(
+        self, topic: str, new_sends: Callable[[], Sends], *, min_touchpoints: int, interval_s: float,
+        counters: Any,
+    ) -> None:  # fmt: skip
+        self.topic = topic
+        self.new_sends = new_sends
+        self.min_touchpoints = min_touchpoints
+        self.interval_s = interval_s
+        self.counters = counters  # Stats.counters
+        self.walk: Walk | None = None
+
+    def due(self, part: Partition, now: float) -> bool:
+        if part.replaying or not part.touches_since:
+            return False
+        return part.touches_since >= max(self.min_touchpoints, part.events) or now - part.snapshot_at >= self.interval_s
+
+    def abandon(self, partitions: Iterable[int]) -> None:
+        """The partition is no longer ours: its snapshot stays incomplete, and is never loaded."""
+        if self.walk is not None and self.walk.part.number in set(partitions):
+            log.info("snapshot of partition %d abandoned (partition revoked)", self.walk.part.number)
+            self.walk = None
+
+    async def step(self, parts: dict[int, Partition]) -> None:
+        """Start a snapshot if one is due, or write the next chunk of the one under way. A
+        failure (the broker away) abandons the snapshot: the state is still whole in memory,
+        and the next attempt starts again."""
+        if self.walk is None:
+            now = time.monotonic()
+            due = [p for p in parts.values() if self.due(p, now)]
+            if not due:
+                return
+            part = max(due, key=lambda p: p.touches_since)
+            self.walk = Walk(part, uuid.uuid4().hex, part.next_offset, part.touches_since, list(part.customers),
+                             self.new_sends())  # fmt: skip
+        walk = self.walk
+        try:
+            if walk.pos < len(walk.ids):
+                await self._chunk(walk)
+            else:
+                await self._finish(walk)
+                self.walk = None
+        except Exception as e:  # not fatal: the state is in memory, the log is still there
+            log.warning("snapshot of partition %d failed (%s); it starts again later", walk.part.number, e)
+            self.counters["snapshot_failures"] += 1
+            self.walk = None
+            walk.part.snapshot_at = time.monotonic()  # wait an interval before trying again
+
+    async def _chunk(self, walk: Walk) -> None:
+        started = time.perf_counter()
+        customers = walk.part.customers
+        ids = walk.ids[walk.pos : walk.pos + walk.per_chunk]
+        walk.pos += len(ids)
+        states = [customers[c] for c in ids if c in customers]  # erased meanwhile: gone
+        value, raw = encode_chunk(states)
+        key = chunk_key(walk.snapshot, walk.chunks)
+        await walk.sends.send(self.topic, value, key=key, partition=walk.part.number)
+        walk.keys.add(key)
+        walk.chunks += 1
+        walk.customers += len(states)
+        walk.events += sum(len(s.events) for s in states)
+        walk.raw_bytes += raw
+        walk.wire_bytes += len(value)
+        if raw:
+            walk.per_chunk = max(10, min(100_000, int(len(ids) * CHUNK_BYTES / raw)))
+        self.counters["snapshot_us"] += int((time.perf_counter() - started) * 1e6)
+
+    async def _finish(self, walk: Walk) -> None:
+        await walk.sends.done()  # every chunk on the broker before the manifest says so
+        part = walk.part
+        manifest = {
+            "format": FORMAT, "snapshot": walk.snapshot, "partition": part.number, "from_offset": walk.from_offset,
+            "chunks": walk.chunks, "customers": walk.customers, "events": walk.events,
+            "raw_bytes": walk.raw_bytes, "wire_bytes": walk.wire_bytes,
+        }  # fmt: skip
+        key = manifest_key(walk.snapshot)
+        await walk.sends.send(self.topic, orjson.dumps(manifest), key=key, partition=part.number)
+        await walk.sends.done()
+        walk.keys.add(key)
+        older = part.snapshot_keys - walk.keys
+        for old in sorted(older):
+            await walk.sends.send(self.topic, None, key=old, partition=part.number)
+        await walk.sends.done()
+        part.snapshot_keys = walk.keys
+        part.touches_since -= walk.touches_at_start
+        part.events = walk.events
+        part.snapshot_at = time.monotonic()
+        self.counters["snapshots_written"] += 1
+        self.counters["snapshot_bytes"] += walk.wire_bytes
+        log.info(
+            "snapshot of partition %d written: %d customers, %d events, %d chunks, %.1f MiB (%.1f MiB raw), "
+            "from offset %d", part.number, walk.customers, walk.events, walk.chunks, walk.wire_bytes / 2**20,
+            walk.raw_bytes / 2**20, walk.from_offset,
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- loading
+@dataclass
+class Loaded:
+    part: Partition
+    source: str  # snapshot <id> | changelog of 0.2 | empty
+
+
+async def read_compacted(client_config: dict[str, Any], topic: str, partition: int) -> dict[bytes, bytes]:
+    """The live value of every key of one partition of a compacted topic, as far as it goes
+    now (tombstones applied). An empty dict if the topic does not exist."""
+    consumer = AIOKafkaConsumer(**client_config, enable_auto_commit=False, max_partition_fetch_bytes=8 * 2**20)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if parts is None:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic)
+        if not parts or partition not in parts:
+            return {}
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        live: dict[bytes, bytes] = {}
+        while await consumer.position(tp) < end:
+            got = await consumer.getmany(tp, timeout_ms=1000)
+            for rec in got.get(tp, []):
+                if rec.key is None:
+                    continue
+                if rec.value is None:
+                    live.pop(rec.key, None)
+                else:
+                    live[rec.key] = rec.value
+        return live
+    finally:
+        await consumer.stop()
+
+
+def newest_complete(live: dict[bytes, bytes]) -> tuple[dict[str, Any], list[bytes]] | None:
+    """The newest snapshot whose manifest and chunks are all there: (manifest, chunk values).
+    Newest in the order the manifests were written: each manifest key is written once, and
+    `live` keeps the order its keys were first read in."""
+    manifests = []
+    for key, value in live.items():
+        if key.startswith(b"s/") and key.endswith(b"/" + MANIFEST.encode()):
+            m = orjson.loads(value)
+            if m.get("format") == FORMAT:
+                manifests.append(m)
+    for m in reversed(manifests):
+        chunks = [live.get(chunk_key(m["snapshot"], n)) for n in range(m["chunks"])]
+        if all(c is not None for c in chunks):
+            return m, [c for c in chunks if c is not None]
+        log.warning("snapshot %s of partition %s is incomplete; trying an older one", m["snapshot"], m["partition"])
+    return None
+
+
+async def load(
+    client_config: dict[str, Any], snapshots_topic: str, legacy_changelog: str, partition: int,
+    committed: int | None, log_start: int,
+) -> Loaded:  # fmt: skip
+    """The state of one partition, and the offset the judge reads its log from (see above)."""
+    live = await read_compacted(client_config, snapshots_topic, partition)
+    found = newest_complete(live)
+    if found is not None:
+        manifest, chunks = found
+        part = Partition(partition, next_offset=manifest["from_offset"], snapshot_keys=set(live))
+        for value in chunks:
+            for state in decode_chunk(value):
+                part.customers[state.customer_id] = state
+            await asyncio.sleep(0)  # a chunk takes ~20 ms to decode: let heartbeats and batches through
+        part.events = manifest["events"]
+        source = f"snapshot {manifest['snapshot']}"
+    else:
+        part = Partition(partition, snapshot_keys=set(live))
+        changelog = await read_compacted(client_config, legacy_changelog, partition)
+        if changelog:
+            for raw in changelog.values():
+                state = CustomerState.from_json(raw)
+                part.customers[state.customer_id] = state
+                part.events += len(state.events)
+            # faust wrote a batch's states before acknowledging it: they hold at least what was
+            # committed, and what they hold beyond it is dropped as seen when read again
+            part.next_offset = committed if committed is not None else log_start
+            source = "the state table changelog of release 0.2"
+        else:
+            part.next_offset = log_start
+            source = "empty"
+            if log_start > 0 and committed:
+                log.warning(
+                    "partition %d: no snapshot, and the log starts at %d: customers whose messages are older "
+                    "than the topic's retention start empty", partition, log_start,
+                )  # fmt: skip
+    part.next_offset = max(part.next_offset, log_start)
+    part.replay_until = committed or 0
+    return Loaded(part, source)

@@ -1,0 +1,151 @@
+"""The judge's state and its snapshots (pipeline/state.py), without a broker.
+
+The property the design rests on: a partition's state is a function of its log, and applying a
+message twice changes nothing. So a snapshot whose chunks were taken at different moments (all
+at or after its `from_offset`), followed by the log read again from `from_offset`, gives the
+state of a worker that never stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.state import Partition, Snapshots, chunk_key, decode_chunk, encode_chunk, manifest_key, newest_complete
+from processors.judge import CustomerState, Profile, apply_profile, judge
+from processors.model import MICROS_PER_DAY, Rules, Touch
+
+RULES = Rules()
+T0 = 1_772_000_000_000_000
+CUSTOMERS = ("C-1", "C-2", "C-3")
+
+Message = tuple[str, Any]  # ("touch", Touch) | ("profile", (customer, version, tier, known)) | ("erase", customer)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> list[Message]:
+    out: list[Message] = []
+    for i in range(draw(st.integers(1, 40))):
+        cid = draw(st.sampled_from(CUSTOMERS))
+        roll = draw(st.integers(0, 19))
+        if roll == 0:
+            out.append(("erase", cid))
+        elif roll <= 2:
+            known = tuple(draw(st.lists(st.sampled_from(("passport_number", "address")), max_size=2, unique=True)))
+            out.append(("profile", (cid, draw(st.integers(1, 4)), draw(st.sampled_from(("gold", "none"))), known)))
+        else:
+            contact = draw(st.booleans())
+            t = T0 + draw(st.integers(0, 20)) * MICROS_PER_DAY // 2
+            matter = draw(st.sampled_from(("baggage", "refund"))) if contact else ""
+            touch = Touch(
+                customer_id=cid, channel="call_center" if contact else "web", event_id=f"e{i % 30}", t=t,
+                type="call" if contact else "form_submit", matter=matter,
+                place=draw(st.sampled_from(("web:a", "web:b", "call_center:q"))), is_contact=contact,
+                fields=tuple(draw(st.lists(st.sampled_from(("passport_number", "address")), max_size=2, unique=True))),
+                outcome=draw(st.sampled_from(("resolved", "transferred"))) if contact else "",
+            )  # fmt: skip
+            out.append(("touch", touch))
+    return out
+
+
+def apply(customers: dict[str, CustomerState], message: Message) -> None:
+    """What the judge stage does to its state for each item (pipeline/judging.py)."""
+    kind, payload = message
+    if kind == "erase":
+        customers.pop(payload, None)
+    elif kind == "profile":
+        cid, version, tier, known = payload
+        apply_profile(customers.setdefault(cid, CustomerState(cid)), Profile(version, tier, known))
+    else:
+        judge(customers.setdefault(payload.customer_id, CustomerState(payload.customer_id)), payload, RULES, 0)
+
+
+def fresh(message: Message) -> Message:
+    """A message as decoded again from the log: a new Touch object."""
+    kind, payload = message
+    if kind == "touch":
+        return kind, Touch.from_row(list(orjson.loads(orjson.dumps(payload.to_row()))))
+    return message
+
+
+def view(customers: dict[str, CustomerState]) -> dict[str, Any]:
+    held = sorted((cid, s) for cid, s in customers.items() if s.events or s.profile)
+    return {cid: orjson.loads(orjson.dumps(s.to_snapshot())) for cid, s in held}
+
+
+@settings(max_examples=300, deadline=None)
+@given(log=messages(), data=st.data())
+def test_a_fuzzy_snapshot_and_the_log_after_it_give_the_uninterrupted_state(log: list[Message], data: Any) -> None:
+    uninterrupted: dict[str, CustomerState] = {}
+    for m in log:
+        apply(uninterrupted, fresh(m))
+
+    # the snapshot starts at from_offset; each customer is written at some later moment
+    from_offset = data.draw(st.integers(0, len(log)), label="from_offset")
+    written_at = {cid: data.draw(st.integers(from_offset, len(log)), label=f"{cid} written at") for cid in CUSTOMERS}
+    live: dict[str, CustomerState] = {}
+    snapshot: dict[str, bytes] = {}
+    for offset in range(len(log) + 1):
+        for cid, at in written_at.items():
+            if at == offset and cid in live:
+                snapshot[cid] = encode_chunk([live[cid]])[0]
+        if offset < len(log):
+            apply(live, fresh(log[offset]))
+
+    # a restart: load the chunks, read the log again from from_offset
+    restored = {state.customer_id: state for value in snapshot.values() for state in decode_chunk(value)}
+    for m in log[from_offset:]:
+        apply(restored, fresh(m))
+    assert view(restored) == view(uninterrupted)
+
+
+def test_a_chunk_round_trips_every_state() -> None:
+    state = CustomerState("C-1")
+    apply_profile(state, Profile(2, "gold", ("passport_number",), ("fp1", "fp2")))
+    for i in range(5):
+        touch = Touch("C-1", "call_center", f"c{i}", T0 + i * 3_600_000_000, "call", matter="refund",
+                      place="call_center:q", is_contact=True, fields=("passport_number",))  # fmt: skip
+        state, _ = judge(state, touch, RULES, 7)
+    assert state.alerts and any(s.friction for s in state.events)
+    value, raw = encode_chunk([state, CustomerState("C-2")])
+    assert raw > len(value)  # compressed
+    assert decode_chunk(value) == [state, CustomerState("C-2")]
+
+
+def _manifest(snapshot: str, chunks: int) -> bytes:
+    return orjson.dumps({"format": 1, "snapshot": snapshot, "partition": 0, "from_offset": 5, "chunks": chunks,
+                         "customers": 1, "events": 1})  # fmt: skip
+
+
+def test_the_newest_complete_snapshot_is_loaded() -> None:
+    live = {
+        chunk_key("old", 0): b"old0",
+        manifest_key("old"): _manifest("old", 1),
+        chunk_key("new", 0): b"new0",
+        chunk_key("new", 1): b"new1",
+        manifest_key("new"): _manifest("new", 2),
+        chunk_key("half", 0): b"half0",  # a crash before its second chunk and its manifest
+        chunk_key("zombie", 0): b"z0",
+        manifest_key("zombie"): _manifest("zombie", 2),  # its second chunk was deleted
+    }
+    found = newest_complete(live)
+    assert found is not None and found[0]["snapshot"] == "new" and found[1] == [b"new0", b"new1"]
+    assert newest_complete({chunk_key("half", 0): b"x"}) is None
+
+
+def test_a_partition_is_due_for_a_snapshot_after_as_many_touchpoints_as_it_holds() -> None:
+    snaps = Snapshots("t", lambda: None, min_touchpoints=100, interval_s=300, counters={})  # type: ignore[arg-type, return-value]
+    part = Partition(0, events=1_000, snapshot_at=0.0)
+    part.touches_since = 999
+    assert not snaps.due(part, now=10.0)
+    part.touches_since = 1_000
+    assert snaps.due(part, now=10.0)
+    part.events, part.touches_since = 10, 99  # small partition: the floor
+    assert not snaps.due(part, now=10.0) and snaps.due(part, now=301.0)  # or when the interval has passed
+    part.touches_since = 0
+    assert not snaps.due(part, now=1_000.0)  # nothing new: nothing to write
+    part.touches_since, part.replay_until, part.next_offset = 5_000, 10, 3
+    assert not snaps.due(part, now=1_000.0)  # still reading the log again after a restart
