@@ -34,9 +34,9 @@ from pipeline.state import encode_chunk
 from processors.identity import profile_fingerprints, resolve
 from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import Touch
-from processors.normalize import to_micros, to_touch
+from processors.normalize import to_touch
 from schemas.profile import ProfileSnapshot
-from sinks.clickhouse.writer import now_utc, timeline_row
+from sinks.clickhouse.writer import now_seconds, timeline_row
 
 STEPS = ("decode", "resolve", "rekey", "judge", "rows", "snapshot")
 
@@ -81,7 +81,8 @@ async def core_ceiling(settings: Settings, expected_profiles: int, expected_touc
     max_future = timedelta(hours=settings.worker.max_future_skew_hours)
     started = clock()
     for i in range(0, len(records), settings.worker.batch_size):
-        wall, now_us = now_utc(), to_micros(now)
+        wall = now_seconds()
+        now_us = wall * 1_000_000
         rows: list[tuple[Any, ...]] = []
         resolved: list[tuple[str, bytes]] = []
         for rec in records[i : i + settings.worker.batch_size]:

@@ -218,7 +218,7 @@ def start_workers(run: Run, n: int, label: str) -> list[tuple[Watched, int]]:
     for i in range(n):
         port = 6200 + i
         w = Watched(
-            [sys.executable, "-m", "pipeline.cli", "worker", "--web-port", str(port)],
+            [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "info", "--web-port", str(port)],
             run.env,
             ROOT / ".local" / "bench" / run.tag / f"{label}-worker{i}.log",
         )

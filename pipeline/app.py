@@ -86,6 +86,7 @@ class Pipeline:
         app.task(self._run)
 
         async def stats_page(web: Any, request: Any) -> Any:
+            self._refresh_ready()
             return web.json(self.stats.snapshot())
 
         async def metrics_page(web: Any, request: Any) -> Any:
@@ -95,6 +96,7 @@ class Pipeline:
             return web.json({"live": True})
 
         async def ready_page(web: Any, request: Any) -> Any:
+            self._refresh_ready()
             return web.json({"ready": self.stats.ready}, status=200 if self.stats.ready else 503)
 
         async def tasks_page(web: Any, request: Any) -> Any:
@@ -133,12 +135,18 @@ class Pipeline:
             except Exception:  # already logged where it happened
                 log.debug("a stage ended with an error", exc_info=True)
 
-    async def _refresh_health(self) -> None:
-        """Ready: the identity index loaded, both stages in their groups, every partition's
-        state loaded and caught up. Lag from the broker."""
-        self.stats.ready = self.ctx.index.loaded.is_set() and self.resolve.source.joined and self.judge.ready
+    def _refresh_ready(self) -> None:
+        """Ready: the identity index loaded, the CRM profiles in it, both stages in their
+        groups, every partition's state loaded and caught up."""
+        source = self.resolve.source
+        self.stats.ready = self.ctx.index.loaded.is_set() and source.joined and not source.held and self.judge.ready
         self.stats.identity_entries = len(self.ctx.index.data)
         self.stats.customers = sum(len(p.customers) for p in self.judge.parts.values())
+        self.stats.partitions = sorted(self.judge.parts)
+
+    async def _refresh_health(self) -> None:
+        """Readiness for the metrics page, and the lag from the broker."""
+        self._refresh_ready()
         try:
             from pipeline.admin import consumer_lag
 

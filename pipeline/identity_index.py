@@ -24,7 +24,11 @@ class IdentityIndex:
         self.topic = topic
         self.data: dict[str, str] = {}
         self.loaded = asyncio.Event()  # the topic was read up to its end offsets at start-up
-        self.lag = -1
+        self.positions: dict[int, int] = {}  # partition -> next offset to read
+
+    def holds(self, ends: dict[int, int]) -> bool:
+        """Whether everything up to these end offsets (partition -> offset) has been read."""
+        return all(self.positions.get(p, 0) >= end for p, end in ends.items())
 
     def get(self, fingerprint: str) -> str | None:
         return self.data.get(fingerprint)
@@ -55,6 +59,8 @@ class IdentityIndex:
                 for records in batch.values():
                     for rec in records:
                         self.apply(rec.key.decode(), None if rec.value is None else rec.value.decode())
+                for tp in tps:
+                    self.positions[tp.partition] = await consumer.position(tp)
                 if not self.loaded.is_set():
                     behind = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
                     if not behind:

@@ -34,19 +34,19 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, Re
 from pydantic import ValidationError
 
 from pipeline import kafka_config
-from pipeline.context import Context, where
+from pipeline.context import Context, Stopping, where
 from pipeline.decode import Rejected
+from pipeline.outputs import Sends
 from pipeline.state import Partition, Snapshots, load
 from processors.identity import fingerprint
 from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import Touch
-from processors.normalize import to_micros
 from schemas.erasure import ErasureReceipt, Removed
 from schemas.internal import ENVELOPE, ITEM, EraseEnvelope, PackEnvelope, ProfileEnvelope, TouchEnvelope
 from sinks.alerts import to_alert
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.erasure import delete_customer, find_receipt, insert_receipt
-from sinks.clickhouse.writer import ClickHouseSink, alert_row, now_utc, timeline_row
+from sinks.clickhouse.writer import ClickHouseSink, alert_row, now_seconds, timeline_row
 
 log = logging.getLogger("cem.judge")
 
@@ -54,29 +54,48 @@ log = logging.getLogger("cem.judge")
 MAX_MESSAGES = 64
 
 Item = Touch | ProfileEnvelope | EraseEnvelope
+Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]  # topic, key, value, headers
 
 
 @dataclass
 class Pending:
-    """What the messages applied since the last write will write."""
+    """What the messages applied since the last seal will write. Alerts, index entries and
+    dead letters leave at the end of every batch (`JudgeStage._send`): an alert need not wait
+    for ClickHouse. Rows wait until the pending writes are sealed (by size or age) and written
+    (`JudgeStage._write`) while the next messages are judged; then the acknowledgements of
+    what was sent are awaited, and only then are the offsets committed."""
 
     timeline: list[tuple[Any, ...]] = field(default_factory=list)
     alert_rows: list[tuple[Any, ...]] = field(default_factory=list)
-    alert_msgs: list[tuple[bytes, bytes]] = field(default_factory=list)
-    index: dict[str, str | None] = field(default_factory=dict)  # fingerprint -> customer | removed
-    parked: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = field(default_factory=list)
+    # Kafka messages: not yet sent, and sent but not yet acknowledged (kept to send again)
+    messages: list[Message] = field(default_factory=list)
+    sent: list[Message] = field(default_factory=list)
+    sends: Sends | None = None
+    send_failed: bool = False  # some of `sent` may never have left: they are all sent again
+    first_at: float | None = None  # monotonic time of the first thing applied since the seal
+    offsets: dict[int, int] = field(default_factory=dict)  # partition -> offset to commit, set when sealed
 
-    def clear(self) -> None:
-        self.timeline, self.alert_rows, self.alert_msgs, self.index, self.parked = [], [], [], {}, []
+    def touched(self) -> None:
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+
+    def due(self, rows: int, within_s: float) -> bool:
+        return len(self.timeline) >= rows or (
+            self.first_at is not None and time.monotonic() - self.first_at >= within_s
+        )
 
 
 class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         s = ctx.settings
+        self.topics = s.kafka.topics
         self.topic = s.kafka.topics.by_customer
         self.rules = s.rules_obj
-        self.batch_size = s.worker.batch_size
+        self.insert_rows = s.worker.insert_rows
+        self.within_s = s.worker.batch_within_s
+        self.out = Pending()
+        self.writing: asyncio.Task[None] | None = None  # the sealed batch being written
         self.parts: dict[int, Partition] = {}  # owned and loaded
         self.cached: dict[int, Partition] = {}  # revoked by the last rebalance: kept in case they come back
         self.loading: dict[int, asyncio.Task[None]] = {}
@@ -88,6 +107,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         )  # fmt: skip
         self.consumer: Any = None  # AIOKafkaConsumer, made in the worker's event loop
         self.joined = False
+        self.generation = 0  # of assignments: counts rebalances, so that a stale load is dropped
         self._sink: ClickHouseSink | None = None
 
     @property
@@ -111,11 +131,21 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         try:
             self.consumer.subscribe([self.topic], listener=self)
             while not self.ctx.stopping.is_set():
-                got = await self.consumer.getmany(timeout_ms=100, max_records=MAX_MESSAGES)
+                first = self.out.first_at
+                wait_s = 0.1 if first is None else max(0.0, first + self.within_s - time.monotonic())
+                got = await self.consumer.getmany(timeout_ms=int(wait_s * 1000), max_records=MAX_MESSAGES)
                 async with self.lock:
                     if got:
                         await self._batch(got)
-                    await self.snapshots.step(self.parts)
+                    if self.out.due(self.insert_rows, self.within_s):
+                        await self._seal()
+                    if self.snapshots.wanted(self.parts):
+                        await self._drain()  # a snapshot holds only what has been written
+                        await self.snapshots.step(self.parts)
+            async with self.lock:
+                await self._drain()
+        except Stopping:
+            log.warning("stopped before a batch could be written: it is judged again after the restart")
         finally:
             for task in self.loading.values():
                 task.cancel()
@@ -132,7 +162,9 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
 
     # ------------------------------------------------------------------ rebalances
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.generation += 1  # a load still under way belongs to an assignment that is over
         async with self.lock:  # the batch in hand is written and committed first
+            await self._drain()
             gone = {tp.partition for tp in revoked}
             self.snapshots.abandon(gone)
             for p in gone:
@@ -147,16 +179,21 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         """Fast on purpose: the consumer sends no heartbeats until this returns. The new
         partitions stay paused while their state loads beside the batches."""
         self.joined = True
+        self.generation += 1
         mine = {tp.partition for tp in assigned}
         for p in set(self.cached) - mine:
             del self.cached[p]  # another worker has it now: what we held goes stale
+        for p in set(self.parts) - mine:  # not expected: a revocation moves them to `cached`
+            log.warning("partition %d was held without being assigned: dropped", p)
+            del self.parts[p]
         new = [tp for tp in assigned if tp.partition not in self.parts and tp.partition not in self.loading]
         if new:
             self.consumer.pause(*new)
         for tp in new:
-            self.loading[tp.partition] = asyncio.create_task(self._load(tp), name=f"load {tp.topic}[{tp.partition}]")
+            task = asyncio.create_task(self._load(tp, self.generation), name=f"load {tp.topic}[{tp.partition}]")
+            self.loading[tp.partition] = task
 
-    async def _load(self, tp: TopicPartition) -> None:
+    async def _load(self, tp: TopicPartition, generation: int) -> None:
         s = self.ctx.settings
         delay = 1.0
         while True:
@@ -174,8 +211,8 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                     )  # fmt: skip
                     part, source = loaded.part, loaded.source
                 async with self.lock:
-                    if tp not in self.consumer.assignment():
-                        return  # revoked while loading
+                    if generation != self.generation:
+                        return  # revoked while loading (its task may have missed the cancellation)
                     self.parts[tp.partition] = part
                     self.committed[tp.partition] = committed or 0
                     self.consumer.seek(tp, part.next_offset)
@@ -197,9 +234,9 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
 
     # ------------------------------------------------------------------ a batch
     async def _batch(self, got: dict[TopicPartition, list[Any]]) -> None:
-        now = now_utc()
-        now_us = to_micros(now)
-        out = Pending()
+        now = now_seconds()
+        now_us = now * 1_000_000
+        out = self.out
         for tp, records in got.items():
             part = self.parts.get(tp.partition)
             if part is None:
@@ -207,25 +244,28 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             for record in records:
                 if record.offset < part.next_offset:
                     continue  # applied already (fetched before a seek)
+                if record.offset >= part.replay_until:
+                    out.touched()
                 await self._apply(out, part, record, now, now_us)
                 part.next_offset = record.offset + 1
-                if len(out.timeline) >= self.batch_size:  # bound inserts and memory
-                    await self._flush(out)
-        await self._flush(out)
+                if len(out.timeline) >= self.insert_rows:  # bound inserts and memory
+                    await self._seal()
+                    out = self.out
+        await self._send(out)
 
-    async def _apply(self, out: Pending, part: Partition, record: Any, now: datetime, now_us: int) -> None:
+    async def _apply(self, out: Pending, part: Partition, record: Any, now: int, now_us: int) -> None:
         silent = record.offset < part.replay_until  # written before the restart: state only
         try:
             items = read_items(record.value)
         except (ValueError, ValidationError) as e:
             if not silent:
-                out.parked.append(self.ctx.dead_letter(record, Rejected("invalid_internal", "", str(e)[:500])))
+                self._park(out, self.ctx.dead_letter(record, Rejected("invalid_internal", "", str(e)[:500])))
             return
         for item in items:
             if isinstance(item, BadItem):
                 if not silent:
                     why = Rejected("invalid_internal", "", item.error)
-                    out.parked.append(self.ctx.dead_letter(record, why, value=item.raw))
+                    self._park(out, self.ctx.dead_letter(record, why, value=item.raw))
                 continue
             try:
                 if isinstance(item, Touch):
@@ -239,9 +279,9 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 if not silent:
                     raw = orjson.dumps(item.to_row()) if isinstance(item, Touch) else item.model_dump_json().encode()
                     why = Rejected("processing_error", "", repr(e)[:500])
-                    out.parked.append(self.ctx.dead_letter(record, why, value=raw))
+                    self._park(out, self.ctx.dead_letter(record, why, value=raw))
 
-    def _judge(self, out: Pending, part: Partition, touch: Touch, now: datetime, now_us: int, silent: bool) -> None:
+    def _judge(self, out: Pending, part: Partition, touch: Touch, now: int, now_us: int, silent: bool) -> None:
         cid = touch.customer_id
         state = part.customers.get(cid)
         if state is None:
@@ -263,7 +303,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 counters["row_rewrites"] += 1
         for a in verdict.alerts:
             out.alert_rows.append(alert_row(a, (touch.topic, touch.partition, touch.offset), now))
-            out.alert_msgs.append((cid.encode(), to_alert(a).model_dump_json().encode()))
+            out.messages.append((self.topics.alerts, cid.encode(), to_alert(a).model_dump_json().encode(), None))
             self.ctx.stats.alerts[f"{a.body['kind']}:{a.status}"] += 1
 
     def _profile(self, out: Pending, part: Partition, env: ProfileEnvelope, silent: bool) -> None:
@@ -278,8 +318,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             return
         self.ctx.stats.profiles["held" if accepted else "ignored_older"] += 1
         if accepted:
-            out.index.update({fp: None for fp in old - set(env.fingerprints)})
-            out.index.update({fp: cid for fp in env.fingerprints})
+            self._index(out, {**dict.fromkeys(old - set(env.fingerprints)), **dict.fromkeys(env.fingerprints, cid)})
 
     async def _erasure(self, out: Pending, part: Partition, env: EraseEnvelope, silent: bool) -> None:
         """Forget the customer: state and identity entries. What came before it is written
@@ -288,44 +327,100 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         had_state = part.customers.pop(cid, None) is not None
         if silent:
             return
-        index = self.ctx.index
-        owned = {fp for fp, owner in index.data.items() if owner == cid}
-        owned |= {fp for fp, owner in out.index.items() if owner == cid}
-        out.index.update(dict.fromkeys(owned))
+        owned = {fp for fp, owner in self.ctx.index.data.items() if owner == cid}
+        self._index(out, dict.fromkeys(owned))
         self.ctx.stats.profiles["erased"] += 1
-        await self._flush(out)
+        await self._drain()
         await self.ctx.retrying("erasure", self._erase, env, had_state, len(owned))
 
+    def _index(self, out: Pending, entries: dict[str, str | None]) -> None:
+        """Identity index entries (fingerprint -> customer, or None: removed). Written through:
+        this worker resolves with them at once, the others once they read them."""
+        for fp, owner in entries.items():
+            self.ctx.index.apply(fp, owner)
+            out.messages.append((self.topics.identity, fp.encode(), None if owner is None else owner.encode(), None))
+
+    def _park(self, out: Pending, parked: tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]) -> None:
+        key, value, headers = parked
+        out.messages.append((self.topics.deadletter, key, value, headers))
+
     # ------------------------------------------------------------------ writing
-    async def _flush(self, out: Pending) -> None:
-        """ClickHouse, then alerts, index entries and dead letters, then the offsets."""
-        if out.timeline or out.alert_rows:
-            await self.ctx.retrying("ClickHouse write", self._write_once, out.timeline, out.alert_rows)
-        if out.alert_msgs or out.index or out.parked:
-            await self.ctx.retrying("publish alerts and index entries", self._publish, out)
-        out.clear()
-        await self._commit()
+    async def _send(self, out: Pending) -> None:
+        """Send the alerts, index entries and dead letters of what was applied; their
+        acknowledgements are awaited by the flush."""
+        if not out.messages:
+            return
+        if out.sends is None:
+            out.sends = self.ctx.sends()
+        try:
+            await self._send_messages(out.sends, out.messages)
+        except Exception as e:  # the broker away: the flush sends them again
+            log.warning("sending alerts and index entries failed (%s); the flush retries", e)
+            out.send_failed = True
+        out.sent.extend(out.messages)
+        out.messages = []
 
-    async def _publish(self, out: Pending) -> None:
-        """Idempotent, so it can be retried whole."""
-        t = self.ctx.settings.kafka.topics
-        sends = self.ctx.sends()
-        await sends.send_keyed(t.alerts, out.alert_msgs)
-        for fp, owner in out.index.items():
-            self.ctx.index.apply(fp, owner)  # write-through: this worker sees it now
-        await sends.send_keyed(
-            t.identity, [(fp.encode(), None if o is None else o.encode()) for fp, o in out.index.items()]
-        )
-        for key, value, headers in out.parked:
-            await sends.send(t.deadletter, value, key=key, headers=headers)
-        await sends.done()
+    async def _send_messages(self, sends: Sends, messages: list[Message]) -> None:
+        keyed: dict[str, list[tuple[bytes, bytes | None]]] = {}
+        for topic, key, value, headers in messages:
+            if headers is None and key is not None:
+                keyed.setdefault(topic, []).append((key, value))
+            else:
+                await sends.send(topic, value, key=key, headers=headers)
+        for topic, pairs in keyed.items():
+            await sends.send_keyed(topic, pairs)
 
-    async def _commit(self) -> None:
-        offsets = {
-            TopicPartition(self.topic, p): part.next_offset
+    async def _seal(self) -> None:
+        """Start writing what is pending, once the batch written before it is done: one batch
+        is judged while the one before it is written (a ClickHouse insert is mostly waiting
+        for the server)."""
+        out = self.out
+        out.offsets = {
+            p: part.next_offset
             for p, part in self.parts.items()
             if not part.replaying and part.next_offset > self.committed.get(p, 0)
         }
+        if not (out.timeline or out.alert_rows or out.messages or out.sent or out.offsets):
+            out.first_at = None
+            return
+        await self._send(out)
+        await self._wait_written()
+        self.out = Pending()
+        self.writing = asyncio.create_task(self._write(out), name="judge write")
+
+    async def _drain(self) -> None:
+        """Everything applied so far written and committed."""
+        await self._seal()
+        await self._wait_written()
+
+    async def _wait_written(self) -> None:
+        if self.writing is not None:
+            writing, self.writing = self.writing, None
+            await writing
+
+    async def _write(self, out: Pending) -> None:
+        """ClickHouse, then the acknowledgements of what was sent, then the offsets."""
+        if out.timeline or out.alert_rows:
+            await self.ctx.retrying("ClickHouse write", self._write_once, out.timeline, out.alert_rows)
+        if out.sends is not None:
+            try:
+                await out.sends.done()
+            except Exception as e:
+                log.warning("alerts and index entries not acknowledged (%s); sending them again", e)
+                out.send_failed = True
+        if out.send_failed:
+            await self.ctx.retrying("publish alerts and index entries", self._resend, out.sent)
+        await self._commit(out.offsets)
+
+    async def _resend(self, messages: list[Message]) -> None:
+        """Idempotent, so it can be retried whole: readers keep the latest revision of an
+        alert, and an index entry written twice is one entry."""
+        sends = self.ctx.sends()
+        await self._send_messages(sends, messages)
+        await sends.done()
+
+    async def _commit(self, sealed: dict[int, int]) -> None:
+        offsets = {TopicPartition(self.topic, p): offset for p, offset in sealed.items()}
         if not offsets:
             return
         try:

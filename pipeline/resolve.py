@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,9 +53,9 @@ class ResolveStage:
             s.worker.resolve_group,
             [*self.topics.channels, self.topics.profiles],
             batch_size=s.worker.batch_size,
-            within_s=s.worker.batch_within_s,
             session_timeout_s=s.worker.session_timeout_s,
             on_commit_failure=self._count_commit_failure,
+            held=frozenset(self.topics.channels),  # until the CRM profiles are in the identity index
         )
 
     async def run(self) -> None:
@@ -63,9 +64,49 @@ class ResolveStage:
         supervisor restarts it from the committed offsets."""
         await self.ctx.index.loaded.wait()  # resolve nothing before the identity index is loaded
         await self.ctx.retrying("adopt the previous release's offsets", self._adopt_offsets)
-        async for batch in self.source.batches(self.ctx.stopping):
-            await self.resolve_batch(batch)
-            await self.source.commit(batch)
+        bootstrap = asyncio.create_task(self._bootstrap(), name="bootstrap")
+        try:
+            async for batch in self.source.batches(self.ctx.stopping):
+                await self.resolve_batch(batch)
+                await self.source.commit(batch)
+        finally:
+            bootstrap.cancel()
+
+    async def _bootstrap(self) -> None:
+        """Hold the touchpoints back until every CRM profile there was at start-up is in this
+        worker's identity index, the way a Kafka Streams global table is loaded before its
+        stream: otherwise a backlog's touchpoints race their customers' profiles, and those
+        known only by email or phone are filed as anonymous. A profile is in the index once
+        every worker's stage A has forwarded it (the resolve group committed the CRM topic),
+        the judge has accepted it and written its identifiers (the judge group committed the
+        internal topic), and this worker has read the identity topic that far. Gives up after
+        `worker.bootstrap_timeout_s` (the judge cannot commit while ClickHouse is away)."""
+        from pipeline.admin import committed_to, end_offsets  # kafka-python, blocking
+
+        s, t = self.ctx.settings, self.topics
+        started = time.monotonic()
+        deadline = started + s.worker.bootstrap_timeout_s
+        try:
+            for topic, group in ((t.profiles, s.worker.resolve_group), (t.by_customer, s.worker.judge_group)):
+                ends = await asyncio.to_thread(end_offsets, s, topic)
+                while not await asyncio.to_thread(committed_to, s, group, topic, ends):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{group} has not reached the end of {topic}")
+                    await asyncio.sleep(0.25)
+            ends = await asyncio.to_thread(end_offsets, s, t.identity)
+            while not self.ctx.index.holds(ends):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the identity topic is not read to its end")
+                await asyncio.sleep(0.05)
+            log.info("CRM profiles loaded in %.1fs (%d identity entries): reading the touchpoints",
+                     time.monotonic() - started, len(self.ctx.index.data))  # fmt: skip
+        except TimeoutError as e:
+            log.warning("reading the touchpoints before every CRM profile is indexed (%s after %.0fs)",
+                        e, time.monotonic() - started)  # fmt: skip
+        except Exception as e:  # the broker away at start-up: do not hold the stream for good
+            log.warning("could not check that the CRM profiles are indexed (%s): reading the touchpoints", e)
+        finally:
+            self.source.release()
 
     def _count_commit_failure(self) -> None:
         self.ctx.stats.counters["source_commit_failures"] += 1

@@ -143,8 +143,11 @@ class ClickHouseSettings(_Section):
 class WorkerSettings(_Section):
     app_id: str = "cem-pipeline"
     web_port: int = Field(6066, ge=1, le=65535)
-    batch_size: int = Field(2000, ge=1, le=100_000)
-    batch_within_s: float = Field(0.1, gt=0, le=60)
+    batch_size: int = Field(2000, ge=1, le=100_000, description="records stage A takes at most per batch")
+    insert_rows: int = Field(20_000, ge=1, le=1_000_000, description="timeline rows per ClickHouse insert at most")
+    batch_within_s: float = Field(
+        0.5, gt=0, le=60, description="longest a judged row waits for its ClickHouse insert (alerts do not wait)"
+    )
     session_timeout_s: float = Field(10.0, gt=0)
     commit_interval_s: float = Field(1.0, gt=0)
     max_future_skew_hours: float = Field(24.0, ge=0, description="events further ahead of the clock are rejected")
@@ -154,6 +157,9 @@ class WorkerSettings(_Section):
     )
     snapshot_min_touchpoints: int = Field(
         50_000, ge=1, description="a partition is snapshotted after this many touchpoints, or as many as it holds"
+    )
+    bootstrap_timeout_s: float = Field(
+        120.0, ge=0, description="longest the touchpoints wait at start-up for the CRM profiles to be indexed"
     )
     clickhouse_retry_max_s: float = Field(30.0, gt=0, description="longest pause between ClickHouse retries")
     producer_linger_ms: float = Field(

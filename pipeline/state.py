@@ -139,6 +139,13 @@ class Snapshots:
             return False
         return part.touches_since >= max(self.min_touchpoints, part.events) or now - part.snapshot_at >= self.interval_s
 
+    def wanted(self, parts: dict[int, Partition]) -> bool:
+        """A snapshot is under way, or one is due."""
+        if self.walk is not None:
+            return True
+        now = time.monotonic()
+        return any(self.due(p, now) for p in parts.values())
+
     def abandon(self, partitions: Iterable[int]) -> None:
         """The partition is no longer ours: its snapshot stays incomplete, and is never loaded."""
         if self.walk is not None and self.walk.part.number in set(partitions):

@@ -55,6 +55,7 @@ class Stats:
         self.ready = False
         self.identity_entries = 0
         self.customers = 0  # held by this worker, on the partitions it owns
+        self.partitions: list[int] = []  # of the internal topic, owned and loaded
         self.batch_rows_sum = 0
         self.batch_count = 0
         self.write_seconds_sum = 0.0
@@ -74,6 +75,7 @@ class Stats:
             "ready": self.ready,
             "identity_entries": self.identity_entries,
             "customers": self.customers,
+            "partitions": self.partitions,
             "clickhouse_batches": self.batch_count,
             "clickhouse_batch_rows_avg": round(self.batch_rows_sum / self.batch_count, 1) if self.batch_count else 0,
             "clickhouse_write_seconds": round(self.write_seconds_sum, 3),

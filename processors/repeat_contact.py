@@ -44,6 +44,17 @@ class Verdict:
 NO_VERDICT = Verdict()
 
 
+def _from(recent: tuple[NewContact, ...], cut: int) -> tuple[NewContact, ...]:
+    """The contacts at or after `cut`. They are in event-time order (judge folds in that
+    order), so only the oldest can fall out: no need to look at every one."""
+    if not recent or recent[0].t >= cut:
+        return recent
+    i = 1
+    while i < len(recent) and recent[i].t < cut:
+        i += 1
+    return recent[i:]
+
+
 def continues_previous(state: State, touch: Touch, rules: RepeatContactRules) -> bool:
     """A transfer or consult leg is part of the contact it continues, not a new contact."""
     window = rules.window_days * MICROS_PER_DAY
@@ -59,10 +70,16 @@ def detect(state: State, touch: Touch, rules: RepeatContactRules, vip_tiers: fro
     if not touch.is_contact:
         return state, NO_VERDICT
     continues = continues_previous(state, touch, rules)
-    window = rules.window_days * MICROS_PER_DAY
-    recent = tuple(c for c in state.recent if c.t >= touch.t - window)
+    cut = touch.t - rules.window_days * MICROS_PER_DAY
+    recent = _from(state.recent, cut)
+    contacts = state.contacts
+    if contacts and contacts[0][1] < cut:
+        i = 1
+        while i < len(contacts) and contacts[i][1] < cut:
+            i += 1
+        contacts = contacts[i:]
     state = State(
-        contacts=(*(c for c in state.contacts if c[1] >= touch.t - window), (touch.event_id, touch.t)),
+        contacts=(*contacts, (touch.event_id, touch.t)),
         last_end=touch.t + touch.duration_s * 1_000_000,
         last_outcome=touch.outcome,
         recent=recent,

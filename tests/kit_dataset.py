@@ -89,7 +89,7 @@ EXPECTED: dict[str, list[tuple[Any, ...]]] = {
 def dataset() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Timeline rows and alert rows (all versions) for the kit dataset."""
     result = run_pure(load_lines() + EXTRA)
-    now = datetime(2026, 4, 1, tzinfo=UTC)
+    now = int(datetime(2026, 4, 1, tzinfo=UTC).timestamp())
     timeline = [timeline_row(r, now) for r in result.row_versions]
     alerts = [alert_row(a, ("test", 0, 0), now) for a in result.alert_versions]
     return timeline, alerts

@@ -60,7 +60,7 @@ def test_migration_files_are_numbered_and_split() -> None:
 
 
 def test_views_show_the_latest_revision_once(chdb_session: Any) -> None:
-    now = datetime(2026, 3, 5, tzinfo=UTC)
+    now = int(datetime(2026, 3, 5, tzinfo=UTC).timestamp())
     touch = Touch(customer_id="C-1", channel="web", event_id="w-1", t=1_772_700_000_000_000, type="form_submit")
     rows = [timeline_row(RowVersion(touch, (), (), 1), now), timeline_row(RowVersion(touch, ("re_entry",), (), 2), now)]
     # written in two inserts (two parts), as a rewrite after a late event would be

@@ -147,7 +147,7 @@ def test_erasure_deletes_one_customer_waits_and_keeps_one_receipt(tmp_path: Path
             t = Touch(customer_id=cid, channel="web", event_id=f"{cid}-{i}", t=1_772_700_000_000_000 + i, type="login")
             client.execute(
                 f"INSERT INTO cem.timeline_versions ({', '.join(TIMELINE_COLUMNS)}) VALUES",
-                [timeline_row(RowVersion(t, (), (), 1), now)],
+                [timeline_row(RowVersion(t, (), (), 1), int(now.timestamp()))],
             )
     assert delete_customer(client, "cem", "C-1") == dict.fromkeys(ERASABLE, 0) | {"timeline_versions": 3}
     assert client.execute("SELECT customer_id, count() FROM cem.timeline_versions GROUP BY customer_id") == [("C-2", 2)]
