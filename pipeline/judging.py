@@ -327,6 +327,9 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         had_state = part.customers.pop(cid, None) is not None
         if silent:
             return
+        # the partition's next snapshot replaces those that still hold the customer: soon
+        part.touches_since += 1
+        part.snapshot_at = 0.0
         owned = {fp for fp, owner in self.ctx.index.data.items() if owner == cid}
         self._index(out, dict.fromkeys(owned))
         self.ctx.stats.profiles["erased"] += 1

@@ -10,7 +10,7 @@ Metric names (all prefixed `cem_`), see docs/operations.md:
   partitions_loaded_total, snapshots_written_total, snapshot_bytes_total, snapshot_us_total,
   snapshot_failures_total, erasures_completed_total, retried_steps_total,
   clickhouse_batch_rows (summary), clickhouse_write_seconds (summary),
-  consumer_lag{topic} (gauge), customers (gauge), ready (gauge)
+  consumer_lag{topic} (gauge), customers (gauge), identity_entries (gauge), ready (gauge)
 """
 
 from __future__ import annotations
@@ -112,6 +112,9 @@ class Stats:
             lag.add_metric([topic], value)
         yield lag
         yield GaugeMetricFamily("cem_customers", "customers whose state this worker holds", value=self.customers)
+        yield GaugeMetricFamily(
+            "cem_identity_entries", "fingerprints in this worker's identity index", value=self.identity_entries
+        )
         yield GaugeMetricFamily(
             "cem_ready", "1 when the worker is assigned, recovered and processing", value=self.ready
         )
