@@ -24,8 +24,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline import kafka_config
-from pipeline.app import tune_gc
+from pipeline import kafka_config, memory
 from pipeline.decode import Rejected, decode_profile, decode_touchpoint
 from pipeline.judging import read_items
 from pipeline.rekey import pack
@@ -74,7 +73,7 @@ async def core_ceiling(settings: Settings, expected_profiles: int, expected_touc
             states[p.customer_id] = apply_profile(states.get(p.customer_id) or CustomerState(p.customer_id), profile)[0]
     records = await _read_all(settings, list(t.channels), expected_touchpoints)
 
-    tune_gc()  # as the worker does: at 30k customers the default thresholds cost a third
+    memory.tune()  # as the worker does: at 30k customers the default thresholds cost a third
     spent: dict[str, float] = defaultdict(float)
     clock = time.perf_counter
     now = datetime.now(UTC)

@@ -26,21 +26,22 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 import psutil  # type: ignore[import-untyped]
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from kafka.admin import NewTopic
 from rich.console import Console
 from rich.table import Table
 
 from bench.core_ceiling import core_ceiling
 from bench.workload import Workload, generate
 from pipeline import kafka_config
-from pipeline.admin import create_topics, producer, read_to_end, wait_until_processed
+from pipeline.admin import create_topics, end_offsets, ensure_topics, producer, read_to_end, wait_until_processed
 from pipeline.settings import Settings, Topics, load_settings
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
@@ -72,7 +73,7 @@ class Run:
     results: dict[str, Any] = field(default_factory=dict)
 
 
-def namespace(workers: int) -> Run:
+def namespace() -> Run:
     tag = uuid.uuid4().hex[:6]
     env = {
         "CEM_KAFKA__PARTITIONS": "8",
@@ -89,12 +90,58 @@ def namespace(workers: int) -> Run:
     return Run(tag, {**os.environ, **env, "PYTHONPATH": str(ROOT)}, load_settings())
 
 
+INPUTS = ("web", "callcenter", "booking", "profiles")
+
+
+def create_bench_topics(settings: Settings) -> None:
+    """cem's topics; the channel topics stamp what they append with the broker's clock
+    (LogAppendTime), which is where the latency phase counts from."""
+    append_time = {"message.timestamp.type": "LogAppendTime"}
+    n = settings.kafka.partitions
+    ensure_topics(settings, [NewTopic(t, n, 1, topic_configs=append_time) for t in settings.kafka.topics.channels])
+    create_topics(settings)
+
+
+def variant(run: Run, label: str, *, same_inputs: bool = True) -> Run:
+    """Another cem deployment beside `run`: its own consumer groups, internal and output topics
+    and ClickHouse database; the same input topics (or empty ones of its own)."""
+    tag = f"{run.tag}{label}"
+    env = dict(run.env) | {
+        "CEM_CLICKHOUSE__DATABASE": f"bench_{tag}",
+        "CEM_WORKER__APP_ID": f"bench-{tag}",
+        "CEM_WORKER__DATA_DIR": str(ROOT / ".local" / "bench" / tag),
+    }
+    for name in Topics.model_fields:
+        if not (same_inputs and name in INPUTS):
+            env[f"CEM_KAFKA__TOPICS__{name.upper()}"] = f"bench{tag}.{name}"
+    saved = dict(os.environ)
+    try:
+        os.environ.update(env)
+        settings = load_settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    create_topics(settings)
+    migrate(connect(settings.clickhouse, "default"), settings.clickhouse.database)
+    return Run(tag, env, settings)
+
+
+def settle(run: Run, timeout_s: float = 120) -> None:
+    """Wait until ClickHouse has finished merging what the last phase wrote, so that its
+    merges do not take CPU from the next phase."""
+    client = connect(run.settings.clickhouse, "default")
+    deadline = time.monotonic() + timeout_s
+    while int(client.execute("SELECT count() FROM system.merges")[0][0]) and time.monotonic() < deadline:
+        time.sleep(1)
+    client.disconnect()
+
+
 def step(text: str) -> None:
     console.print(f"[bold]·[/] {text}")
 
 
 # ---------------------------------------------------------------------------- producing
-def produce(run: Run, records: list[tuple[str, bytes | None, bytes]]) -> float:
+def produce(run: Run, records: Sequence[tuple[str, bytes | None, bytes]]) -> float:
     t = run.settings.kafka.topics
     names = {"cem.touchpoints.web": t.web, "cem.touchpoints.callcenter": t.callcenter,
              "cem.touchpoints.booking": t.booking, "cem.crm.profiles": t.profiles}  # fmt: skip
@@ -271,16 +318,26 @@ def run_baseline(run: Run, wl: Workload, scale: Scale) -> dict[str, Any]:
             "touchpoints_per_s": round(n / secs), "peak_rss_mib": proc.peak_rss >> 20}  # fmt: skip
 
 
-def run_cem(run: Run, wl: Workload, workers: int) -> tuple[dict[str, Any], list[tuple[Watched, int]]]:
+def run_cem(run: Run, wl: Workload, workers: int, label: str) -> tuple[dict[str, Any], list[tuple[Watched, int]]]:
+    """`workers` workers from launch until every touchpoint's row is in ClickHouse. Progress
+    is read from the workers' counters (a count over the growing table every half second
+    would cost ClickHouse more than the inserts), then checked in ClickHouse."""
     db = run.settings.clickhouse.database
-    migrate(connect(run.settings.clickhouse, "default"), db)
     launched = time.monotonic()
-    procs = start_workers(run, workers, "main")
+    procs = start_workers(run, workers, label)
     ready_s = time.monotonic() - launched
-    rss_ready = sum(w.sample() for w, _ in procs)
+
+    def written() -> int:
+        try:
+            snaps = [stats(port) for _, port in procs]
+        except OSError:
+            return 0
+        return sum(s["timeline_rows_written"] - s["row_rewrites"] for s in snaps)
+
+    secs, _ = wait_for(written, len(wl.touchpoints), [w for w, _ in procs], 3600, label)
     count = ch_count(run, f"SELECT uniqExact(event_id) FROM {db}.timeline_versions")
-    secs, n = wait_for(count, len(wl.touchpoints), [w for w, _ in procs], 3600, "cem")
-    secs += ready_s
+    more, n = wait_for(count, len(wl.touchpoints), [w for w, _ in procs], 600, label)
+    secs += ready_s + more
     rss_end = sum(w.sample() for w, _ in procs)
     snaps = [stats(port) for _, port in procs]
     write_s = sum(s.get("clickhouse_write_seconds", 0.0) for s in snaps)
@@ -297,9 +354,23 @@ def run_cem(run: Run, wl: Workload, workers: int) -> tuple[dict[str, Any], list[
         "clickhouse_batches": batches,
         "clickhouse_batch_rows_avg": round(rows / batches) if batches else 0,
         "peak_rss_mib": sum(w.peak_rss for w, _ in procs) >> 20,
-        "rss_per_1m_customers_mib": round((rss_end - rss_ready) / wl.customers * 1_000_000 / 2**20),
+        "rss_end_mib": rss_end >> 20,
+        "customers_held": sum(s["customers"] for s in snaps),
+        "snapshots_written": sum(s["snapshots_written"] for s in snaps),
+        "snapshot_mib": round(sum(s["snapshot_bytes"] for s in snaps) / 2**20, 1),
         "write_seconds": round(write_s, 1),
     }, procs
+
+
+def idle_rss(run: Run) -> int:
+    """RSS of a worker that holds nothing: what memory per customer is measured against."""
+    empty = variant(run, "idle", same_inputs=False)
+    procs = start_workers(empty, 1, "idle")
+    time.sleep(2)
+    rss = sum(w.sample() for w, _ in procs)
+    for w, _ in procs:
+        w.stop()
+    return rss
 
 
 def precision_recall(run: Run, wl: Workload) -> dict[str, Any]:
@@ -319,47 +390,68 @@ def precision_recall(run: Run, wl: Workload) -> dict[str, Any]:
 
 
 def latency(run: Run, rate: float, seconds: float) -> dict[str, Any]:
-    """Repeat-contact pairs for new customers at `rate` touchpoints/s; event produced -> alert
-    published, from the Kafka timestamps (same clock)."""
+    """Event -> alert latency with the benchmark's own mix of traffic, for new customers, at
+    `rate` touchpoints/s. An event counts from the moment the broker appended it to its
+    topic (the bench's topics keep LogAppendTime, so the load generator's own queueing is
+    not counted) to the moment the worker published the alert it triggered."""
     t = run.settings.kafka.topics
-    prod = producer(run.settings)
-    prod.config["linger_ms"] = 0
-    sent: dict[str, float] = {}
-    total = int(rate * seconds)
-    started = time.monotonic()
-    for i in range(total):
-        cid, k = f"L-{run.tag}-{i // 2}", i % 2
-        event_id = f"lat-{i}"
-        value = {"event_id": event_id, "occurred_at": f"2026-03-20T10:{k:02d}:00Z", "type": "call",
-                 "reason": "refund_status", "agent_id": "A-1", "queue": "general", "duration_s": 60,
-                 "outcome": "unresolved", "customer_id": cid}  # fmt: skip
-        due = started + i / rate
-        while time.monotonic() < due:
-            time.sleep(0.0005)
-        sent[event_id] = time.time() * 1000
-        prod.send(t.callcenter, key=cid.encode(), value=orjson.dumps(value), timestamp_ms=int(sent[event_id]))
-    prod.flush()
-    prod.close()
-    achieved = total / (time.monotonic() - started)
-    deadline = time.monotonic() + 120
-    lat: list[float] = []
-    while time.monotonic() < deadline:
-        lat = []
-        for rec in read_to_end(run.settings, t.alerts):
-            trigger = orjson.loads(rec.value).get("trigger_event_id", "")
-            if trigger in sent:
-                lat.append(rec.timestamp - sent[trigger])
-        if len(lat) >= total // 2:
-            break
-        time.sleep(1)
-    lat.sort()
+    wl = generate(int(rate * seconds), max(1_000, int(rate * seconds / 10)), seed=5, prefix=f"L{run.tag}")
+    names = dict(zip(("cem.touchpoints.web", "cem.touchpoints.callcenter", "cem.touchpoints.booking"), t.channels,
+                     strict=True))  # fmt: skip
+    produce(run, wl.profiles)
+    wait_until_processed(run.settings, timeout_s=300)
+    starts = {topic: end_offsets(run.settings, topic) for topic in t.channels}
+    achieved = asyncio.run(_paced(run, [(names[topic], value) for topic, _, value in wl.touchpoints], rate))
+    wait_until_processed(run.settings, timeout_s=300)
+    appended: dict[str, int] = {}
+    for topic in t.channels:
+        for rec in read_to_end(run.settings, topic):
+            if rec.offset >= starts[topic].get(rec.partition, 0):
+                appended[orjson.loads(rec.value)["event_id"]] = rec.timestamp
+    published: dict[str, tuple[int, str]] = {}  # alert id -> (first publication, trigger)
+    for rec in read_to_end(run.settings, t.alerts):
+        alert = orjson.loads(rec.value)
+        if alert["trigger_event_id"] in appended and alert["alert_id"] not in published:
+            published[alert["alert_id"]] = (rec.timestamp, alert["trigger_event_id"])
+    lat = sorted(float(at - appended[trigger]) for at, trigger in published.values())
 
     def pct(p: float) -> float:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))], 1) if lat else float("nan")
 
-    return {"rate_per_s": round(achieved), "alerts": len(lat), "expected_alerts": total // 2,
+    return {"rate_per_s": round(achieved), "touchpoints": len(wl.touchpoints), "alerts": len(lat),
             "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": round(max(lat), 1) if lat else None,
             "mean_ms": round(statistics.fmean(lat), 1) if lat else None}  # fmt: skip
+
+
+async def _paced(run: Run, records: list[tuple[str, bytes]], rate: float) -> float:
+    """Send (topic, value) records at `rate` per second, in 5 ms ticks through producer
+    batches (a message at a time, the generator would take a core of its own at this rate)."""
+    prod = AIOKafkaProducer(**kafka_config.aiokafka(run.settings.kafka), linger_ms=0, acks=1)
+    await prod.start()
+    try:
+        partitions = {topic: sorted(await prod.partitions_for(topic)) for topic, _ in records}
+        acks = []
+        started = time.monotonic()
+        sent = 0
+        while sent < len(records):
+            due = min(len(records), int((time.monotonic() - started) * rate) + 1)
+            batches: dict[tuple[str, int], Any] = {}
+            for i in range(sent, due):
+                topic, value = records[i]
+                key = (topic, partitions[topic][i % len(partitions[topic])])
+                batch = batches.get(key)
+                if batch is None:
+                    batch = batches[key] = prod.create_batch()
+                batch.append(key=None, value=value, timestamp=None)
+            for (topic, partition), batch in batches.items():
+                batch.close()
+                acks.append(await prod.send_batch(batch, topic, partition=partition))
+            sent = due
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*acks)
+        return len(records) / (time.monotonic() - started)
+    finally:
+        await prod.stop()
 
 
 def catch_up_after_kill(run: Run, procs: list[tuple[Watched, int]], extra: Workload) -> dict[str, Any]:
@@ -389,6 +481,9 @@ def report(run: Run, scale: Scale) -> Path:
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_column("note")
+    c1 = r.get("cem_one")
+    one = [("(c1) cem-pipeline, one worker", f"{c1['touchpoints_per_s']:,}/s",
+            f"{c1['seconds']}s incl. {c1['startup_seconds']}s start-up")] if c1 else []  # fmt: skip
     rows = [
         ("(a) bare aiokafka + orjson", f"{a['touchpoints_per_s']:,}/s", "ceiling for Python here"),
         ("(a2) Faust stream, no work", f"{r['faust_ceiling']['touchpoints_per_s']:,}/s",
@@ -397,6 +492,7 @@ def report(run: Run, scale: Scale) -> Path:
          "us/event: " + ", ".join(f"{k} {v}" for k, v in r["core"]["us_per_touchpoint"].items())),
         ("(b) baseline Faust pipeline", f"{b['touchpoints_per_s']:,}/s",
          "" if b["complete"] else f"stopped after {b['seconds']}s ({b['rows']:,} rows)"),
+        *one,
         ("(c) cem-pipeline end to end", f"{c['touchpoints_per_s']:,}/s",
          f"{c['workers']} worker(s), {c['seconds']}s incl. {c['startup_seconds']}s start-up"),
         ("c / a", f"{c['touchpoints_per_s'] / a['touchpoints_per_s']:.3f}", "target >= 0.5"),
@@ -405,7 +501,9 @@ def report(run: Run, scale: Scale) -> Path:
          f"at {r['latency']['rate_per_s']:,}/s (~50% of c), {r['latency']['alerts']} alerts"),
         ("ClickHouse rows/s", f"{c['clickhouse_rows_per_s']:,}", f"avg batch {c['clickhouse_batch_rows_avg']:,} rows"),
         ("peak memory (cem workers)", f"{c['peak_rss_mib']} MiB", f"baseline {b['peak_rss_mib']} MiB"),
-        ("memory per 1M active customers", f"{c['rss_per_1m_customers_mib']} MiB", "RSS growth, extrapolated"),
+        ("memory per 1M active customers", f"{c['rss_per_1m_customers_mib']:,} MiB",
+         f"RSS above an idle worker's ({c['rss_idle_mib']} MiB), {c['customers_held']:,} held, extrapolated"),
+        ("snapshots of the state", f"{c['snapshots_written']}", f"{c['snapshot_mib']} MiB written"),
         ("precision / recall", f"{r['quality']['precision']} / {r['quality']['recall']}",
          f"{r['quality']['detected']} detected, {r['quality']['labels']} labels"),
     ]  # fmt: skip
@@ -426,7 +524,8 @@ def report(run: Run, scale: Scale) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="about a minute: 60k touchpoints")
-    parser.add_argument("--workers", type=int, default=1, help="cem workers (default 1)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="cem workers for (c), one per core by default; (c1) always runs one")  # fmt: skip
     parser.add_argument("--touchpoints", type=int, help="override the scale's touchpoints")
     parser.add_argument("--customers", type=int, help="override the scale's customers")
     args = parser.parse_args()
@@ -435,7 +534,7 @@ def main() -> None:
         scale.touchpoints = args.touchpoints
     if args.customers:
         scale.customers = args.customers
-    run = namespace(args.workers)
+    run = namespace()
     step(f"generating {scale.touchpoints:,} touchpoints over {scale.customers:,} customers")
     t0 = time.monotonic()
     wl = generate(scale.touchpoints, scale.customers)
@@ -443,7 +542,8 @@ def main() -> None:
                                "profiles": len(wl.profiles), "labels": len(wl.labels),
                                "generate_seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
     step(f"creating topics and pre-producing ({len(wl.profiles):,} profiles, {len(wl.touchpoints):,} touchpoints)")
-    create_topics(run.settings)
+    create_bench_topics(run.settings)
+    migrate(connect(run.settings.clickhouse, "default"), run.settings.clickhouse.database)
     secs = produce(run, wl.profiles + wl.touchpoints)
     run.results["workload"]["produce_per_s"] = round((len(wl.profiles) + len(wl.touchpoints)) / secs)
     step("(a) bare consumption")
@@ -451,17 +551,31 @@ def main() -> None:
     run.results["bare"] = {"seconds": round(secs, 2), "touchpoints_per_s": round(len(wl.touchpoints) / secs)}
     step("(a2) Faust's own ceiling: take_events + orjson, nothing else")
     run.results["faust_ceiling"] = faust_ceiling(run, len(wl.touchpoints))
-    step("(a3) cem's own work without Faust: decode, resolve, re-key, judge, persist")
+    step("(a3) cem's own work without Faust or I/O: decode, resolve, re-key, judge, rows, snapshot")
     run.results["core"] = asyncio.run(core_ceiling(run.settings, len(wl.profiles), len(wl.touchpoints)))
     step("(b) baseline Faust pipeline")
     run.results["baseline"] = run_baseline(run, wl, scale)
+    settle(run)
+    idle = idle_rss(run)
+    if args.workers > 1:
+        step("(c1) cem-pipeline with one worker")
+        one = variant(run, "one")
+        run.results["cem_one"], procs = run_cem(one, wl, 1, "one")
+        for w, _ in procs:
+            w.stop()
+        settle(run)
     step(f"(c) cem-pipeline with {args.workers} worker(s)")
-    run.results["cem"], procs = run_cem(run, wl, args.workers)
+    run.results["cem"], procs = run_cem(run, wl, args.workers, "main")
+    c = run.results["cem"]
+    c["rss_idle_mib"] = idle >> 20
+    c["rss_per_1m_customers_mib"] = round((c["rss_end_mib"] - args.workers * c["rss_idle_mib"])
+                                          / max(1, c["customers_held"]) * 1_000_000)  # fmt: skip
     run.results["quality"] = precision_recall(run, wl)
-    rate = run.results["cem"]["touchpoints_per_s"] * 0.5
-    # (c) ends when the last row is in ClickHouse; the worker still publishes state and
-    # commits after that. Latency is measured from the steady state, not during that tail.
+    rate = c["touchpoints_per_s"] * 0.5
+    # (c) ends when the last row is in ClickHouse; the workers still commit after that.
+    # Latency is measured from the steady state, not during that tail.
     wait_until_processed(run.settings, timeout_s=600)
+    settle(run)
     step(f"latency at {rate:,.0f} touchpoints/s for {scale.latency_s:.0f}s")
     run.results["latency"] = latency(run, rate, scale.latency_s)
     try:

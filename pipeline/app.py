@@ -21,7 +21,6 @@ streams and its tables cost more than cem's whole work on a touchpoint (docs/arc
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from typing import Any
 
@@ -38,14 +37,6 @@ log = logging.getLogger("cem.pipeline")
 
 #: how long a stopping worker waits for the batches in hand to be written and committed
 STOP_TIMEOUT_S = 60.0
-
-
-def tune_gc() -> None:
-    """The worker keeps every active customer's state in memory: millions of small objects
-    that live for long. With the default thresholds the cyclic collector keeps walking them
-    (45 % of the judge's time at 100k customers, bench/): collect the young generation less
-    often and the old one rarely."""
-    gc.set_threshold(50_000, 50, 1000)
 
 
 class App(faust.App):
@@ -145,14 +136,11 @@ class Pipeline:
         self.stats.partitions = sorted(self.judge.parts)
 
     async def _refresh_health(self) -> None:
-        """Readiness for the metrics page, and the lag from the broker."""
+        """Readiness and this worker's lag, for the metrics page."""
         self._refresh_ready()
         try:
-            from pipeline.admin import consumer_lag
-
-            lag = await asyncio.to_thread(consumer_lag, self.settings)
-            self.stats.lag = lag.by_topic
-        except Exception as e:  # the broker is away: keep the last known lag
+            self.stats.lag = await self.resolve.source.lag() | self.judge.lag()
+        except Exception as e:  # a rebalance under way: keep the last known lag
             log.debug("lag refresh failed: %s", e)
 
 

@@ -285,8 +285,9 @@ def worker(
 
     import faust
 
+    from pipeline import memory
     from pipeline.admin import preflight
-    from pipeline.app import Pipeline, tune_gc
+    from pipeline.app import Pipeline
     from sinks.clickhouse.client import check_credentials
 
     if web_port is not None:
@@ -300,7 +301,7 @@ def worker(
     check_credentials(s.clickhouse)
     check_credentials(s.clickhouse.as_role("eraser"))
     pipeline = Pipeline(s)
-    tune_gc()
+    memory.tune()
     worker = faust.Worker(pipeline.app, loglevel=loglevel)
     # faust's terminal spinner sets the root logger to DEBUG for good (at any log level from
     # warning up), so every debug call in faust, aiokafka and clickhouse-driver builds a log

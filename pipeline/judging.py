@@ -6,12 +6,14 @@ order stage A wrote them. The customers' states are held in memory per partition
 (pipeline/state.py); the detectors are the pure core in processors/.
 
 A batch is: apply every message (`judge` for a touchpoint, `apply_profile` for a profile),
-then write the timeline rows and alert revisions to ClickHouse (one INSERT per table,
-retried with backoff while ClickHouse is away), then publish the alerts, the identity index
-entries and any dead letters and wait for the broker to take them, then commit the offsets.
-A crash anywhere replays from the committed offsets, and the replay writes identical rows,
-which the ReplacingMergeTree tables and their FINAL views collapse. Between batches, the
-next chunk of a snapshot is written when one is due.
+and send the alerts, identity index entries and dead letters it made at once. Its timeline
+rows and alert revisions wait until `worker.insert_rows` are pending or the oldest has waited
+`worker.batch_within_s`; then they are written to ClickHouse (one INSERT per table, retried
+with backoff while ClickHouse is away) while the next batches are judged. Once the insert is
+in and the broker has acknowledged what was sent, the offsets are committed. A crash replays
+from the committed offsets, and the replay writes identical rows, which the
+ReplacingMergeTree tables and their FINAL views collapse. Between batches, the next chunk of
+a snapshot is written when one is due.
 
 When a partition is assigned it is paused until its state is loaded (a snapshot, then the
 log read again from the snapshot's offset: silently up to the committed offset). The loading
@@ -33,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 from pydantic import ValidationError
 
-from pipeline import kafka_config
+from pipeline import kafka_config, memory
 from pipeline.context import Context, Stopping, where
 from pipeline.decode import Rejected
 from pipeline.outputs import Sends
@@ -114,6 +116,16 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
     def ready(self) -> bool:
         """Joined the group, every partition loaded and caught up with what was committed."""
         return self.joined and not self.loading and not any(p.replaying for p in self.parts.values())
+
+    def lag(self) -> dict[str, int]:
+        """Messages not yet committed on this worker's partitions (see BatchSource.lag)."""
+        if self.consumer is None:
+            return {}
+        behind = 0
+        for p in self.parts:
+            high = self.consumer.highwater(TopicPartition(self.topic, p))
+            behind += max(0, (high or 0) - self.committed.get(p, 0))
+        return {self.topic: behind}
 
     # ------------------------------------------------------------------ the loop
     async def run(self) -> None:
@@ -210,6 +222,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                         tp.partition, committed, start,
                     )  # fmt: skip
                     part, source = loaded.part, loaded.source
+                    self.ctx.stats.observe_gc(memory.settle())  # millions of objects that stay
                 async with self.lock:
                     if generation != self.generation:
                         return  # revoked while loading (its task may have missed the cancellation)
@@ -405,6 +418,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         """ClickHouse, then the acknowledgements of what was sent, then the offsets."""
         if out.timeline or out.alert_rows:
             await self.ctx.retrying("ClickHouse write", self._write_once, out.timeline, out.alert_rows)
+            self.ctx.stats.observe_gc(memory.settle())  # the insert's garbage is gone: freeze the rest
         if out.sends is not None:
             try:
                 await out.sends.done()

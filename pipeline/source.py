@@ -47,6 +47,7 @@ class BatchSource:
         self.consumer: Any = None  # AIOKafkaConsumer, made in the worker's event loop
         self.on_commit_failure = on_commit_failure  # e.g. a metric
         self._uncommitted: dict[TopicPartition, int] = {}  # a failed commit, retried with the next
+        self.committed: dict[TopicPartition, int] = {}  # what this consumer last committed
         self.joined = False  # has been given its partitions (possibly none) at least once
         self.held = set(held)  # topics whose partitions stay paused until `release()`
 
@@ -81,6 +82,20 @@ class BatchSource:
         got = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_size)
         return [r for records in got.values() for r in records]
 
+    async def lag(self) -> dict[str, int]:
+        """Messages not yet committed on this consumer's partitions, per topic (from the
+        high watermarks its fetches bring back: no request of its own)."""
+        out: dict[str, int] = {}
+        if self.consumer is None:
+            return out
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            done = self.committed.get(tp)
+            if done is None:
+                done = await self.consumer.position(tp)
+            out[tp.topic] = out.get(tp.topic, 0) + max(0, (high or 0) - done)
+        return out
+
     async def commit(self, batch: list[Any]) -> None:
         """Commit past every record of a finished batch. If the partitions moved to another
         worker meanwhile, the commit fails and the new owner forwards them again; if the
@@ -94,6 +109,7 @@ class BatchSource:
         self._uncommitted = {}
         try:
             await self.consumer.commit(offsets)
+            self.committed.update(offsets)
         except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as e:
             self.on_commit_failure()
             log.info("commit of a finished batch failed after a rebalance (%s); it may be forwarded again", e)

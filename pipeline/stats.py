@@ -59,6 +59,14 @@ class Stats:
         self.batch_rows_sum = 0
         self.batch_count = 0
         self.write_seconds_sum = 0.0
+        self.gc_count = 0
+        self.gc_seconds_sum = 0.0
+        self.gc_seconds_max = 0.0
+
+    def observe_gc(self, seconds: float) -> None:
+        self.gc_count += 1
+        self.gc_seconds_sum += seconds
+        self.gc_seconds_max = max(self.gc_seconds_max, seconds)
 
     def observe_write(self, rows: int, seconds: float) -> None:
         self.batch_count += 1
@@ -79,6 +87,9 @@ class Stats:
             "clickhouse_batches": self.batch_count,
             "clickhouse_batch_rows_avg": round(self.batch_rows_sum / self.batch_count, 1) if self.batch_count else 0,
             "clickhouse_write_seconds": round(self.write_seconds_sum, 3),
+            "gc_settles": self.gc_count,
+            "gc_settle_seconds": round(self.gc_seconds_sum, 3),
+            "gc_settle_seconds_max": round(self.gc_seconds_max, 3),
             **{name: self.counters[name] for name in _PLAIN},
         }
 
@@ -106,6 +117,10 @@ class Stats:
         yield SummaryMetricFamily(
             "cem_clickhouse_write_seconds", "time to write one batch to ClickHouse", count_value=self.batch_count,
             sum_value=self.write_seconds_sum,
+        )  # fmt: skip
+        yield SummaryMetricFamily(
+            "cem_gc_settle_seconds", "collecting the young generations and freezing what survived (pipeline/memory.py)",
+            count_value=self.gc_count, sum_value=self.gc_seconds_sum,
         )  # fmt: skip
         lag = GaugeMetricFamily("cem_consumer_lag", "messages not yet committed, per topic", labels=["topic"])
         for topic, value in sorted(self.lag.items()):
