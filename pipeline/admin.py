@@ -20,11 +20,10 @@ from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from pipeline import kafka_config
+from pipeline.outputs import SNAPSHOT_MESSAGE_BYTES
 from pipeline.settings import Settings, Topics
 
 DEFAULT_TOPICS = Topics()
-#: the largest message the snapshot topic takes (a chunk is ~2 MiB before compression)
-SNAPSHOT_MESSAGE_BYTES = 16 * 2**20
 
 
 class KafkaUnavailable(Exception):

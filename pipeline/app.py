@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import faust
@@ -75,6 +76,7 @@ class Pipeline:
         app.pipeline = self
         app.task(self.ctx.index.follow)
         app.task(self._run)
+        app.task(self._watch_loop)
 
         async def stats_page(web: Any, request: Any) -> Any:
             self._refresh_ready()
@@ -106,13 +108,29 @@ class Pipeline:
         committed offsets, rather than leaving a worker that reads nothing."""
         self._main = asyncio.current_task()
         producer = self.ctx.producer = make_producer(self.settings)
+        bulk = self.ctx.bulk_producer = make_producer(self.settings, bulk=True)
         await producer.start()
+        await bulk.start()
         try:
             async with asyncio.TaskGroup() as stages:  # one failing stops the other
                 stages.create_task(self.resolve.run(), name="resolve")
                 stages.create_task(self.judge.run(), name="judge")
         finally:
             await producer.stop()  # sends what is buffered
+            await bulk.stop()
+
+    async def _watch_loop(self) -> None:
+        """How long the event loop goes without getting round to this task: every stage,
+        timer and heartbeat of the worker shares the loop, so a long stretch of work without
+        an `await` delays all of them (cem_loop_stalls_total, cem_loop_stall_seconds_max)."""
+        tick = 0.05
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(tick)
+            late = time.monotonic() - started - tick
+            self.stats.observe_loop(late)
+            if late > 0.25:
+                log.info("the event loop was held for %.0f ms", late * 1000)
 
     async def stop(self) -> None:
         """Let both stages finish and commit the batch in hand, then leave their groups."""

@@ -31,14 +31,17 @@ class Context:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = Stats()
-        self.index = IdentityIndex(kafka_config.aiokafka(settings.kafka), settings.kafka.topics.identity)
+        fetch = {"fetch_max_wait_ms": settings.worker.fetch_max_wait_ms}  # see kafka_config.group_consumer
+        self.index = IdentityIndex(kafka_config.aiokafka(settings.kafka) | fetch, settings.kafka.topics.identity)
         self.producer: AIOKafkaProducer | None = None  # made in the worker's event loop
+        self.bulk_producer: AIOKafkaProducer | None = None  # for snapshots (pipeline/outputs.py)
         self.stopping = asyncio.Event()
         self.retries_running = 0
 
-    def sends(self) -> Sends:
-        assert self.producer is not None, "the producer starts before the stages"
-        return Sends(self.producer)
+    def sends(self, *, bulk: bool = False) -> Sends:
+        producer = self.bulk_producer if bulk else self.producer
+        assert producer is not None, "the producers start before the stages"
+        return Sends(producer)
 
     async def retrying(self, what: str, step: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run a step until it succeeds, with exponential backoff: a batch whose output cannot

@@ -48,7 +48,7 @@ from schemas.internal import ENVELOPE, ITEM, EraseEnvelope, PackEnvelope, Profil
 from sinks.alerts import to_alert
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.erasure import delete_customer, find_receipt, insert_receipt
-from sinks.clickhouse.writer import ClickHouseSink, alert_row, now_seconds, timeline_row
+from sinks.clickhouse.writer import TIMELINE_COLUMNS, ClickHouseSink, Columns, alert_row, now_seconds, timeline_row
 
 log = logging.getLogger("cem.judge")
 
@@ -67,7 +67,7 @@ class Pending:
     (`JudgeStage._write`) while the next messages are judged; then the acknowledgements of
     what was sent are awaited, and only then are the offsets committed."""
 
-    timeline: list[tuple[Any, ...]] = field(default_factory=list)
+    timeline: Columns = field(default_factory=lambda: Columns(len(TIMELINE_COLUMNS)))
     alert_rows: list[tuple[Any, ...]] = field(default_factory=list)
     # Kafka messages: not yet sent, and sent but not yet acknowledged (kept to send again)
     messages: list[Message] = field(default_factory=list)
@@ -75,6 +75,7 @@ class Pending:
     sends: Sends | None = None
     send_failed: bool = False  # some of `sent` may never have left: they are all sent again
     first_at: float | None = None  # monotonic time of the first thing applied since the seal
+    customers: set[str] = field(default_factory=set)  # whose state holds what this will write
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> offset to commit, set when sealed
 
     def touched(self) -> None:
@@ -98,13 +99,13 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         self.within_s = s.worker.batch_within_s
         self.out = Pending()
         self.writing: asyncio.Task[None] | None = None  # the sealed batch being written
+        self.writing_out: Pending | None = None  # and what it writes
         self.parts: dict[int, Partition] = {}  # owned and loaded
         self.cached: dict[int, Partition] = {}  # revoked by the last rebalance: kept in case they come back
         self.loading: dict[int, asyncio.Task[None]] = {}
-        self.committed: dict[int, int] = {}  # what this worker last committed, per partition
         self.lock = asyncio.Lock()  # a batch, a snapshot step, a rebalance, a loaded partition: one at a time
         self.snapshots = Snapshots(
-            s.kafka.topics.snapshots, ctx.sends, min_touchpoints=s.worker.snapshot_min_touchpoints,
+            s.kafka.topics.snapshots, lambda: ctx.sends(bulk=True), min_touchpoints=s.worker.snapshot_min_touchpoints,
             interval_s=s.worker.snapshot_interval_s, counters=ctx.stats.counters,
         )  # fmt: skip
         self.consumer: Any = None  # AIOKafkaConsumer, made in the worker's event loop
@@ -124,21 +125,14 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         behind = 0
         for p in self.parts:
             high = self.consumer.highwater(TopicPartition(self.topic, p))
-            behind += max(0, (high or 0) - self.committed.get(p, 0))
+            behind += max(0, (high or 0) - self.parts[p].committed)
         return {self.topic: behind}
 
     # ------------------------------------------------------------------ the loop
     async def run(self) -> None:
         s = self.ctx.settings
         await self.ctx.retrying("adopt the previous release's offsets", self._adopt_offsets)
-        self.consumer = AIOKafkaConsumer(
-            **kafka_config.aiokafka(s.kafka),
-            group_id=s.worker.judge_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=int(s.worker.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(max(0.5, s.worker.session_timeout_s / 5) * 1000),
-        )
+        self.consumer = AIOKafkaConsumer(**kafka_config.group_consumer(s, s.worker.judge_group))
         await self.consumer.start()
         try:
             self.consumer.subscribe([self.topic], listener=self)
@@ -152,8 +146,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                     if self.out.due(self.insert_rows, self.within_s):
                         await self._seal()
                     if self.snapshots.wanted(self.parts):
-                        await self._drain()  # a snapshot holds only what has been written
-                        await self.snapshots.step(self.parts)
+                        await self.snapshots.step(self.parts, self._unwritten, self._drain)
             async with self.lock:
                 await self._drain()
         except Stopping:
@@ -222,12 +215,12 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                         tp.partition, committed, start,
                     )  # fmt: skip
                     part, source = loaded.part, loaded.source
-                    self.ctx.stats.observe_gc(memory.settle())  # millions of objects that stay
+                    self.ctx.stats.observe_gc(memory.settle(0))  # millions of objects that stay
                 async with self.lock:
                     if generation != self.generation:
                         return  # revoked while loading (its task may have missed the cancellation)
                     self.parts[tp.partition] = part
-                    self.committed[tp.partition] = committed or 0
+                    part.committed = committed or 0
                     self.consumer.seek(tp, part.next_offset)
                     self.consumer.resume(tp)
                     self.loading.pop(tp.partition, None)
@@ -264,7 +257,10 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 if len(out.timeline) >= self.insert_rows:  # bound inserts and memory
                     await self._seal()
                     out = self.out
-        await self._send(out)
+                # A pack's alerts leave as soon as it is judged, and stage A and the heartbeats
+                # get the loop between packs: a batch of 64 packs after a hiccup is 300 ms of work.
+                await self._send(out)
+                await asyncio.sleep(0)
 
     async def _apply(self, out: Pending, part: Partition, record: Any, now: int, now_us: int) -> None:
         silent = record.offset < part.replay_until  # written before the restart: state only
@@ -301,6 +297,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             state = part.customers[cid] = CustomerState(cid)
         state, verdict = judge(state, touch, self.rules, now_us)
         part.touches_since += 1
+        out.customers.add(cid)
         counters = self.ctx.stats.counters
         if silent:
             counters["touchpoints_replayed"] += 1
@@ -311,7 +308,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         if verdict.late:
             counters["late_events"] += 1
         for r in verdict.rows:
-            out.timeline.append(timeline_row(r, now))
+            out.timeline.add(timeline_row(r, now))
             if r.revision > 1:
                 counters["row_rewrites"] += 1
         for a in verdict.alerts:
@@ -327,6 +324,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         old = set(state.profile.fingerprints) if state.profile else set()
         profile = Profile(env.version, env.loyalty_tier, tuple(env.known_fields), tuple(env.fingerprints))
         state, accepted = apply_profile(state, profile)
+        out.customers.add(cid)
         if silent:
             return
         self.ctx.stats.profiles["held" if accepted else "ignored_older"] += 1
@@ -394,14 +392,15 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         out.offsets = {
             p: part.next_offset
             for p, part in self.parts.items()
-            if not part.replaying and part.next_offset > self.committed.get(p, 0)
+            if not part.replaying and part.next_offset > part.committed
         }
-        if not (out.timeline or out.alert_rows or out.messages or out.sent or out.offsets):
+        if not (len(out.timeline) or out.alert_rows or out.messages or out.sent or out.offsets):
             out.first_at = None
             return
         await self._send(out)
         await self._wait_written()
         self.out = Pending()
+        self.writing_out = out
         self.writing = asyncio.create_task(self._write(out), name="judge write")
 
     async def _drain(self) -> None:
@@ -413,10 +412,17 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         if self.writing is not None:
             writing, self.writing = self.writing, None
             await writing
+            self.writing_out = None
+
+    def _unwritten(self, customer_id: str) -> bool:
+        """Whether the customer's state holds something not written yet: a snapshot that held
+        it, loaded after a crash, would make the judge drop it as already seen."""
+        writing = self.writing_out
+        return customer_id in self.out.customers or (writing is not None and customer_id in writing.customers)
 
     async def _write(self, out: Pending) -> None:
         """ClickHouse, then the acknowledgements of what was sent, then the offsets."""
-        if out.timeline or out.alert_rows:
+        if len(out.timeline) or out.alert_rows:
             await self.ctx.retrying("ClickHouse write", self._write_once, out.timeline, out.alert_rows)
             self.ctx.stats.observe_gc(memory.settle())  # the insert's garbage is gone: freeze the rest
         if out.sends is not None:
@@ -428,6 +434,8 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         if out.send_failed:
             await self.ctx.retrying("publish alerts and index entries", self._resend, out.sent)
         await self._commit(out.offsets)
+        if self.writing_out is out:
+            self.writing_out = None  # all written: a snapshot may take its customers
 
     async def _resend(self, messages: list[Message]) -> None:
         """Idempotent, so it can be retried whole: readers keep the latest revision of an
@@ -452,9 +460,10 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             log.warning("commit failed (%s); retrying with the next batch", e)
             return
         for tp, offset in offsets.items():
-            self.committed[tp.partition] = offset
+            if tp.partition in self.parts:
+                self.parts[tp.partition].committed = offset
 
-    async def _write_once(self, timeline: list[tuple[Any, ...]], alerts: list[tuple[Any, ...]]) -> None:
+    async def _write_once(self, timeline: Columns, alerts: list[tuple[Any, ...]]) -> None:
         sink = self._sink or self._connect_sink()
         started = time.monotonic()
         try:

@@ -20,11 +20,17 @@ from pipeline import kafka_config
 from pipeline.rekey import partition_of_key
 from pipeline.settings import Settings
 
+#: the largest message the snapshot topic takes (a chunk is ~2 MiB before compression)
+SNAPSHOT_MESSAGE_BYTES = 16 * 2**20
+
 Headers = Sequence[tuple[str, bytes]]
 
 
-def make_producer(settings: Settings) -> AIOKafkaProducer:
+def make_producer(settings: Settings, *, bulk: bool = False) -> AIOKafkaProducer:
+    """The worker's producer; `bulk`: the one that writes snapshots, so that their megabytes
+    never queue in front of the packs and alerts."""
     w = settings.worker
+    request_bytes = SNAPSHOT_MESSAGE_BYTES if bulk else kafka_config.producer_request_bytes(w.producer_batch_bytes)
     return AIOKafkaProducer(
         **kafka_config.aiokafka(settings.kafka),
         acks="all",
@@ -33,7 +39,7 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         enable_idempotence=True,
         linger_ms=w.producer_linger_ms,
         max_batch_size=w.producer_batch_bytes,
-        max_request_size=kafka_config.producer_request_bytes(w.producer_batch_bytes),
+        max_request_size=request_bytes,
     )
 
 

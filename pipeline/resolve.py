@@ -49,11 +49,9 @@ class ResolveStage:
         self.max_bytes = s.worker.max_message_bytes
         self.secret = s.secret
         self.source = BatchSource(
-            kafka_config.aiokafka(s.kafka),
-            s.worker.resolve_group,
+            kafka_config.group_consumer(s, s.worker.resolve_group),
             [*self.topics.channels, self.topics.profiles],
             batch_size=s.worker.batch_size,
-            session_timeout_s=s.worker.session_timeout_s,
             on_commit_failure=self._count_commit_failure,
             held=frozenset(self.topics.channels),  # until the CRM profiles are in the identity index
         )

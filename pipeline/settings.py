@@ -149,6 +149,9 @@ class WorkerSettings(_Section):
         0.5, gt=0, le=60, description="longest a judged row waits for its ClickHouse insert (alerts do not wait)"
     )
     session_timeout_s: float = Field(10.0, gt=0)
+    fetch_max_wait_ms: int = Field(
+        20, ge=0, le=5000, description="longest the broker holds a fetch that finds nothing new (latency vs requests)"
+    )
     commit_interval_s: float = Field(1.0, gt=0)
     max_future_skew_hours: float = Field(24.0, ge=0, description="events further ahead of the clock are rejected")
     max_message_bytes: int = Field(256 * 1024, ge=1024, description="larger touchpoints go to the dead-letter topic")

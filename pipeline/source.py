@@ -27,23 +27,15 @@ log = logging.getLogger("cem.source")
 class BatchSource:
     def __init__(
         self,
-        client_config: dict[str, Any],  # pipeline.kafka_config.aiokafka()
-        group_id: str,
+        consumer_config: dict[str, Any],  # pipeline.kafka_config.group_consumer()
         topics: list[str],
         *,
         batch_size: int,
-        session_timeout_s: float,
         on_commit_failure: Callable[[], None] = lambda: None,
         held: frozenset[str] = frozenset(),
     ) -> None:
         self.topics, self.batch_size = topics, batch_size
-        self.config = client_config | {
-            "group_id": group_id,
-            "enable_auto_commit": False,
-            "auto_offset_reset": "earliest",
-            "session_timeout_ms": int(session_timeout_s * 1000),
-            "heartbeat_interval_ms": int(max(0.5, session_timeout_s / 5) * 1000),
-        }
+        self.config = consumer_config
         self.consumer: Any = None  # AIOKafkaConsumer, made in the worker's event loop
         self.on_commit_failure = on_commit_failure  # e.g. a metric
         self._uncommitted: dict[TopicPartition, int] = {}  # a failed commit, retried with the next

@@ -17,13 +17,16 @@ compacted topic `cem.internal.snapshots`, on the same partition number:
   but no fewer than `worker.snapshot_min_touchpoints`; or when `worker.snapshot_interval_s`
   has passed with any change, so that the snapshot the log is read from is always far
   younger than the topic's retention (`kafka.internal_retention_days`).
-* A snapshot is written in chunks of about `CHUNK_BYTES`, one chunk between two batches, so
-  that it never holds up the stream for long. It starts at the partition's committed position,
-  `from_offset`. Each chunk holds its customers' states as they are when it is written (at or
-  after `from_offset`), so the chunks are not one consistent moment, and need not be: a
-  restart loads them and reads the log again from `from_offset`, and what a chunk already
-  holds is applied a second time, which changes nothing. (An erasure read again drops the
-  customer; the messages after it, read again too, bring back what came after it.)
+* A snapshot is encoded in chunks of about `CHUNK_BYTES`, a few between two batches, so that
+  it never holds up the stream for long, and sent by a task of its own. It starts at the
+  partition's committed position, `from_offset`. Each chunk holds its customers' states as
+  they are when it is encoded (at or after `from_offset`), so the chunks are not one
+  consistent moment, and need not be: a restart loads them and reads the log again from
+  `from_offset`, and what a chunk already holds is applied a second time, which changes
+  nothing. (An erasure read again drops the customer; the messages after it, read again too,
+  bring back what came after it.) But a chunk must hold nothing whose rows and alerts are not
+  written yet: read again, it would be dropped as already seen, and never written. So a
+  customer whose state holds something unwritten waits for a later round (`Snapshots.step`).
 * Keys are `s/<id>/c/<n>` for the chunks and `s/<id>/m` for the manifest, which is written
   once every chunk is acknowledged and makes the snapshot complete. Then the writer deletes
   every other snapshot of the partition (tombstones; compaction reclaims them). The newest
@@ -45,7 +48,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +64,11 @@ FORMAT = 1  # of the manifest and chunks below
 #: uncompressed size of a chunk (about 5x less on the wire): encoding one takes ~20 ms here
 CHUNK_BYTES = 2 * 2**20
 MANIFEST = "m"
+RETRY_S = 30.0  # after a failed snapshot
+STEP_S = 0.025  # of chunks encoded at a time: the judge waits meanwhile
+GAP_S = 2.0  # between two snapshots
+ROUND_S = 1.0  # between two rounds over the customers with something unwritten
+DEFER_ROUNDS = 5  # of those rounds, before the judge writes everything out for them
 
 
 @dataclass
@@ -70,11 +78,13 @@ class Partition:
     number: int
     customers: dict[str, CustomerState] = field(default_factory=dict)
     next_offset: int = 0  # the first offset not applied yet
+    committed: int = 0  # the group's committed offset: everything before it is written
     replay_until: int = 0  # offsets below this are applied silently (written before a restart)
     touches_since: int = 0  # touchpoints applied since the newest snapshot's from_offset
     events: int = 0  # kept events, as counted by the last snapshot or load
     snapshot_at: float = field(default_factory=time.monotonic)  # of the last snapshot or load
     snapshot_keys: set[bytes] = field(default_factory=set)  # live keys of its snapshot partition
+    snapshot_retry_at: float = 0.0  # after a failed snapshot: not before this (monotonic)
 
     @property
     def replaying(self) -> bool:
@@ -102,14 +112,16 @@ def decode_chunk(value: bytes) -> list[CustomerState]:
 # ---------------------------------------------------------------------------- writing
 @dataclass
 class Walk:
-    """A snapshot being written, a chunk at a time."""
+    """A snapshot being made: chunks encoded by the judge between batches (`Snapshots.step`),
+    sent by a task of their own (`Snapshots._send`), so that the judge never waits for the
+    broker on a snapshot's account."""
 
     part: Partition
     snapshot: str
     from_offset: int
     touches_at_start: int
     ids: list[str]
-    sends: Sends
+    outbox: asyncio.Queue[tuple[bytes, bytes] | None]  # (key, value) of encoded chunks; None: all encoded
     pos: int = 0
     chunks: int = 0
     customers: int = 0
@@ -117,11 +129,15 @@ class Walk:
     raw_bytes: int = 0
     wire_bytes: int = 0
     per_chunk: int = 500  # customers; adjusted so that chunks come out near CHUNK_BYTES
-    keys: set[bytes] = field(default_factory=set)
+    deferred: list[str] = field(default_factory=list)  # customers with something unwritten
+    rounds: int = 0  # over the deferred customers
+    round_at: float = 0.0  # when the last round began (monotonic)
+    sender: asyncio.Task[None] | None = None
 
 
 class Snapshots:
-    """Decides when a partition is snapshotted and writes it, one chunk per `step`."""
+    """Decides when a partition is snapshotted, and makes the snapshot (see the module's
+    docstring): one partition at a time, a few chunks per `step`."""
 
     def __init__(
         self, topic: str, new_sends: Callable[[], Sends], *, min_touchpoints: int, interval_s: float,
@@ -132,87 +148,136 @@ class Snapshots:
         self.min_touchpoints = min_touchpoints
         self.interval_s = interval_s
         self.counters = counters  # Stats.counters
-        self.walk: Walk | None = None
+        self.walk: Walk | None = None  # being encoded
+        self.sending: Walk | None = None  # encoded or being encoded, not yet all on the broker
+        self.next_walk_at = 0.0
 
     def due(self, part: Partition, now: float) -> bool:
-        if part.replaying or not part.touches_since:
+        if part.replaying or not part.touches_since or now < part.snapshot_retry_at:
             return False
         return part.touches_since >= max(self.min_touchpoints, part.events) or now - part.snapshot_at >= self.interval_s
 
     def wanted(self, parts: dict[int, Partition]) -> bool:
-        """A snapshot is under way, or one is due."""
+        """A snapshot is being encoded, or one is due and may start."""
         if self.walk is not None:
             return True
         now = time.monotonic()
-        return any(self.due(p, now) for p in parts.values())
+        return self.sending is None and now >= self.next_walk_at and any(self.due(p, now) for p in parts.values())
 
     def abandon(self, partitions: Iterable[int]) -> None:
         """The partition is no longer ours: its snapshot stays incomplete, and is never loaded."""
-        if self.walk is not None and self.walk.part.number in set(partitions):
-            log.info("snapshot of partition %d abandoned (partition revoked)", self.walk.part.number)
-            self.walk = None
+        gone = set(partitions)
+        for walk in {id(w): w for w in (self.walk, self.sending) if w is not None}.values():
+            if walk.part.number in gone:
+                log.info("snapshot of partition %d abandoned (partition revoked)", walk.part.number)
+                if walk.sender is not None:
+                    walk.sender.cancel()
+                if self.walk is walk:
+                    self.walk = None
+                if self.sending is walk:
+                    self.sending = None
 
-    async def step(self, parts: dict[int, Partition]) -> None:
-        """Start a snapshot if one is due, or write the next chunk of the one under way. A
-        failure (the broker away) abandons the snapshot: the state is still whole in memory,
-        and the next attempt starts again."""
+    async def step(
+        self, parts: dict[int, Partition], unwritten: Callable[[str], bool], drain: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Start a snapshot if one is due, or encode the next chunks of the one under way, for
+        about `STEP_S`. A chunk holds only customers whose state is all written (a snapshot
+        holding a state with something unwritten, loaded after a crash, would make the judge
+        drop it as seen): the others are deferred and tried again, `ROUND_S` later, and after
+        `DEFER_ROUNDS` rounds the judge writes everything pending (`drain`) for the last ones."""
+        now = time.monotonic()
         if self.walk is None:
-            now = time.monotonic()
-            due = [p for p in parts.values() if self.due(p, now)]
-            if not due:
+            if not self.wanted(parts):
                 return
-            part = max(due, key=lambda p: p.touches_since)
-            self.walk = Walk(part, uuid.uuid4().hex, part.next_offset, part.touches_since, list(part.customers),
-                             self.new_sends())  # fmt: skip
+            part = max((p for p in parts.values() if self.due(p, now)), key=lambda p: p.touches_since)
+            walk = Walk(part, uuid.uuid4().hex, part.committed, part.touches_since, list(part.customers),
+                        asyncio.Queue(), round_at=now)  # fmt: skip
+            walk.sender = asyncio.create_task(self._send(walk), name=f"snapshot {part.number}")
+            self.walk = self.sending = walk
         walk = self.walk
-        try:
+        while time.monotonic() - now < STEP_S:
             if walk.pos < len(walk.ids):
-                await self._chunk(walk)
+                self._chunk(walk, unwritten)
+            elif walk.deferred:
+                if time.monotonic() - walk.round_at < ROUND_S:
+                    return  # give what is pending time to be written
+                walk.rounds += 1
+                if walk.rounds > DEFER_ROUNDS:
+                    await drain()
+                walk.ids, walk.pos, walk.deferred, walk.round_at = walk.deferred, 0, [], time.monotonic()
+                return  # a round per step at most
             else:
-                await self._finish(walk)
+                walk.outbox.put_nowait(None)
                 self.walk = None
-        except Exception as e:  # not fatal: the state is in memory, the log is still there
-            log.warning("snapshot of partition %d failed (%s); it starts again later", walk.part.number, e)
-            self.counters["snapshot_failures"] += 1
-            self.walk = None
-            walk.part.snapshot_at = time.monotonic()  # wait an interval before trying again
+                return
 
-    async def _chunk(self, walk: Walk) -> None:
+    def _chunk(self, walk: Walk, unwritten: Callable[[str], bool]) -> None:
         started = time.perf_counter()
         customers = walk.part.customers
         ids = walk.ids[walk.pos : walk.pos + walk.per_chunk]
         walk.pos += len(ids)
-        states = [customers[c] for c in ids if c in customers]  # erased meanwhile: gone
+        states = []
+        for c in ids:
+            state = customers.get(c)  # erased meanwhile: gone
+            if state is None:
+                continue
+            if unwritten(c):
+                walk.deferred.append(c)
+            else:
+                states.append(state)
+        if not states:
+            return
         value, raw = encode_chunk(states)
-        key = chunk_key(walk.snapshot, walk.chunks)
-        await walk.sends.send(self.topic, value, key=key, partition=walk.part.number)
-        walk.keys.add(key)
+        walk.outbox.put_nowait((chunk_key(walk.snapshot, walk.chunks), value))
         walk.chunks += 1
         walk.customers += len(states)
         walk.events += sum(len(s.events) for s in states)
         walk.raw_bytes += raw
         walk.wire_bytes += len(value)
-        if raw:
-            walk.per_chunk = max(10, min(100_000, int(len(ids) * CHUNK_BYTES / raw)))
+        walk.per_chunk = max(10, min(100_000, int(len(ids) * CHUNK_BYTES / raw)))
         self.counters["snapshot_us"] += int((time.perf_counter() - started) * 1e6)
 
-    async def _finish(self, walk: Walk) -> None:
-        await walk.sends.done()  # every chunk on the broker before the manifest says so
+    async def _send(self, walk: Walk) -> None:
+        """The chunks as they come, then the manifest once every chunk is on the broker, then
+        tombstones for the partition's other snapshots. A failure (the broker away) abandons
+        the snapshot: the state is still whole in memory, and the log is still there."""
         part = walk.part
-        manifest = {
-            "format": FORMAT, "snapshot": walk.snapshot, "partition": part.number, "from_offset": walk.from_offset,
-            "chunks": walk.chunks, "customers": walk.customers, "events": walk.events,
-            "raw_bytes": walk.raw_bytes, "wire_bytes": walk.wire_bytes,
-        }  # fmt: skip
-        key = manifest_key(walk.snapshot)
-        await walk.sends.send(self.topic, orjson.dumps(manifest), key=key, partition=part.number)
-        await walk.sends.done()
-        walk.keys.add(key)
-        older = part.snapshot_keys - walk.keys
-        for old in sorted(older):
-            await walk.sends.send(self.topic, None, key=old, partition=part.number)
-        await walk.sends.done()
-        part.snapshot_keys = walk.keys
+        sends = self.new_sends()
+        keys: set[bytes] = set()
+        try:
+            while (chunk := await walk.outbox.get()) is not None:
+                key, value = chunk
+                await sends.send(self.topic, value, key=key, partition=part.number)
+                keys.add(key)
+            await sends.done()  # every chunk on the broker before the manifest says so
+            manifest = {
+                "format": FORMAT, "snapshot": walk.snapshot, "partition": part.number,
+                "from_offset": walk.from_offset, "chunks": walk.chunks, "customers": walk.customers,
+                "events": walk.events, "raw_bytes": walk.raw_bytes, "wire_bytes": walk.wire_bytes,
+            }  # fmt: skip
+            key = manifest_key(walk.snapshot)
+            await sends.send(self.topic, orjson.dumps(manifest), key=key, partition=part.number)
+            await sends.done()
+            keys.add(key)
+            for old in sorted(part.snapshot_keys - keys):
+                await sends.send(self.topic, None, key=old, partition=part.number)
+            await sends.done()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # not fatal: the state is in memory, the log is still there
+            log.warning("snapshot of partition %d failed (%s); it starts again later", part.number, e)
+            self.counters["snapshot_failures"] += 1
+            part.snapshot_retry_at = time.monotonic() + RETRY_S
+            return
+        finally:
+            if self.walk is walk:
+                self.walk = None
+            if self.sending is walk:
+                self.sending = None
+                # Partitions grow alike and come due together: one snapshot at a time, with
+                # a gap, so that they do not take the worker's time all at once.
+                self.next_walk_at = time.monotonic() + GAP_S
+        part.snapshot_keys = keys
         part.touches_since -= walk.touches_at_start
         part.events = walk.events
         part.snapshot_at = time.monotonic()

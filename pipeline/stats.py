@@ -41,6 +41,7 @@ _PLAIN = {
     "snapshot_us": "microseconds spent encoding snapshots",
     "snapshot_failures": "snapshots abandoned because a chunk could not be written (retried later)",
     "erasures_completed": "erasure requests completed (rows deleted, receipt written)",
+    "loop_stalls": "times the event loop was held for more than 100 ms (every stage and heartbeat waited)",
 }
 
 
@@ -60,10 +61,18 @@ class Stats:
         self.batch_count = 0
         self.write_seconds_sum = 0.0
         self.gc_count = 0
+        self.loop_late_max = 0.0
         self.gc_seconds_sum = 0.0
         self.gc_seconds_max = 0.0
 
+    def observe_loop(self, late: float) -> None:
+        self.loop_late_max = max(self.loop_late_max, late)
+        if late > 0.1:
+            self.counters["loop_stalls"] += 1
+
     def observe_gc(self, seconds: float) -> None:
+        if not seconds:
+            return  # skipped (pipeline/memory.py)
         self.gc_count += 1
         self.gc_seconds_sum += seconds
         self.gc_seconds_max = max(self.gc_seconds_max, seconds)
@@ -87,6 +96,7 @@ class Stats:
             "clickhouse_batches": self.batch_count,
             "clickhouse_batch_rows_avg": round(self.batch_rows_sum / self.batch_count, 1) if self.batch_count else 0,
             "clickhouse_write_seconds": round(self.write_seconds_sum, 3),
+            "loop_stall_seconds_max": round(self.loop_late_max, 3),
             "gc_settles": self.gc_count,
             "gc_settle_seconds": round(self.gc_seconds_sum, 3),
             "gc_settle_seconds_max": round(self.gc_seconds_max, 3),
@@ -126,6 +136,11 @@ class Stats:
         for topic, value in sorted(self.lag.items()):
             lag.add_metric([topic], value)
         yield lag
+        yield GaugeMetricFamily(
+            "cem_loop_stall_seconds_max",
+            "the longest the event loop was held since the start",
+            value=self.loop_late_max,
+        )
         yield GaugeMetricFamily("cem_customers", "customers whose state this worker holds", value=self.customers)
         yield GaugeMetricFamily(
             "cem_identity_entries", "fingerprints in this worker's identity index", value=self.identity_entries

@@ -50,19 +50,21 @@ class Stored:
     reentered: tuple[str, ...] = ()
     revision: int = 0
     contact: str = ""  # "" (not an assisted contact) | new | continuation
-    # The touch's order key, computed once: finding an event's place compares it often.
-    key: tuple[int, str, str] = field(init=False, repr=False, compare=False)
     # The detectors' states after folding the kept events up to this one: the next event,
     # in order or not, continues from here instead of replaying the kept history, and a
     # replay stops where the states it computes meet these again. Valid however much
     # history was pruned, because the detectors only look one window back (at most 30
     # days, and the kept history covers window + lateness). Not serialized: the first
-    # replay after decoding rebuilds it.
-    after: tuple[repeat_contact.State, re_entry.State] | None = field(default=None, repr=False, compare=False)
+    # replay after decoding rebuilds them. (Two fields, not a tuple: one object fewer per
+    # kept event for the garbage collector to walk.)
+    rc_after: repeat_contact.State | None = field(default=None, repr=False, compare=False)
+    re_after: re_entry.State | None = field(default=None, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    @property
+    def key(self) -> tuple[int, str, str]:
+        """The touch's order key (made when asked: kept, it would cost a tuple per event)."""
         t = self.touch
-        self.key = (t.t, t.channel, t.event_id)
+        return (t.t, t.channel, t.event_id)
 
 
 @dataclass(slots=True)
@@ -251,7 +253,7 @@ def _replay(
     events: list[Stored], start: int, state: CustomerState, rules: Rules, tail: Tail | None
 ) -> tuple[list[Flags], dict[str, tuple[tuple[int, str, str], dict[str, Any]]], int]:
     """Flags for events[start:stop + 1] and the alerts they trigger, and `stop`; records each
-    event's detector states in `Stored.after`. Replays from the first kept event, or
+    event's detector states in `Stored.rc_after` / `re_after`. Replays from the first kept event, or
     continues from `tail` (the states after events[:start]) when the caller has it.
 
     Stops early where the states after an event equal those recorded for it before the new
@@ -280,8 +282,8 @@ def _replay(
             re_state = re_entry.seeded(re_state, last, touch.t, re_rules)
         rc_state, rc = repeat_contact.detect(rc_state, touch, rc_rules, vip)
         re_state, re = re_entry.detect(re_state, touch, re_rules, vip)
-        before = stored.after
-        stored.after = (rc_state, re_state)
+        rc_before, re_before = stored.rc_after, stored.re_after
+        stored.rc_after, stored.re_after = rc_state, re_state
         if i < start:
             continue
         friction = _FRICTION[rc.repeat, bool(re.reentered)]
@@ -298,7 +300,7 @@ def _replay(
             body = alert_body(draft, first_t)
             body["context"] = already_told_us(touches, i, draft, rules)
             drafts[aid] = (stored.key, body)
-        if i > start and before is not None and before[0] == rc_state and before[1] == re_state:
+        if i > start and rc_before is not None and rc_before == rc_state and re_before == re_state:
             return flags, drafts, i
     return flags, drafts, len(events) - 1
 
@@ -323,7 +325,11 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
         start = bisect_right(events, key, key=_key)
         events.insert(start, new)
     # continue from the detectors' states before it (None after decoding: a full replay)
-    tail = events[start - 1].after if start > 0 else FIRST
+    if start == 0:
+        tail: Tail | None = FIRST
+    else:
+        before = events[start - 1]
+        tail = None if before.rc_after is None or before.re_after is None else (before.rc_after, before.re_after)
     flags, drafts, stop = _replay(events, start, state, rules, tail)
 
     rows: list[RowVersion] = []

@@ -39,7 +39,7 @@ def timeline_row(row: RowVersion, ingested_at: int) -> tuple[Any, ...]:
     t = row.touch
     return (
         t.customer_id, t.t // 1_000_000, t.event_id, t.channel, t.type, t.matter, row.contact, t.place, t.agent_id,
-        list(t.fields), list(row.friction), list(row.reentered), t.loyalty_tier, t.profile_version,
+        t.fields, row.friction, row.reentered, t.loyalty_tier, t.profile_version,
         t.resolved_by, t.topic, max(t.partition, 0), max(t.offset, 0), row.revision, ingested_at,
     )  # fmt: skip
 
@@ -57,6 +57,23 @@ def alert_row(a: AlertVersion, provenance: tuple[str, int, int], ingested_at: in
     )  # fmt: skip
 
 
+class Columns:
+    """Rows kept a column at a time until they are inserted: as the driver wants them, and
+    without a tuple per row, which the garbage collector would walk (pipeline/memory.py)."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, width: int) -> None:
+        self.columns: list[list[Any]] = [[] for _ in range(width)]
+
+    def add(self, row: tuple[Any, ...]) -> None:
+        for column, value in zip(self.columns, row, strict=True):
+            column.append(value)
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+
 class ClickHouseSink:
     def __init__(self, client: Client, database: str) -> None:
         self.client = client
@@ -64,11 +81,11 @@ class ClickHouseSink:
         self._timeline_sql = f"INSERT INTO {database}.timeline_versions ({', '.join(TIMELINE_COLUMNS)}) VALUES"
         self._alerts_sql = f"INSERT INTO {database}.friction_alert_versions ({', '.join(ALERT_COLUMNS)}) VALUES"
 
-    def write(self, timeline: Sequence[tuple[Any, ...]], alerts: Sequence[tuple[Any, ...]]) -> None:
+    def write(self, timeline: Columns, alerts: Sequence[tuple[Any, ...]]) -> None:
         # Rows are always passed as data, never inline in the SQL: inline VALUES hang on 18.16.
         # Columnar: the driver serializes a column at a time, several times faster than rows.
-        if timeline:
-            self.client.execute(self._timeline_sql, [list(c) for c in zip(*timeline, strict=True)], columnar=True)
+        if len(timeline):
+            self.client.execute(self._timeline_sql, timeline.columns, columnar=True)
         if alerts:
             self.client.execute(self._alerts_sql, [list(c) for c in zip(*alerts, strict=True)], columnar=True)
 

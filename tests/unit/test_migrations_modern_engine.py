@@ -16,7 +16,7 @@ from processors.judge import AlertVersion, RowVersion
 from processors.model import Touch
 from sinks.clickhouse.migrate import discover, migrate
 from sinks.clickhouse.writer import ALERT_COLUMNS, TIMELINE_COLUMNS, alert_row, timeline_row
-from tests.chdb_client import ChdbClient
+from tests.chdb_client import ChdbClient, literal
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +33,8 @@ def chdb_session(tmp_path_factory: pytest.TempPathFactory) -> Any:
     client.close()
 
 
-def _literal(v: Any) -> str:
-    if isinstance(v, str):
-        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(v, datetime):
-        return f"toDateTime('{v:%Y-%m-%d %H:%M:%S}', 'UTC')"
-    if isinstance(v, list):
-        return "[" + ", ".join(_literal(x) for x in v) + "]"
-    if isinstance(v, bool):
-        return str(int(v))
-    return str(v)
-
-
 def _insert(sess: Any, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    values = ", ".join("(" + ", ".join(_literal(v) for v in row) + ")" for row in rows)
+    values = ", ".join("(" + ", ".join(literal(v) for v in row) + ")" for row in rows)
     sess.query(f"INSERT INTO cem.{table} ({', '.join(columns)}) VALUES {values}")
 
 
