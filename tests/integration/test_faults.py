@@ -228,7 +228,7 @@ def test_worker_killed_after_snapshots_restarts_from_the_newest(space: Namespace
     first = space.start_worker()
     total = feed(space, workload, upto=0.5)
     wait_until_processed(space.settings, timeout_s=300)
-    assert space.stats(first)["snapshots_written"] >= 4
+    wait_until(lambda: space.stats(first)["snapshots_written"] >= 4, 120, "a snapshot of every partition")
     later = rest(space, workload, after=0.5)
     send(space, later[: len(later) // 4])  # judged after the snapshots: read again after the kill
     wait_until(lambda: space.stats(first)["touchpoints_judged"] >= total // 2 + len(later) // 4, 300,
