@@ -215,12 +215,6 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         cons.close()
 
 
-def committed_to(settings: Settings, group: str, topic: str, ends: dict[int, int]) -> bool:
-    """Whether `group` has committed `topic` up to these end offsets (partition -> offset)."""
-    done = {tp.partition: c.offset for tp, c in group_offsets(settings, group).items() if tp.topic == topic}
-    return all(done.get(p, 0) >= end for p, end in ends.items() if end > 0)
-
-
 def adopt_offsets(settings: Settings, source: str, target: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
     """Give the `target` group the `source` group's offsets on `topics` where `target` has
     none yet; returns what it adopted. For an upgrade: releases up to 0.1 read the channel

@@ -118,6 +118,7 @@ class Pipeline:
         finally:
             await producer.stop()  # sends what is buffered
             await bulk.stop()
+            await self.ctx.close()
 
     async def _watch_loop(self) -> None:
         """How long the event loop goes without getting round to this task: every stage,

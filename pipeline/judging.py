@@ -39,7 +39,7 @@ from pipeline import kafka_config, memory
 from pipeline.context import Context, Stopping, where
 from pipeline.decode import Rejected
 from pipeline.outputs import Sends
-from pipeline.state import Partition, Snapshots, load
+from pipeline.state import Partition, Snapshots, load, read_states
 from processors.identity import fingerprint
 from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import Touch
@@ -194,49 +194,67 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         new = [tp for tp in assigned if tp.partition not in self.parts and tp.partition not in self.loading]
         if new:
             self.consumer.pause(*new)
-        for tp in new:
-            task = asyncio.create_task(self._load(tp, self.generation), name=f"load {tp.topic}[{tp.partition}]")
-            self.loading[tp.partition] = task
+            task = asyncio.create_task(self._load(new, self.generation), name="load partitions")
+            self.loading.update(dict.fromkeys((tp.partition for tp in new), task))
 
-    async def _load(self, tp: TopicPartition, generation: int) -> None:
+    async def _load(self, tps: list[TopicPartition], generation: int) -> None:
+        """Load the partitions' states, and let each go once it is loaded. A partition that
+        comes back to this worker untouched by anyone else (its committed offset is not past
+        what the worker holds) is not loaded again. The others' snapshots are read together,
+        through the worker's one reader (pipeline/context.py), then decoded one by one."""
         s = self.ctx.settings
         delay = 1.0
-        while True:
+        while tps:
             try:
                 started = time.monotonic()
-                committed = await self.consumer.committed(tp)
-                cached = self.cached.pop(tp.partition, None)
-                if cached is not None and committed is not None and committed <= cached.next_offset:
-                    part, source = cached, "memory"  # nobody took it further meanwhile
-                else:
-                    start = (await self.consumer.beginning_offsets([tp]))[tp]
-                    loaded = await load(
-                        kafka_config.aiokafka(s.kafka), s.kafka.topics.snapshots, s.worker.legacy_changelog,
-                        tp.partition, committed, start,
+                committed = {tp: await self.consumer.committed(tp) for tp in tps}
+                to_read = []
+                for tp in tps:
+                    cached = self.cached.pop(tp.partition, None)
+                    done = committed[tp]
+                    if cached is not None and done is not None and done <= cached.next_offset:
+                        await self._loaded(tp, generation, cached, done, "memory", started)
+                    else:
+                        to_read.append(tp)
+                tps = to_read
+                if not tps:
+                    return
+                starts = await self.consumer.beginning_offsets(tps)
+                async with self.ctx.reading:
+                    found = await read_states(
+                        await self.ctx.reader(), s.kafka.topics.snapshots, s.worker.legacy_changelog,
+                        [tp.partition for tp in tps],
                     )  # fmt: skip
-                    part, source = loaded.part, loaded.source
-                    self.ctx.stats.observe_gc(memory.settle(0))  # millions of objects that stay
-                async with self.lock:
-                    if generation != self.generation:
-                        return  # revoked while loading (its task may have missed the cancellation)
-                    self.parts[tp.partition] = part
-                    part.committed = committed or 0
-                    self.consumer.seek(tp, part.next_offset)
-                    self.consumer.resume(tp)
-                    self.loading.pop(tp.partition, None)
-                self.ctx.stats.counters["partitions_loaded"] += 1
-                log.info(
-                    "%s[%d] loaded from %s in %.1fs: %d customers; reading from offset %d (silently up to %d)",
-                    tp.topic, tp.partition, source, time.monotonic() - started, len(part.customers),
-                    part.next_offset, part.replay_until,
-                )  # fmt: skip
-                return
+                while tps:
+                    tp = tps[0]
+                    loaded = await load(found[tp.partition], committed[tp], starts[tp])
+                    self.ctx.stats.observe_gc(memory.settle())  # millions of objects that stay
+                    await self._loaded(tp, generation, loaded.part, committed[tp], loaded.source, started)
+                    tps.pop(0)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # the broker away: try again, the partition stays paused
-                log.warning("loading %s[%d] failed (%s); retrying in %.0fs", tp.topic, tp.partition, e, delay)
+            except Exception as e:  # the broker away: try again, the partitions stay paused
+                log.warning("loading %s failed (%s); retrying in %.0fs", [tp.partition for tp in tps], e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    async def _loaded(
+        self, tp: TopicPartition, generation: int, part: Partition, committed: int | None, source: str, started: float
+    ) -> None:
+        async with self.lock:
+            if generation != self.generation:
+                return  # revoked while loading (its task may have missed the cancellation)
+            self.parts[tp.partition] = part
+            part.committed = committed or 0
+            self.consumer.seek(tp, part.next_offset)
+            self.consumer.resume(tp)
+            self.loading.pop(tp.partition, None)
+        self.ctx.stats.counters["partitions_loaded"] += 1
+        log.info(
+            "%s[%d] loaded from %s in %.1fs: %d customers; reading from offset %d (silently up to %d)",
+            tp.topic, tp.partition, source, time.monotonic() - started, len(part.customers),
+            part.next_offset, part.replay_until,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ a batch
     async def _batch(self, got: dict[TopicPartition, list[Any]]) -> None:
@@ -424,7 +442,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         """ClickHouse, then the acknowledgements of what was sent, then the offsets."""
         if len(out.timeline) or out.alert_rows:
             await self.ctx.retrying("ClickHouse write", self._write_once, out.timeline, out.alert_rows)
-            self.ctx.stats.observe_gc(memory.settle())  # the insert's garbage is gone: freeze the rest
+            self.ctx.stats.observe_gc(memory.settle())  # what is held now stays
         if out.sends is not None:
             try:
                 await out.sends.done()

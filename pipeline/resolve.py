@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from aiokafka import TopicPartition
 
 from pipeline import kafka_config
 from pipeline.context import Context, where
@@ -79,19 +80,20 @@ class ResolveStage:
         the judge has accepted it and written its identifiers (the judge group committed the
         internal topic), and this worker has read the identity topic that far. Gives up after
         `worker.bootstrap_timeout_s` (the judge cannot commit while ClickHouse is away)."""
-        from pipeline.admin import committed_to, end_offsets  # kafka-python, blocking
-
         s, t = self.ctx.settings, self.topics
         started = time.monotonic()
         deadline = started + s.worker.bootstrap_timeout_s
+        # The worker's own clients: a client made for this and stopped after would leave its
+        # cluster metadata as cyclic garbage, which the judge freezes for good (pipeline/memory.py).
+        admin = await self.ctx.admin()
         try:
             for topic, group in ((t.profiles, s.worker.resolve_group), (t.by_customer, s.worker.judge_group)):
-                ends = await asyncio.to_thread(end_offsets, s, topic)
-                while not await asyncio.to_thread(committed_to, s, group, topic, ends):
+                ends = await self._end_offsets(topic)
+                while not await _committed_to(admin, group, ends):
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"{group} has not reached the end of {topic}")
                     await asyncio.sleep(0.25)
-            ends = await asyncio.to_thread(end_offsets, s, t.identity)
+            ends = {tp.partition: end for tp, end in (await self._end_offsets(t.identity)).items()}
             while not self.ctx.index.holds(ends):
                 if time.monotonic() > deadline:
                     raise TimeoutError("the identity topic is not read to its end")
@@ -105,6 +107,18 @@ class ResolveStage:
             log.warning("could not check that the CRM profiles are indexed (%s): reading the touchpoints", e)
         finally:
             self.source.release()
+
+    async def _end_offsets(self, topic: str) -> dict[TopicPartition, int]:
+        """The end offset of each partition of `topic` now."""
+        async with self.ctx.reading:
+            reader = await self.ctx.reader()
+            parts = reader.partitions_for_topic(topic)
+            if not parts:
+                await reader._client.force_metadata_update()  # a topic made a moment ago
+                parts = reader.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            ends: dict[TopicPartition, int] = await reader.end_offsets(tps) if tps else {}
+            return ends
 
     def _count_commit_failure(self) -> None:
         self.ctx.stats.counters["source_commit_failures"] += 1
@@ -209,3 +223,9 @@ def erase_request(record: Any, customer_id: str) -> EraseEnvelope:
         requested_by=header("cem.erasure.requested_by") or "crm",
         requested_at=at.isoformat(),
     )
+
+
+async def _committed_to(admin: Any, group: str, ends: dict[TopicPartition, int]) -> bool:
+    """Whether `group` has committed every partition up to these end offsets."""
+    done = await admin.list_consumer_group_offsets(group, partitions=list(ends))
+    return all(end == 0 or (tp in done and done[tp].offset >= end) for tp, end in ends.items())

@@ -297,35 +297,63 @@ class Loaded:
     source: str  # snapshot <id> | changelog of 0.2 | empty
 
 
-async def read_compacted(client_config: dict[str, Any], topic: str, partition: int) -> dict[bytes, bytes]:
-    """The live value of every key of one partition of a compacted topic, as far as it goes
-    now (tombstones applied). An empty dict if the topic does not exist."""
-    consumer = AIOKafkaConsumer(**client_config, enable_auto_commit=False, max_partition_fetch_bytes=8 * 2**20)
-    await consumer.start()
+@dataclass
+class Found:
+    """What there is to load a partition from, as read (`read_states`), not yet decoded."""
+
+    partition: int
+    snapshots: dict[bytes, bytes]  # the live keys of its snapshot partition
+    changelog: dict[bytes, bytes]  # release 0.2's state table, read where no snapshot is complete
+
+
+async def read_states(
+    consumer: AIOKafkaConsumer, snapshots_topic: str, legacy_changelog: str, partitions: list[int]
+) -> dict[int, Found]:
+    """Read what the partitions' states can be loaded from, all partitions together."""
+    snapshots = await read_compacted(consumer, snapshots_topic, partitions)
+    without = [p for p in partitions if newest_complete(snapshots[p]) is None]
+    changelogs = await read_compacted(consumer, legacy_changelog, without) if without else {}
+    return {p: Found(p, snapshots[p], changelogs.get(p, {})) for p in partitions}
+
+
+def reader(client_config: dict[str, Any]) -> AIOKafkaConsumer:
+    """A group-less consumer to read with (`read_compacted`): the worker keeps one for its life
+    (pipeline/context.py)."""
+    return AIOKafkaConsumer(**client_config, enable_auto_commit=False, max_partition_fetch_bytes=8 * 2**20)
+
+
+async def read_compacted(
+    consumer: AIOKafkaConsumer, topic: str, partitions: list[int]
+) -> dict[int, dict[bytes, bytes]]:
+    """Per partition, the live value of every key of a compacted topic, as far as it goes now
+    (tombstones applied); empty where the topic does not exist. The partitions are read
+    together. `consumer` is a started `reader()`, used by one read at a time."""
+    out: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
+    parts = consumer.partitions_for_topic(topic)
+    if parts is None:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in partitions if p in parts]
+    if not tps:
+        return out
+    consumer.assign(tps)
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if parts is None:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic)
-        if not parts or partition not in parts:
-            return {}
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        live: dict[bytes, bytes] = {}
-        while await consumer.position(tp) < end:
-            got = await consumer.getmany(tp, timeout_ms=1000)
-            for rec in got.get(tp, []):
-                if rec.key is None:
-                    continue
-                if rec.value is None:
-                    live.pop(rec.key, None)
-                else:
-                    live[rec.key] = rec.value
-        return live
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            got = await consumer.getmany(*tps, timeout_ms=1000)
+            for tp, records in got.items():
+                live = out[tp.partition]
+                for rec in records:
+                    if rec.key is None:
+                        continue
+                    if rec.value is None:
+                        live.pop(rec.key, None)
+                    else:
+                        live[rec.key] = rec.value
+        return out
     finally:
-        await consumer.stop()
+        consumer.assign([])
 
 
 def newest_complete(live: dict[bytes, bytes]) -> tuple[dict[str, Any], list[bytes]] | None:
@@ -346,42 +374,37 @@ def newest_complete(live: dict[bytes, bytes]) -> tuple[dict[str, Any], list[byte
     return None
 
 
-async def load(
-    client_config: dict[str, Any], snapshots_topic: str, legacy_changelog: str, partition: int,
-    committed: int | None, log_start: int,
-) -> Loaded:  # fmt: skip
+async def load(found: Found, committed: int | None, log_start: int) -> Loaded:
     """The state of one partition, and the offset the judge reads its log from (see above)."""
-    live = await read_compacted(client_config, snapshots_topic, partition)
-    found = newest_complete(live)
-    if found is not None:
-        manifest, chunks = found
-        part = Partition(partition, next_offset=manifest["from_offset"], snapshot_keys=set(live))
+    partition = found.partition
+    snapshot = newest_complete(found.snapshots)
+    if snapshot is not None:
+        manifest, chunks = snapshot
+        part = Partition(partition, next_offset=manifest["from_offset"], snapshot_keys=set(found.snapshots))
         for value in chunks:
             for state in decode_chunk(value):
                 part.customers[state.customer_id] = state
             await asyncio.sleep(0)  # a chunk takes ~20 ms to decode: let heartbeats and batches through
         part.events = manifest["events"]
         source = f"snapshot {manifest['snapshot']}"
+    elif found.changelog:
+        part = Partition(partition, snapshot_keys=set(found.snapshots))
+        for raw in found.changelog.values():
+            state = CustomerState.from_json(raw)
+            part.customers[state.customer_id] = state
+            part.events += len(state.events)
+        # faust wrote a batch's states before acknowledging it: they hold at least what was
+        # committed, and what they hold beyond it is dropped as seen when read again
+        part.next_offset = committed if committed is not None else log_start
+        source = "the state table changelog of release 0.2"
     else:
-        part = Partition(partition, snapshot_keys=set(live))
-        changelog = await read_compacted(client_config, legacy_changelog, partition)
-        if changelog:
-            for raw in changelog.values():
-                state = CustomerState.from_json(raw)
-                part.customers[state.customer_id] = state
-                part.events += len(state.events)
-            # faust wrote a batch's states before acknowledging it: they hold at least what was
-            # committed, and what they hold beyond it is dropped as seen when read again
-            part.next_offset = committed if committed is not None else log_start
-            source = "the state table changelog of release 0.2"
-        else:
-            part.next_offset = log_start
-            source = "empty"
-            if log_start > 0 and committed:
-                log.warning(
-                    "partition %d: no snapshot, and the log starts at %d: customers whose messages are older "
-                    "than the topic's retention start empty", partition, log_start,
-                )  # fmt: skip
+        part = Partition(partition, next_offset=log_start, snapshot_keys=set(found.snapshots))
+        source = "empty"
+        if log_start > 0 and committed:
+            log.warning(
+                "partition %d: no snapshot, and the log starts at %d: customers whose messages are older "
+                "than the topic's retention start empty", partition, log_start,
+            )  # fmt: skip
     part.next_offset = max(part.next_offset, log_start)
     part.replay_until = committed or 0
     return Loaded(part, source)

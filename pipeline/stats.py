@@ -71,8 +71,6 @@ class Stats:
             self.counters["loop_stalls"] += 1
 
     def observe_gc(self, seconds: float) -> None:
-        if not seconds:
-            return  # skipped (pipeline/memory.py)
         self.gc_count += 1
         self.gc_seconds_sum += seconds
         self.gc_seconds_max = max(self.gc_seconds_max, seconds)
@@ -129,7 +127,7 @@ class Stats:
             sum_value=self.write_seconds_sum,
         )  # fmt: skip
         yield SummaryMetricFamily(
-            "cem_gc_settle_seconds", "collecting the young generations and freezing what survived (pipeline/memory.py)",
+            "cem_gc_settle_seconds", "freezing what the worker holds (pipeline/memory.py)",
             count_value=self.gc_count, sum_value=self.gc_seconds_sum,
         )  # fmt: skip
         lag = GaugeMetricFamily("cem_consumer_lag", "messages not yet committed, per topic", labels=["topic"])

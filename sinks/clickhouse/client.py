@@ -3,7 +3,11 @@ tasks, so each user (agent, CLI command) makes its own."""
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 from clickhouse_driver import Client
+from clickhouse_driver.columns import base as _columns
 from clickhouse_driver.errors import Error, NetworkError, ServerException
 
 from pipeline.settings import ClickHouseSettings
@@ -15,6 +19,28 @@ AUTH_ERRORS = frozenset({192, 193, 195, 291, 516})
 
 class ClickHouseUnavailable(Exception):
     pass
+
+
+def _columns_without_cycles() -> None:
+    """clickhouse-driver gives every column object it makes (some 50 per insert) a
+    serialization helper that points back at the column: a reference cycle, which only
+    Python's cyclic collector frees. The worker freezes its long-lived objects instead of
+    letting that collector walk them (pipeline/memory.py), so its hot path must make no
+    cyclic garbage: the helper's back-reference is made weak. The column owns the helper, so
+    the column outlives it. clickhouse-driver is pinned; tests/unit/test_memory.py checks that
+    the driver's columns still leave no cyclic garbage."""
+    init = _columns.CommonSerialization.__init__
+    if getattr(init, "cem_weak", False):
+        return
+
+    def weak_init(self: Any, column: Any) -> None:
+        init(self, weakref.proxy(column))
+
+    weak_init.cem_weak = True  # type: ignore[attr-defined]
+    _columns.CommonSerialization.__init__ = weak_init
+
+
+_columns_without_cycles()
 
 
 def connect(cfg: ClickHouseSettings, database: str | None = None) -> Client:

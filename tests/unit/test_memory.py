@@ -1,0 +1,54 @@
+"""The worker freezes what it holds instead of letting the cyclic collector walk it
+(pipeline/memory.py), so its hot path must make no cyclic garbage: frozen, it would stay."""
+
+from __future__ import annotations
+
+import gc
+
+from clickhouse_driver.columns.service import get_column_by_spec
+from clickhouse_driver.context import Context
+
+import sinks.clickhouse.client  # noqa: F401  # makes the driver's column back-references weak
+from processors.judge import CustomerState, judge
+from processors.model import Rules, Touch
+from sinks.clickhouse.writer import TIMELINE_COLUMNS, Columns, timeline_row
+
+
+def cyclic_garbage(make: object) -> list[str]:
+    """The types of the cyclic garbage `make()` leaves behind."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        make()  # type: ignore[operator]
+        gc.collect()
+        return sorted({type(o).__name__ for o in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.collect()
+
+
+def test_the_drivers_columns_leave_no_cyclic_garbage() -> None:
+    context = Context()
+    context.client_settings = {"use_numpy": False, "strings_as_bytes": False, "strings_encoding": "utf-8"}
+    specs = ("String", "Array(String)", "UInt64", "DateTime('UTC')", "Enum8('web' = 1, 'call_center' = 2)")
+
+    def make() -> None:
+        for spec in specs:
+            get_column_by_spec(spec, {"context": context})
+
+    assert cyclic_garbage(make) == []
+
+
+def test_judging_and_buffering_rows_leave_no_cyclic_garbage() -> None:
+    def make() -> None:
+        state, rows = CustomerState("C-1"), Columns(len(TIMELINE_COLUMNS))
+        for i in range(50):
+            at = 1_772_700_000_000_000 + i * 3_600_000_000
+            touch = Touch("C-1", "call_center", f"c{i}", at, "call", matter="refund", is_contact=True,
+                          fields=("passport_number",), place=f"call_center:q{i % 3}")  # fmt: skip
+            state, verdict = judge(state, touch, Rules(), 0)
+            for row in verdict.rows:
+                rows.add(timeline_row(row, 0))
+
+    assert cyclic_garbage(make) == []
