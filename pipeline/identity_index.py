@@ -15,6 +15,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline.state import partitions_of
+
 log = logging.getLogger("cem.identity")
 
 
@@ -46,9 +48,8 @@ class IdentityIndex:
         try:
             parts: set[int] = set()
             while not parts:  # metadata may take a moment after start
-                parts = consumer.partitions_for_topic(self.topic) or set()
+                parts = await partitions_of(consumer, self.topic)
                 if not parts:
-                    await consumer._client.force_metadata_update()
                     await asyncio.sleep(0.2)
             tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
             consumer.assign(tps)

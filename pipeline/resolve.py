@@ -29,6 +29,7 @@ from pipeline.context import Context, where
 from pipeline.decode import Rejected, decode_profile, decode_touchpoint
 from pipeline.rekey import pack
 from pipeline.source import BatchSource
+from pipeline.state import partitions_of
 from processors.identity import profile_fingerprints, resolve
 from processors.normalize import to_touch
 from schemas.internal import EraseEnvelope, ProfileEnvelope
@@ -112,11 +113,7 @@ class ResolveStage:
         """The end offset of each partition of `topic` now."""
         async with self.ctx.reading:
             reader = await self.ctx.reader()
-            parts = reader.partitions_for_topic(topic)
-            if not parts:
-                await reader._client.force_metadata_update()  # a topic made a moment ago
-                parts = reader.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(reader, topic))]
             ends: dict[TopicPartition, int] = await reader.end_offsets(tps) if tps else {}
             return ends
 

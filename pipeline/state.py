@@ -322,6 +322,16 @@ def reader(client_config: dict[str, Any]) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(**client_config, enable_auto_commit=False, max_partition_fetch_bytes=8 * 2**20)
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partitions of `topic`, asking the broker again where the consumer's metadata does
+    not know the topic yet (one made a moment ago); empty if it does not exist."""
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic)
+    return set(parts or ())
+
+
 async def read_compacted(
     consumer: AIOKafkaConsumer, topic: str, partitions: list[int]
 ) -> dict[int, dict[bytes, bytes]]:
@@ -329,10 +339,7 @@ async def read_compacted(
     (tombstones applied); empty where the topic does not exist. The partitions are read
     together. `consumer` is a started `reader()`, used by one read at a time."""
     out: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
-    parts = consumer.partitions_for_topic(topic)
-    if parts is None:
-        await consumer._client.force_metadata_update()
-        parts = consumer.partitions_for_topic(topic) or set()
+    parts = await partitions_of(consumer, topic)
     tps = [TopicPartition(topic, p) for p in partitions if p in parts]
     if not tps:
         return out
