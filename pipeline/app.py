@@ -45,6 +45,14 @@ class App(faust.App):
 
     pipeline: Pipeline
 
+    async def on_first_start(self) -> None:
+        # The stages start before faust's own consumer joins its group: the worker does
+        # not wait for that group's rebalance, seconds when several workers start at once.
+        # add_future is what faust starts its tasks with: an error crashes the worker.
+        await super().on_first_start()
+        self.add_future(self.pipeline.ctx.index.follow())
+        self.add_future(self.pipeline.run())
+
     async def on_stop(self) -> None:
         await self.pipeline.stop()
         await super().on_stop()
@@ -74,8 +82,6 @@ class Pipeline:
             datadir=str(s.worker.data_dir),
         )
         app.pipeline = self
-        app.task(self.ctx.index.follow)
-        app.task(self._run)
         app.task(self._watch_loop)
 
         async def stats_page(web: Any, request: Any) -> Any:
@@ -102,7 +108,7 @@ class Pipeline:
         app.page("/health/ready")(ready_page)
         app.timer(interval=5.0)(self._refresh_health)
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
         """Both stages, until the worker stops. An error that escapes a stage crashes the
         worker (faust does that for a failed task): a supervisor restarts it from the
         committed offsets, rather than leaving a worker that reads nothing."""

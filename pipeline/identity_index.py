@@ -52,9 +52,9 @@ class IdentityIndex:
                 if not parts:
                     await asyncio.sleep(0.2)
             tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            ends = await consumer.end_offsets(tps)  # before a fetch is in flight to wait behind
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
             while True:
                 batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
                 for records in batch.values():

@@ -319,7 +319,11 @@ async def read_states(
 def reader(client_config: dict[str, Any]) -> AIOKafkaConsumer:
     """A group-less consumer to read with (`read_compacted`): the worker keeps one for its life
     (pipeline/context.py)."""
-    return AIOKafkaConsumer(**client_config, enable_auto_commit=False, max_partition_fetch_bytes=8 * 2**20)
+    # A fetch that finds nothing is held at the broker for fetch_max_wait_ms, and the requests
+    # sent after it on the same connection (the next read's end offsets) wait behind it.
+    return AIOKafkaConsumer(
+        **client_config, enable_auto_commit=False, max_partition_fetch_bytes=8 * 2**20, fetch_max_wait_ms=20
+    )
 
 
 async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
@@ -341,12 +345,15 @@ async def read_compacted(
     out: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
     parts = await partitions_of(consumer, topic)
     tps = [TopicPartition(topic, p) for p in partitions if p in parts]
+    # the end offsets first: once partitions are assigned, a fetch is in flight, and the
+    # request would wait behind it
+    ends = await consumer.end_offsets(tps) if tps else {}
+    tps = [tp for tp in tps if ends[tp] > 0]
     if not tps:
         return out
     consumer.assign(tps)
     try:
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
         while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             got = await consumer.getmany(*tps, timeout_ms=1000)
             for tp, records in got.items():
