@@ -40,16 +40,16 @@ test: setup check ## lint, type-check, unit and integration tests (starts its ow
 test-fuzz: setup ## 10,000 malformed messages among valid ones: all in the DLQ with reasons, no restart (CI)
 	$(BIN)/pytest tests/integration/test_fuzz_deadletter.py -m faults -s
 
-test-faults: setup ## fault injection over 50k+ touchpoints: SIGKILL, SIGTERM, broker restart, ClickHouse outage, injected commit hole (about 14 min)
+test-faults: setup ## fault injection over 50k+ touchpoints: SIGKILL before and after snapshots, SIGTERM, broker restart, ClickHouse outage (about 5 min)
 	$(BIN)/pytest tests/integration/test_faults.py -m "faults and not scaleout" -s
 
-test-scaleout: setup ## two workers on 8 partitions, one killed mid-stream (about 5 min)
+test-scaleout: setup ## two workers on 8 partitions, one killed mid-stream (about a minute)
 	$(BIN)/pytest tests/integration/test_faults.py -m scaleout -s
 
-bench: up ## the benchmark: 1M touchpoints, ceiling vs baseline vs cem-pipeline (about 20 minutes)
+bench: up ## the benchmark: 1M touchpoints, ceiling vs baseline vs cem-pipeline (about 15 minutes)
 	$(BIN)/python -m bench.run
 
-bench-quick: up ## the benchmark at 60k touchpoints (a few minutes), for everyday use
+bench-quick: up ## the benchmark at 55k touchpoints (about a minute), for everyday use
 	$(BIN)/python -m bench.run --quick
 
 test-unit: setup ## pure tests only: no services
