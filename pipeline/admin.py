@@ -367,14 +367,6 @@ def send_all(prod: KafkaProducer, records: Iterable[Record]) -> int:
     return count
 
 
-def is_reachable(settings: Settings) -> bool:
-    try:
-        admin_client(settings).close()
-        return True
-    except (KafkaUnavailable, KafkaError):
-        return False
-
-
 def preflight(settings: Settings) -> None:
     """Fail fast, with the reason, when the broker will not accept us (`cem worker` start)."""
     problem = diagnose(settings)

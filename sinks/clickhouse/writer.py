@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -88,10 +87,6 @@ class ClickHouseSink:
             self.client.execute(self._timeline_sql, timeline.columns, columnar=True)
         if alerts:
             self.client.execute(self._alerts_sql, [list(c) for c in zip(*alerts, strict=True)], columnar=True)
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 def now_seconds() -> int:
