@@ -182,3 +182,23 @@ def test_summary_wording_for_agents() -> None:
     _, alerts = run([contact("c1", 0 * D), contact("c2", 2 * H)], tier="none")
     assert alerts[0]["summary"].startswith("Customer C contacted us 2 times within a day")
     assert alerts[0]["summary"].endswith("each time with a different agent.")
+
+
+def test_an_event_id_is_unique_per_channel_only_and_duplicates_are_caught_after_pruning() -> None:
+    """The duplicate check keeps event ids without their channel: the same id on two
+    channels is two touchpoints, and pruning one of them must not forget the other."""
+    rules, now = Rules(), to_micros(T0 + 90 * D)
+    web = entry("e1", 0 * D, "web:profile", "address")
+    call = contact("e1", 20 * D)
+    state = CustomerState("C")
+    state, first = judge(state, web, rules, now)
+    state, second = judge(state, call, rules, now)
+    assert not first.duplicate and not second.duplicate and len(state.events) == 2
+    assert judge(state, web, rules, now)[1].duplicate and judge(state, call, rules, now)[1].duplicate
+    # past the horizon, the web event falls out of the kept history; the call does not
+    horizon_days = rules.horizon_us // (86_400 * 1_000_000)
+    state, _ = judge(state, contact("c9", (horizon_days + 5) * D), rules, now)
+    assert [s.touch.event_id for s in state.events] == ["e1", "c9"]
+    assert judge(state, call, rules, now)[1].duplicate
+    state, again = judge(state, contact("e1", 20 * D, channel="web"), rules, now)
+    assert not again.duplicate  # a web "e1" inside the kept history: a new touchpoint
