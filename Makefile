@@ -46,7 +46,7 @@ test-faults: setup ## fault injection over 50k+ touchpoints: SIGKILL before and 
 test-scaleout: setup ## two workers on 8 partitions, one killed mid-stream (about a minute)
 	$(BIN)/pytest tests/integration/test_faults.py -m scaleout -s
 
-bench: up ## the benchmark: 1M touchpoints, ceiling vs baseline vs cem-pipeline (about 15 minutes)
+bench: up ## the benchmark: 1M touchpoints, ceiling vs baseline vs cem-pipeline (10-15 minutes)
 	$(BIN)/python -m bench.run
 
 bench-quick: up ## the benchmark at 55k touchpoints (about a minute), for everyday use
