@@ -7,9 +7,14 @@ Pure: no I/O and no clock; `judge` decides which events to feed and in what orde
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter, itemgetter
+from typing import TypeVar
 
 from processors.model import MICROS_PER_DAY, MICROS_PER_MINUTE, AlertDraft, RepeatContactRules, Touch
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)  # a value (why not frozen: model.py)
@@ -44,15 +49,19 @@ class Verdict:
 NO_VERDICT = Verdict()
 
 
-def _from(recent: tuple[NewContact, ...], cut: int) -> tuple[NewContact, ...]:
-    """The contacts at or after `cut`. They are in event-time order (judge folds in that
-    order), so only the oldest can fall out: no need to look at every one."""
-    if not recent or recent[0].t >= cut:
-        return recent
+def _from(items: tuple[T, ...], cut: int, time_of: Callable[[T], int]) -> tuple[T, ...]:
+    """The items at or after `cut`. They are in event-time order (judge folds in that order),
+    so only the oldest can fall out: no need to look at every one."""
+    if not items or time_of(items[0]) >= cut:
+        return items
     i = 1
-    while i < len(recent) and recent[i].t < cut:
+    while i < len(items) and time_of(items[i]) < cut:
         i += 1
-    return recent[i:]
+    return items[i:]
+
+
+_new_contact_t: Callable[[NewContact], int] = attrgetter("t")
+_contact_t: Callable[[tuple[str, int]], int] = itemgetter(1)  # (event id, time)
 
 
 def continues_previous(state: State, touch: Touch, rules: RepeatContactRules) -> bool:
@@ -71,15 +80,9 @@ def detect(state: State, touch: Touch, rules: RepeatContactRules, vip_tiers: fro
         return state, NO_VERDICT
     continues = continues_previous(state, touch, rules)
     cut = touch.t - rules.window_days * MICROS_PER_DAY
-    recent = _from(state.recent, cut)
-    contacts = state.contacts
-    if contacts and contacts[0][1] < cut:
-        i = 1
-        while i < len(contacts) and contacts[i][1] < cut:
-            i += 1
-        contacts = contacts[i:]
+    recent = _from(state.recent, cut, _new_contact_t)
     state = State(
-        contacts=(*contacts, (touch.event_id, touch.t)),
+        contacts=(*_from(state.contacts, cut, _contact_t), (touch.event_id, touch.t)),
         last_end=touch.t + touch.duration_s * 1_000_000,
         last_outcome=touch.outcome,
         recent=recent,
