@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.state import partitions_of
+from pipeline.state import end_offsets_of
 
 log = logging.getLogger("cem.identity")
 
@@ -46,13 +46,12 @@ class IdentityIndex:
         consumer = AIOKafkaConsumer(**self.client_config, enable_auto_commit=False)
         await consumer.start()
         try:
-            parts: set[int] = set()
-            while not parts:  # metadata may take a moment after start
-                parts = await partitions_of(consumer, self.topic)
-                if not parts:
+            ends: dict[TopicPartition, int] = {}
+            while not ends:  # metadata may take a moment after start
+                ends = await end_offsets_of(consumer, self.topic)  # before assigning (see there)
+                if not ends:
                     await asyncio.sleep(0.2)
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-            ends = await consumer.end_offsets(tps)  # before a fetch is in flight to wait behind
+            tps = list(ends)
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             while True:

@@ -29,7 +29,7 @@ from pipeline.context import Context, where
 from pipeline.decode import Rejected, decode_profile, decode_touchpoint
 from pipeline.rekey import pack
 from pipeline.source import BatchSource
-from pipeline.state import partitions_of
+from pipeline.state import end_offsets_of
 from processors.identity import profile_fingerprints, resolve
 from processors.normalize import to_touch
 from schemas.internal import EraseEnvelope, ProfileEnvelope
@@ -112,10 +112,7 @@ class ResolveStage:
     async def _end_offsets(self, topic: str) -> dict[TopicPartition, int]:
         """The end offset of each partition of `topic` now."""
         async with self.ctx.reading:
-            reader = await self.ctx.reader()
-            tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(reader, topic))]
-            ends: dict[TopicPartition, int] = await reader.end_offsets(tps) if tps else {}
-            return ends
+            return await end_offsets_of(await self.ctx.reader(), topic)
 
     def _count_commit_failure(self) -> None:
         self.ctx.stats.counters["source_commit_failures"] += 1

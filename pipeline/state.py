@@ -336,6 +336,19 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     return set(parts or ())
 
 
+async def end_offsets_of(
+    consumer: AIOKafkaConsumer, topic: str, partitions: Iterable[int] | None = None
+) -> dict[TopicPartition, int]:
+    """The end offset of each partition of `topic` now (of `partitions` only, if given).
+    Ask before assigning partitions to `consumer`: once they are assigned, a fetch is in
+    flight, and the request would wait behind it (fetch_max_wait_ms)."""
+    wanted = None if partitions is None else set(partitions)
+    parts = sorted(p for p in await partitions_of(consumer, topic) if wanted is None or p in wanted)
+    tps = [TopicPartition(topic, p) for p in parts]
+    ends: dict[TopicPartition, int] = await consumer.end_offsets(tps) if tps else {}
+    return ends
+
+
 async def read_compacted(
     consumer: AIOKafkaConsumer, topic: str, partitions: list[int]
 ) -> dict[int, dict[bytes, bytes]]:
@@ -343,12 +356,8 @@ async def read_compacted(
     (tombstones applied); empty where the topic does not exist. The partitions are read
     together. `consumer` is a started `reader()`, used by one read at a time."""
     out: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
-    parts = await partitions_of(consumer, topic)
-    tps = [TopicPartition(topic, p) for p in partitions if p in parts]
-    # the end offsets first: once partitions are assigned, a fetch is in flight, and the
-    # request would wait behind it
-    ends = await consumer.end_offsets(tps) if tps else {}
-    tps = [tp for tp in tps if ends[tp] > 0]
+    ends = await end_offsets_of(consumer, topic, partitions)
+    tps = [tp for tp, end in ends.items() if end > 0]
     if not tps:
         return out
     consumer.assign(tps)
