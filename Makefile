@@ -40,11 +40,11 @@ test: setup check ## lint, type-check, unit and integration tests (starts its ow
 test-fuzz: setup ## 10,000 malformed messages among valid ones: all in the DLQ with reasons, no restart (CI)
 	$(BIN)/pytest tests/integration/test_fuzz_deadletter.py -m faults -s
 
-test-faults: setup ## fault injection over 50k+ touchpoints: SIGKILL before and after snapshots, SIGTERM, broker restart, ClickHouse outage (about 5 min)
-	$(BIN)/pytest tests/integration/test_faults.py -m "faults and not scaleout" -s
+test-faults: setup ## fault injection: SIGKILL before and after snapshots and at 15 moments of one run, SIGTERM, broker restart, ClickHouse outage (about 7 min)
+	$(BIN)/pytest tests/integration/test_faults.py tests/integration/test_kill_anywhere.py -m "faults and not scaleout" -s
 
-test-scaleout: setup ## two workers on 8 partitions, one killed mid-stream (about a minute)
-	$(BIN)/pytest tests/integration/test_faults.py -m scaleout -s
+test-scaleout: setup ## two workers on 8 partitions: one killed mid-stream; one killed at 13 moments while the other runs (about 4 min)
+	$(BIN)/pytest tests/integration/test_faults.py tests/integration/test_kill_anywhere.py -m scaleout -s
 
 bench: up ## the benchmark: 1M touchpoints, ceiling vs baseline vs cem-pipeline (10-15 minutes)
 	$(BIN)/python -m bench.run

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline.failpoints import failpoint
 from pipeline.state import end_offsets_of
 
 log = logging.getLogger("cem.identity")
@@ -27,6 +28,9 @@ class IdentityIndex:
         self.data: dict[str, str] = {}
         self.loaded = asyncio.Event()  # the topic was read up to its end offsets at start-up
         self.positions: dict[int, int] = {}  # partition -> next offset to read
+        # Written here and not read back from the topic yet: records of these keys read before
+        # ours come back are older than ours, and must not put the old value back meanwhile.
+        self._unread: dict[str, str | None] = {}
 
     def holds(self, ends: dict[int, int]) -> bool:
         """Whether everything up to these end offsets (partition -> offset) has been read."""
@@ -36,6 +40,19 @@ class IdentityIndex:
         return self.data.get(fingerprint)
 
     def apply(self, fingerprint: str, customer_id: str | None) -> None:
+        """A write of this worker's (sent to the topic by the caller): in force at once."""
+        self._unread[fingerprint] = customer_id
+        self._set(fingerprint, customer_id)
+
+    def _read(self, fingerprint: str, customer_id: str | None) -> None:
+        """A record read from the topic."""
+        if fingerprint in self._unread:
+            if self._unread[fingerprint] != customer_id:
+                return  # older than this worker's own write, which is still to come
+            del self._unread[fingerprint]
+        self._set(fingerprint, customer_id)
+
+    def _set(self, fingerprint: str, customer_id: str | None) -> None:
         if customer_id is None:
             self.data.pop(fingerprint, None)
         else:
@@ -58,10 +75,11 @@ class IdentityIndex:
                 batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
                 for records in batch.values():
                     for rec in records:
-                        self.apply(rec.key.decode(), None if rec.value is None else rec.value.decode())
+                        self._read(rec.key.decode(), None if rec.value is None else rec.value.decode())
                 for tp in tps:
                     self.positions[tp.partition] = await consumer.position(tp)
                 if not self.loaded.is_set():
+                    failpoint("index.loading")
                     behind = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
                     if not behind:
                         log.info("identity index loaded: %d entries", len(self.data))

@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from pipeline import kafka_config, memory
 from pipeline.context import Context, Stopping, where
 from pipeline.decode import Rejected
+from pipeline.failpoints import failpoint
 from pipeline.outputs import Sends
 from pipeline.state import Partition, Snapshots, load, read_states
 from processors.identity import fingerprint
@@ -168,17 +169,23 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
     # ------------------------------------------------------------------ rebalances
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.generation += 1  # a load still under way belongs to an assignment that is over
+        gone = {tp.partition for tp in revoked}
         async with self.lock:  # the batch in hand is written and committed first
-            await self._drain()
-            gone = {tp.partition for tp in revoked}
-            self.snapshots.abandon(gone)
-            for p in gone:
-                task = self.loading.pop(p, None)
-                if task is not None:
-                    task.cancel()
-                part = self.parts.pop(p, None)
-                if part is not None and not part.replaying:
-                    self.cached[p] = part
+            drained = False
+            try:
+                await self._drain()
+                drained = True
+            finally:
+                # aiokafka swallows an error raised here: whatever happened, the partitions are
+                # no longer ours, and one held on would be judged from a stale state if it came back
+                self.snapshots.abandon(gone)
+                for p in gone:
+                    task = self.loading.pop(p, None)
+                    if task is not None:
+                        task.cancel()
+                    part = self.parts.pop(p, None)
+                    if drained and part is not None and not part.replaying:
+                        self.cached[p] = part
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Fast on purpose: the consumer sends no heartbeats until this returns. The new
@@ -249,6 +256,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             self.consumer.seek(tp, part.next_offset)
             self.consumer.resume(tp)
             self.loading.pop(tp.partition, None)
+        failpoint("judge.loaded")
         self.ctx.stats.counters["partitions_loaded"] += 1
         log.info(
             "%s[%d] loaded from %s in %.1fs: %d customers; reading from offset %d (silently up to %d)",
@@ -260,7 +268,6 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
     async def _batch(self, got: dict[TopicPartition, list[Any]]) -> None:
         now = now_seconds()
         now_us = now * 1_000_000
-        out = self.out
         for tp, records in got.items():
             part = self.parts.get(tp.partition)
             if part is None:
@@ -269,26 +276,31 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 if record.offset < part.next_offset:
                     continue  # applied already (fetched before a seek)
                 if record.offset >= part.replay_until:
-                    out.touched()
-                await self._apply(out, part, record, now, now_us)
+                    self.out.touched()
+                await self._apply(part, record, now, now_us)
                 part.next_offset = record.offset + 1
-                if len(out.timeline) >= self.insert_rows:  # bound inserts and memory
+                if part.replaying:
+                    failpoint("judge.replaying")
+                if len(self.out.timeline) >= self.insert_rows:  # bound inserts and memory
                     await self._seal()
-                    out = self.out
                 # A pack's alerts leave as soon as it is judged, and stage A and the heartbeats
                 # get the loop between packs: a batch of 64 packs after a hiccup is 300 ms of work.
-                await self._send(out)
+                await self._send(self.out)
                 await asyncio.sleep(0)
 
-    async def _apply(self, out: Pending, part: Partition, record: Any, now: int, now_us: int) -> None:
+    async def _apply(self, part: Partition, record: Any, now: int, now_us: int) -> None:
+        """Apply one message of the internal topic. Its results go to `self.out`, read again
+        for every item: an erasure writes out everything before it (`_drain`), and what follows
+        it belongs to the next seal, not to the one already written."""
         silent = record.offset < part.replay_until  # written before the restart: state only
         try:
             items = read_items(record.value)
         except (ValueError, ValidationError) as e:
             if not silent:
-                self._park(out, self.ctx.dead_letter(record, Rejected("invalid_internal", "", str(e)[:500])))
+                self._park(self.out, self.ctx.dead_letter(record, Rejected("invalid_internal", "", str(e)[:500])))
             return
         for item in items:
+            out = self.out
             if isinstance(item, BadItem):
                 if not silent:
                     why = Rejected("invalid_internal", "", item.error)
@@ -306,7 +318,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 if not silent:
                     raw = orjson.dumps(item.to_row()) if isinstance(item, Touch) else item.model_dump_json().encode()
                     why = Rejected("processing_error", "", repr(e)[:500])
-                    self._park(out, self.ctx.dead_letter(record, why, value=raw))
+                    self._park(self.out, self.ctx.dead_letter(record, why, value=raw))
 
     def _judge(self, out: Pending, part: Partition, touch: Touch, now: int, now_us: int, silent: bool) -> None:
         cid = touch.customer_id
@@ -346,8 +358,17 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         if silent:
             return
         self.ctx.stats.profiles["held" if accepted else "ignored_older"] += 1
-        if accepted:
-            self._index(out, {**dict.fromkeys(old - set(env.fingerprints)), **dict.fromkeys(env.fingerprints, cid)})
+        # Stage A wrote this version's entries when it forwarded it (so that touchpoints read
+        # after it resolve at once). The judge, which knows which version holds, puts right
+        # what that could not know: identifiers a newer version dropped, or an older version
+        # that came late still had.
+        held = set(state.profile.fingerprints) if state.profile else set()
+        stale = (old if accepted else set(env.fingerprints)) - held
+        index = self.ctx.index
+        entries: dict[str, str | None] = {fp: None for fp in stale if index.get(fp) == cid}
+        entries |= {fp: cid for fp in held if index.get(fp) != cid}
+        if entries:
+            self._index(out, entries)
 
     async def _erasure(self, out: Pending, part: Partition, env: EraseEnvelope, silent: bool) -> None:
         """Forget the customer: state and identity entries. What came before it is written
@@ -386,6 +407,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             out.sends = self.ctx.sends()
         try:
             await self._send_messages(out.sends, out.messages)
+            failpoint("judge.sent")
         except Exception as e:  # the broker away: the flush sends them again
             log.warning("sending alerts and index entries failed (%s); the flush retries", e)
             out.send_failed = True
@@ -451,6 +473,8 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 out.send_failed = True
         if out.send_failed:
             await self.ctx.retrying("publish alerts and index entries", self._resend, out.sent)
+        if out.offsets:
+            failpoint("judge.written")
         await self._commit(out.offsets)
         if self.writing_out is out:
             self.writing_out = None  # all written: a snapshot may take its customers
@@ -477,6 +501,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             self.ctx.stats.counters["source_commit_failures"] += 1
             log.warning("commit failed (%s); retrying with the next batch", e)
             return
+        failpoint("judge.committed")
         for tp, offset in offsets.items():
             if tp.partition in self.parts:
                 self.parts[tp.partition].committed = offset

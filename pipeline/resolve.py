@@ -27,6 +27,7 @@ from aiokafka import TopicPartition
 from pipeline import kafka_config
 from pipeline.context import Context, where
 from pipeline.decode import Rejected, decode_profile, decode_touchpoint
+from pipeline.failpoints import failpoint
 from pipeline.rekey import pack
 from pipeline.source import BatchSource
 from pipeline.state import end_offsets_of
@@ -50,6 +51,8 @@ class ResolveStage:
         self.max_future = timedelta(hours=s.worker.max_future_skew_hours)
         self.max_bytes = s.worker.max_message_bytes
         self.secret = s.secret
+        self.profile_wait_s = s.worker.profile_wait_s
+        self._crm_indexed: dict[TopicPartition, int] = {}  # CRM partition -> end known to be indexed here
         self.source = BatchSource(
             kafka_config.group_consumer(s, s.worker.resolve_group),
             [*self.topics.channels, self.topics.profiles],
@@ -67,7 +70,14 @@ class ResolveStage:
         bootstrap = asyncio.create_task(self._bootstrap(), name="bootstrap")
         try:
             async for batch in self.source.batches(self.ctx.stopping):
+                # The CRM profiles on the broker before these touchpoints were read are in the
+                # identity index before they are resolved: this worker's own CRM partitions
+                # read up to where the fetch found them, the others' forwarded by their workers.
+                batch.extend(await self.source.catch_up(self.topics.profiles, self.profile_wait_s))
+                if any(r.topic != self.topics.profiles for r in batch):
+                    await self._others_indexed()
                 await self.resolve_batch(batch)
+                failpoint("resolve.forwarded")
                 await self.source.commit(batch)
         finally:
             bootstrap.cancel()
@@ -76,29 +86,14 @@ class ResolveStage:
         """Hold the touchpoints back until every CRM profile there was at start-up is in this
         worker's identity index, the way a Kafka Streams global table is loaded before its
         stream: otherwise a backlog's touchpoints race their customers' profiles, and those
-        known only by email or phone are filed as anonymous. A profile is in the index once
-        every worker's stage A has forwarded it (the resolve group committed the CRM topic),
-        the judge has accepted it and written its identifiers (the judge group committed the
-        internal topic), and this worker has read the identity topic that far. Gives up after
-        `worker.bootstrap_timeout_s` (the judge cannot commit while ClickHouse is away)."""
-        s, t = self.ctx.settings, self.topics
+        known only by email or phone are filed as anonymous (`profiles_indexed`). Gives up
+        after `worker.bootstrap_timeout_s`."""
+        s = self.ctx.settings
         started = time.monotonic()
-        deadline = started + s.worker.bootstrap_timeout_s
-        # The worker's own clients: a client made for this and stopped after would leave its
-        # cluster metadata as cyclic garbage, which the judge freezes for good (pipeline/memory.py).
-        admin = await self.ctx.admin()
         try:
-            for topic, group in ((t.profiles, s.worker.resolve_group), (t.by_customer, s.worker.judge_group)):
-                ends = await self._end_offsets(topic)
-                while not await _committed_to(admin, group, ends):
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"{group} has not reached the end of {topic}")
-                    await asyncio.sleep(0.25)
-            ends = {tp.partition: end for tp, end in (await self._end_offsets(t.identity)).items()}
-            while not self.ctx.index.holds(ends):
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the identity topic is not read to its end")
-                await asyncio.sleep(0.05)
+            ends = await self._end_offsets(self.topics.profiles)
+            if not await self._profiles_indexed(ends, started + s.worker.bootstrap_timeout_s, "bootstrap.holding"):
+                raise TimeoutError("the CRM topic is not forwarded and indexed to its end")
             log.info("CRM profiles loaded in %.1fs (%d identity entries): reading the touchpoints",
                      time.monotonic() - started, len(self.ctx.index.data))  # fmt: skip
         except TimeoutError as e:
@@ -108,6 +103,42 @@ class ResolveStage:
             log.warning("could not check that the CRM profiles are indexed (%s): reading the touchpoints", e)
         finally:
             self.source.release()
+
+    async def _profiles_indexed(self, ends: dict[TopicPartition, int], deadline: float, point: str = "") -> bool:
+        """Wait until the CRM topic is in this worker's identity index up to `ends`: the
+        resolve group has forwarded it that far (stage A writes a profile's identity entries
+        with its forward, before its commit), and this worker has read the identity topic to
+        the end it had after that. False if `deadline` (monotonic) passes first."""
+        # The worker's own clients: a client made for this and stopped after would leave its
+        # cluster metadata as cyclic garbage, which the judge freezes for good (pipeline/memory.py).
+        admin = await self.ctx.admin()
+        while not await _committed_to(admin, self.ctx.settings.worker.resolve_group, ends):
+            if point:
+                failpoint(point)
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        written = {tp.partition: end for tp, end in (await self._end_offsets(self.topics.identity)).items()}
+        while not self.ctx.index.holds(written):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    async def _others_indexed(self) -> None:
+        """Before a batch's touchpoints are resolved: wait (at most `worker.profile_wait_s`)
+        for the CRM profiles that other workers' CRM partitions held when the batch was read
+        to be in this worker's index. Costs one request when no profile came meanwhile."""
+        mine = {tp.partition for tp in self.source.assigned(self.topics.profiles)}
+        ends = {tp: end for tp, end in (await self._end_offsets(self.topics.profiles)).items()
+                if tp.partition not in mine and end > self._crm_indexed.get(tp, 0)}  # fmt: skip
+        if not ends:
+            return
+        if not await self._profiles_indexed(ends, time.monotonic() + self.profile_wait_s):
+            self.ctx.stats.counters["profile_wait_timeouts"] += 1
+            log.info("touchpoints resolved before the CRM profiles of partitions %s were indexed",
+                     sorted(tp.partition for tp in ends))  # fmt: skip
+        self._crm_indexed.update(ends)  # a timeout too: wait again only for profiles that come after
 
     async def _end_offsets(self, topic: str) -> dict[TopicPartition, int]:
         """The end offset of each partition of `topic` now."""
@@ -132,15 +163,16 @@ class ResolveStage:
         on the broker; a failed send (the broker away) sends the whole batch again."""
         now = datetime.now(UTC)
         items: list[tuple[str, bytes]] = []
-        links: dict[str, str] = {}  # anonymous id fingerprint -> customer, learned from logins
+        # identity entries this batch writes: a profile's identifiers, and anonymous ids
+        # learned from logins (fingerprint -> customer)
+        entries: dict[str, str] = {}
         parked: list[Message] = []
-        for record in records:
+        profiles = self.topics.profiles
+        # the batch's CRM profiles first, so that its touchpoints resolve with them
+        for record in sorted(records, key=lambda r: r.topic != profiles):
             self.ctx.stats.events_in[record.topic] += 1
             try:
-                if record.topic == self.topics.profiles:
-                    item = self._profile(record)
-                else:
-                    item = self._touch(record, now, links)
+                item = self._profile(record, entries) if record.topic == profiles else self._touch(record, now, entries)
             except Exception as e:  # a bug must not stop stage A: park the message
                 log.exception("resolve failed at %s", where(record))
                 item = Rejected("processing_error", "", repr(e)[:500])
@@ -149,19 +181,19 @@ class ResolveStage:
             else:
                 items.append(item)
         packs = pack(items, self.ctx.settings.kafka.partitions)
-        await self.ctx.retrying("forward to the by-customer topic", self._send, packs, links, parked)
+        await self.ctx.retrying("forward to the by-customer topic", self._send, packs, entries, parked)
 
-    async def _send(self, packs: list[tuple[int, bytes]], links: dict[str, str], parked: list[Message]) -> None:
+    async def _send(self, packs: list[tuple[int, bytes]], entries: dict[str, str], parked: list[Message]) -> None:
         sends = self.ctx.sends()
         for partition, value in packs:
             await sends.send(self.topics.by_customer, value, partition=partition)
         for key, original, headers in parked:
             await sends.send(self.topics.deadletter, original, key=key, headers=headers)
         # write-through: this worker already resolves with them, the others once they read them
-        await sends.send_keyed(self.topics.identity, [(fp.encode(), cid.encode()) for fp, cid in links.items()])
+        await sends.send_keyed(self.topics.identity, [(fp.encode(), cid.encode()) for fp, cid in entries.items()])
         await sends.done()
 
-    def _touch(self, record: Any, now: datetime, links: dict[str, str]) -> tuple[str, bytes] | Rejected:
+    def _touch(self, record: Any, now: datetime, entries: dict[str, str]) -> tuple[str, bytes] | Rejected:
         """A touchpoint -> (customer id, its row as JSON), or why it is rejected."""
         channel: Channel | None = self.topics.channel_of(record.topic)  # type: ignore[assignment]
         assert channel is not None, record.topic
@@ -175,14 +207,15 @@ class ResolveStage:
         res = resolve(result.customer_id, result.identifiers, index.get, self.secret)
         if res.link_anonymous is not None and index.get(res.link_anonymous) != res.customer_id:
             index.apply(res.link_anonymous, res.customer_id)
-            links[res.link_anonymous] = res.customer_id
+            entries[res.link_anonymous] = res.customer_id
         touch = to_touch(channel, result, res.customer_id, res.resolved_by, record.topic, record.partition,
                          record.offset)  # fmt: skip
         return res.customer_id, orjson.dumps(touch.to_row())
 
-    def _profile(self, record: Any) -> tuple[str, bytes] | Rejected:
-        """A CRM profile -> (customer id, its ProfileEnvelope as JSON); a tombstone -> its
-        EraseEnvelope; or why it is rejected."""
+    def _profile(self, record: Any, entries: dict[str, str]) -> tuple[str, bytes] | Rejected:
+        """A CRM profile -> (customer id, its ProfileEnvelope as JSON), its identifiers written
+        to the identity index at once (the judge puts right what a late older version wrote);
+        a tombstone -> its EraseEnvelope; or why it is rejected."""
         result = decode_profile(record.key, record.value, vocabulary=self.vocabulary, max_bytes=self.max_bytes)
         if isinstance(result, Rejected):
             return result
@@ -196,6 +229,11 @@ class ResolveStage:
                 known_fields=result.known_fields,
                 fingerprints=profile_fingerprints(ids.email, ids.phone, ids.loyalty_id, self.secret),
             )
+            index = self.ctx.index
+            for fp in env.fingerprints:
+                if index.get(fp) != env.customer_id:
+                    index.apply(fp, env.customer_id)
+                    entries[fp] = env.customer_id
         else:
             env = erase_request(record, result)
         return env.customer_id, orjson.dumps(env.model_dump())

@@ -164,6 +164,12 @@ class WorkerSettings(_Section):
     bootstrap_timeout_s: float = Field(
         120.0, ge=0, description="longest the touchpoints wait at start-up for the CRM profiles to be indexed"
     )
+    profile_wait_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="longest a batch of touchpoints waits for CRM profiles other workers are forwarding",
+    )
     # 5 s: after an outage, the worker resumes at most this long after ClickHouse is back
     # (with 30 s it lost up to 30 s); a failed attempt costs one refused connection.
     clickhouse_retry_max_s: float = Field(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -69,6 +70,26 @@ class BatchSource:
                     await self.commit([])
         finally:
             await self.consumer.stop()
+
+    def assigned(self, topic: str) -> list[TopicPartition]:
+        """This consumer's partitions of `topic`."""
+        return [tp for tp in self.consumer.assignment() if tp.topic == topic] if self.consumer is not None else []
+
+    async def catch_up(self, topic: str, timeout_s: float) -> list[Any]:
+        """The records of `topic` (on this consumer's partitions) that were on the broker when
+        the last fetch returned and are not read yet: read them now, before the batch in hand
+        is processed. They belong to that batch, and are committed with it."""
+        tps = self.assigned(topic)
+        target = {tp: self.consumer.highwater(tp) for tp in tps}
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            behind = [tp for tp in tps if (target[tp] or 0) > await self.consumer.position(tp)]
+            if not behind:
+                break
+            got = await self.consumer.getmany(*behind, timeout_ms=100, max_records=self.batch_size)
+            out.extend(r for records in got.values() for r in records)
+        return out
 
     async def _next(self) -> list[Any]:
         got = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_size)

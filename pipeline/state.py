@@ -55,6 +55,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline.failpoints import failpoint
 from pipeline.outputs import Sends
 from processors.judge import CustomerState
 
@@ -250,6 +251,7 @@ class Snapshots:
                 await sends.send(self.topic, value, key=key, partition=part.number)
                 keys.add(key)
             await sends.done()  # every chunk on the broker before the manifest says so
+            failpoint("snapshot.chunk_sent")
             manifest = {
                 "format": FORMAT, "snapshot": walk.snapshot, "partition": part.number,
                 "from_offset": walk.from_offset, "chunks": walk.chunks, "customers": walk.customers,
@@ -258,6 +260,7 @@ class Snapshots:
             key = manifest_key(walk.snapshot)
             await sends.send(self.topic, orjson.dumps(manifest), key=key, partition=part.number)
             await sends.done()
+            failpoint("snapshot.manifest_sent")
             keys.add(key)
             for old in sorted(part.snapshot_keys - keys):
                 await sends.send(self.topic, None, key=old, partition=part.number)

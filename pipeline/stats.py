@@ -8,7 +8,7 @@ Metric names (all prefixed `cem_`), see docs/operations.md:
   touchpoints_judged_total, timeline_rows_written_total, alert_rows_written_total,
   clickhouse_errors_total, source_commit_failures_total, touchpoints_replayed_total,
   partitions_loaded_total, snapshots_written_total, snapshot_bytes_total, snapshot_us_total,
-  snapshot_failures_total, erasures_completed_total, retried_steps_total,
+  snapshot_failures_total, erasures_completed_total, retried_steps_total, profile_wait_timeouts_total,
   clickhouse_batch_rows (summary), clickhouse_write_seconds (summary),
   consumer_lag{topic} (gauge), customers (gauge), identity_entries (gauge), ready (gauge)
 """
@@ -42,6 +42,8 @@ _PLAIN = {
     "snapshot_failures": "snapshots abandoned because a chunk could not be written (retried later)",
     "erasures_completed": "erasure requests completed (rows deleted, receipt written)",
     "loop_stalls": "times the event loop was held for more than 100 ms (every stage and heartbeat waited)",
+    "profile_wait_timeouts": "batches of touchpoints resolved before other workers' CRM profiles were indexed "
+    "(worker.profile_wait_s passed)",
 }
 
 

@@ -88,13 +88,16 @@ class Namespace:
         path = self.tmp / "worker.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start_worker(self, web_port: int | None = None) -> subprocess.Popen[bytes]:
-        """Start a worker process (the first one becomes `self.worker`) and wait for its web server."""
+    def start_worker(
+        self, web_port: int | None = None, *, env: dict[str, str] | None = None, wait: bool = True
+    ) -> subprocess.Popen[bytes]:
+        """Start a worker process (the first one becomes `self.worker`) and, with `wait`, wait
+        for its web server. `env`: this process's own additions (e.g. CEM_FAILPOINTS)."""
         port = web_port or (self.settings.worker.web_port if self.worker is None else free_port())
         log = (self.tmp / "worker.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "info", "--web-port", str(port)],
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -103,6 +106,8 @@ class Namespace:
         self.procs.append(proc)
         if self.worker is None or self.worker.poll() is not None:
             self.worker = proc
+        if not wait:
+            return proc
         deadline = time.monotonic() + 90
         while True:
             try:

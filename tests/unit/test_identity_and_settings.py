@@ -95,3 +95,19 @@ def test_shipped_config_equals_the_defaults(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setenv("CEM_CONFIG", str(DEFAULT_CONFIG))
     assert load_settings() == Settings.model_construct()  # the YAML documents the defaults, no surprises
+
+
+def test_the_index_keeps_its_own_writes_over_older_records_read_after_them() -> None:
+    """A worker resolves with its own writes at once; records of the same fingerprint that
+    it reads from the topic before its own write comes back are older, and change nothing."""
+    from pipeline.identity_index import IdentityIndex
+
+    index = IdentityIndex({}, "identity")
+    index._read("fp", "C-old")  # noqa: SLF001 - the follower's path, driven by hand
+    index.apply("fp", "C-new")  # this worker's write, on its way to the topic
+    index._read("fp", None)  # noqa: SLF001 - an older removal, read after the write
+    index._read("fp", "C-other")  # noqa: SLF001 - an older owner
+    assert index.get("fp") == "C-new"
+    index._read("fp", "C-new")  # noqa: SLF001 - the write comes back
+    index._read("fp", "C-later")  # noqa: SLF001 - a newer record of another worker's
+    assert index.get("fp") == "C-later"
