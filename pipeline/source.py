@@ -81,10 +81,13 @@ class BatchSource:
         is processed. They belong to that batch, and are committed with it."""
         tps = self.assigned(topic)
         target = {tp: self.consumer.highwater(tp) for tp in tps}
+        unknown = [tp for tp, high in target.items() if high is None]  # not fetched yet: ask
+        if unknown:
+            target |= await self.consumer.end_offsets(unknown)
         out: list[Any] = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            behind = [tp for tp in tps if (target[tp] or 0) > await self.consumer.position(tp)]
+            behind = [tp for tp in tps if target[tp] > await self.consumer.position(tp)]
             if not behind:
                 break
             got = await self.consumer.getmany(*behind, timeout_ms=100, max_records=self.batch_size)
