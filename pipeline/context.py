@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pipeline import kafka_config
 from pipeline.decode import Rejected
 from pipeline.identity_index import IdentityIndex
-from pipeline.outputs import Sends
+from pipeline.outputs import MESSAGE_BYTES, Sends
 from pipeline.settings import Settings
 from pipeline.state import reader
 from pipeline.stats import Stats
@@ -107,6 +107,7 @@ class Context:
         value, headers) for the dead-letter topic. `value`: the part that failed (one item of
         a pack); by default the whole message."""
         self.stats.deadletter[why.reason] += 1
+        original = record.value if value is None else value
         headers = [
             ("cem.error.reason", why.reason.encode()),
             ("cem.error.field", why.field.encode()),
@@ -117,7 +118,13 @@ class Context:
             ("cem.error.at", datetime.now(UTC).isoformat().encode()),
         ]
         log.info("dead-letter %s: %s", where(record), why.describe())
-        return record.key, record.value if value is None else value, headers
+        # A message the producer cannot send would stop the partition for good: past the limit,
+        # the copy is cut, and a header says how long the original was (it is still on its topic).
+        room = MESSAGE_BYTES - len(record.key or b"") - sum(len(k) + len(v) for k, v in headers) - 64
+        if original is not None and len(original) > room:
+            headers.append(("cem.error.truncated", str(len(original)).encode()))
+            original = original[:room]
+        return record.key, original, headers
 
 
 def where(record: Any) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -63,6 +63,10 @@ def _parse(model: type[M], raw: bytes, max_bytes: int) -> M | Rejected:
         return _from_validation(e)
 
 
+#: what ClickHouse's DateTime holds (seconds in a UInt32): a row outside it can never be written
+DATETIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+DATETIME_MAX = datetime(2106, 2, 7, 6, 28, 15, tzinfo=UTC)
+
 _NAME_LIKE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
@@ -84,7 +88,11 @@ def decode_touchpoint(
     now: datetime,
     max_future: timedelta,
     max_bytes: int,
+    max_past: timedelta | None = None,
 ) -> Touchpoint | Rejected:
+    """A validated touchpoint, or why not. Its event time must lie between `now - max_past`
+    and `now + max_future`, and inside what ClickHouse can store: a row outside would make
+    every insert of its batch fail, for good."""
     if raw is None:
         return Rejected("empty_value", "", "a touchpoint message needs a JSON value")
     event = _parse(MODEL_BY_CHANNEL[channel], raw, max_bytes)
@@ -92,8 +100,13 @@ def decode_touchpoint(
         return event
     if bad := _unknown_name(event.fields or [], vocabulary, "fields"):
         return bad
-    if event.occurred_at > now + max_future:
+    if event.occurred_at > min(now + max_future, DATETIME_MAX):
         return Rejected("invalid_field", "occurred_at", f"{event.occurred_at.isoformat()} is too far in the future")
+    oldest = DATETIME_MIN if max_past is None else max(now - max_past, DATETIME_MIN)
+    if event.occurred_at < oldest:
+        return Rejected(
+            "invalid_field", "occurred_at", f"{event.occurred_at.isoformat()} is older than {oldest.date().isoformat()}"
+        )
     return event
 
 

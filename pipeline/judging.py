@@ -39,17 +39,26 @@ from pipeline import kafka_config, memory
 from pipeline.context import Context, Stopping, where
 from pipeline.decode import Rejected
 from pipeline.failpoints import failpoint
-from pipeline.outputs import Sends
+from pipeline.outputs import MESSAGE_BYTES, Sends
 from pipeline.state import Partition, Snapshots, load, read_states
 from processors.identity import fingerprint
-from processors.judge import CustomerState, Profile, apply_profile, judge
+from processors.judge import AlertVersion, CustomerState, Profile, apply_profile, judge
 from processors.model import Touch
+from schemas.alert import AlertContext
 from schemas.erasure import ErasureReceipt, Removed
 from schemas.internal import ENVELOPE, ITEM, EraseEnvelope, PackEnvelope, ProfileEnvelope, TouchEnvelope
 from sinks.alerts import to_alert
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.erasure import delete_customer, find_receipt, insert_receipt
-from sinks.clickhouse.writer import TIMELINE_COLUMNS, ClickHouseSink, Columns, alert_row, now_seconds, timeline_row
+from sinks.clickhouse.writer import (
+    TIMELINE_COLUMNS,
+    ClickHouseSink,
+    Columns,
+    Refused,
+    alert_row,
+    now_seconds,
+    timeline_row,
+)
 
 log = logging.getLogger("cem.judge")
 
@@ -343,7 +352,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 counters["row_rewrites"] += 1
         for a in verdict.alerts:
             out.alert_rows.append(alert_row(a, (touch.topic, touch.partition, touch.offset), now))
-            out.messages.append((self.topics.alerts, cid.encode(), to_alert(a).model_dump_json().encode(), None))
+            out.messages.append((self.topics.alerts, cid.encode(), alert_message(a), None))
             self.ctx.stats.alerts[f"{a.body['kind']}:{a.status}"] += 1
 
     def _profile(self, out: Pending, part: Partition, env: ProfileEnvelope, silent: bool) -> None:
@@ -463,7 +472,10 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
     async def _write(self, out: Pending) -> None:
         """ClickHouse, then the acknowledgements of what was sent, then the offsets."""
         if len(out.timeline) or out.alert_rows:
-            await self.ctx.retrying("ClickHouse write", self._write_once, out.timeline, out.alert_rows)
+            refused: list[Refused] = []
+            await self.ctx.retrying("ClickHouse write", self._write_once, out.timeline, out.alert_rows, refused)
+            if refused:
+                await self.ctx.retrying("dead-letter the rows ClickHouse refused", self._park_refused, refused)
             self.ctx.stats.observe_gc(memory.settle())  # what is held now stays
         if out.sends is not None:
             try:
@@ -506,11 +518,24 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             if tp.partition in self.parts:
                 self.parts[tp.partition].committed = offset
 
-    async def _write_once(self, timeline: Columns, alerts: list[tuple[Any, ...]]) -> None:
+    async def _park_refused(self, refused: list[Refused]) -> None:
+        """Rows ClickHouse will never take go to the dead-letter topic, under the position of
+        the message they came from, so that the partition goes on."""
+        sends = self.ctx.sends()
+        for r in refused:
+            row = orjson.dumps(dict(zip(r.columns, r.row, strict=True)))
+            source = _Source(r.value("_topic"), r.value("_partition"), r.value("_offset"),
+                             str(r.value("customer_id")).encode(), row)  # fmt: skip
+            key, value, headers = self.ctx.dead_letter(source, Rejected("clickhouse_refused", r.table, r.reason))
+            await sends.send(self.topics.deadletter, value, key=key, headers=headers)
+        await sends.done()
+        self.ctx.stats.counters["clickhouse_rows_refused"] += len(refused)
+
+    async def _write_once(self, timeline: Columns, alerts: list[tuple[Any, ...]], refused: list[Refused]) -> None:
         sink = self._sink or self._connect_sink()
         started = time.monotonic()
         try:
-            await asyncio.to_thread(sink.write, timeline, alerts)
+            refused[:] = await asyncio.to_thread(sink.write, timeline, alerts)
         except Exception:
             self.ctx.stats.counters["clickhouse_errors"] += 1
             sink.client.disconnect()  # a fresh connection for the retry
@@ -566,11 +591,35 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
 
 
 @dataclass
+class _Source:
+    """Where a dead letter comes from, as `Context.dead_letter` reads it off a record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
 class BadItem:
     """An item of a pack that does not decode: parked alone, the others are judged."""
 
     raw: bytes
     error: str
+
+
+def alert_message(a: AlertVersion) -> bytes:
+    """The alert as published. The rules' caps keep it far below the limit; past it, the
+    parts that can grow lose their tail, since a message that cannot be sent stops the partition."""
+    alert = to_alert(a)
+    payload = alert.model_dump_json().encode()
+    if len(payload) > MESSAGE_BYTES:
+        log.warning("alert %s is %d bytes: its context and evidence are cut", a.alert_id, len(payload))
+        cut = {"context": AlertContext(), "evidence": alert.evidence[:100], "summary": alert.summary[:1000],
+               "places": alert.places[:100], "channels": alert.channels[:10]}  # fmt: skip
+        payload = alert.model_copy(update=cut).model_dump_json().encode()
+    return payload
 
 
 def read_items(value: bytes | None) -> list[Item | BadItem]:

@@ -22,6 +22,9 @@ from pipeline.settings import Settings
 
 #: the largest message the snapshot topic takes (a chunk is ~2 MiB before compression)
 SNAPSHOT_MESSAGE_BYTES = 16 * 2**20
+#: the largest message cem writes anywhere else: under Kafka's default limit of 1 MB per
+#: message (broker `message.max.bytes`, the producer's request), with room for framing
+MESSAGE_BYTES = 960 * 1024
 
 Headers = Sequence[tuple[str, bytes]]
 

@@ -49,6 +49,7 @@ class ResolveStage:
         self.topics = s.kafka.topics
         self.vocabulary = frozenset(s.rules.field_vocabulary)
         self.max_future = timedelta(hours=s.worker.max_future_skew_hours)
+        self.max_past = timedelta(days=s.worker.max_past_days)
         self.max_bytes = s.worker.max_message_bytes
         self.secret = s.secret
         self.profile_wait_s = s.worker.profile_wait_s
@@ -199,7 +200,7 @@ class ResolveStage:
         assert channel is not None, record.topic
         result = decode_touchpoint(
             channel, record.value, vocabulary=self.vocabulary, now=now, max_future=self.max_future,
-            max_bytes=self.max_bytes,
+            max_past=self.max_past, max_bytes=self.max_bytes,
         )  # fmt: skip
         if isinstance(result, Rejected):
             return result

@@ -154,7 +154,15 @@ class WorkerSettings(_Section):
     )
     commit_interval_s: float = Field(1.0, gt=0)
     max_future_skew_hours: float = Field(24.0, ge=0, description="events further ahead of the clock are rejected")
-    max_message_bytes: int = Field(256 * 1024, ge=1024, description="larger touchpoints go to the dead-letter topic")
+    # ClickHouse refuses an insert whose rows span more than 100 monthly partitions
+    # (max_partitions_per_insert_block): 3,000 days keep a batch's events within 99 months.
+    max_past_days: float = Field(
+        1825.0, gt=0, le=3000, description="events further behind the clock are rejected (dead-letter topic)"
+    )
+    # at most what cem itself can write on: a touchpoint goes on as a row, or to the dead-letter topic
+    max_message_bytes: int = Field(
+        256 * 1024, ge=1024, le=900 * 1024, description="larger touchpoints go to the dead-letter topic"
+    )
     snapshot_interval_s: float = Field(
         300.0, ge=1, description="longest a partition with changes goes without a snapshot of its state"
     )

@@ -6,7 +6,7 @@ Metric names (all prefixed `cem_`), see docs/operations.md:
   events_in_total{topic}, deadletter_total{reason}, alerts_total{kind,status},
   late_events_total, duplicates_total, row_rewrites_total (corrections), profiles_total{outcome},
   touchpoints_judged_total, timeline_rows_written_total, alert_rows_written_total,
-  clickhouse_errors_total, source_commit_failures_total, touchpoints_replayed_total,
+  clickhouse_errors_total, clickhouse_rows_refused_total, source_commit_failures_total, touchpoints_replayed_total,
   partitions_loaded_total, snapshots_written_total, snapshot_bytes_total, snapshot_us_total,
   snapshot_failures_total, erasures_completed_total, retried_steps_total, profile_wait_timeouts_total,
   clickhouse_batch_rows (summary), clickhouse_write_seconds (summary),
@@ -30,6 +30,8 @@ _PLAIN = {
     "timeline_rows_written": "timeline row versions written to ClickHouse",
     "alert_rows_written": "alert revisions written to ClickHouse",
     "clickhouse_errors": "failed ClickHouse writes (each retried)",
+    "clickhouse_rows_refused": "rows ClickHouse refused for good (a value it cannot hold), "
+    "sent to the dead-letter topic",
     "retried_steps": "judge steps (ClickHouse write, alerts and state) retried after an error",
     "source_commit_failures": "offset commits that failed (a rebalance, the broker away); "
     "the batch may be forwarded or judged again, which writes nothing new",

@@ -1,20 +1,29 @@
 """The ClickHouse sink of the judge agent.
 
 Contract (after snuba and quix-streams): `write(batch)` inserts the batch's timeline rows and
-alert revisions, one INSERT per table, and raises if ClickHouse refuses. The agent calls it
-before acknowledging the batch's Kafka offsets, so a failed write is retried and a crash
-replays the batch; replays produce the same rows (same sort key, same version), which the
-ReplacingMergeTree tables and their FINAL views collapse.
+alert revisions, one INSERT per table. The agent calls it before acknowledging the batch's
+Kafka offsets, and replays produce the same rows (same sort key, same version), which the
+ReplacingMergeTree tables and their FINAL views collapse. Failures are of two kinds:
+* transient (the server away, a timeout, too busy, a missing table or a refused login: what
+  an operator or time can fix): `write` raises, nothing is committed, and the agent retries;
+* permanent, caused by the rows themselves (a value the column cannot hold, a row the
+  server's checks reject): the batch is split until the rows ClickHouse refuses are alone;
+  the others are written, and `write` returns the refused ones with the reason, for the
+  dead-letter topic. Retrying them would stop the partition for good.
 """
 
 from __future__ import annotations
 
+import logging
+import struct
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from clickhouse_driver import Client
+from clickhouse_driver.errors import ServerException, TypeMismatchError
 
 from processors.judge import AlertVersion, RowVersion
 
@@ -73,6 +82,39 @@ class Columns:
         return len(self.columns[0])
 
 
+log = logging.getLogger("cem.clickhouse")
+
+# Server errors caused by the rows of an insert, which the same rows will always cause:
+# 6/27/38/41/72 cannot parse, 53 type mismatch, 69 argument out of bound, 70 cannot convert,
+# 117 incorrect data, 131 string too large, 321 value out of the type's range, 349 NULL in an
+# ordinary column, 395 throwIf (a check in a materialized view). Anything else the server
+# says is taken as transient and retried (doc: docs/operations.md, "Failures").
+DATA_ERRORS = frozenset({6, 27, 38, 41, 53, 69, 70, 72, 117, 131, 321, 349, 395})
+TOO_MANY_PARTS = 252  # also "too many partitions for single INSERT block": smaller blocks pass
+
+
+def permanent(e: BaseException) -> bool:
+    """Whether ClickHouse (or the driver, serializing) refused an insert because of its rows."""
+    if isinstance(e, TypeMismatchError | struct.error | OverflowError | UnicodeEncodeError):
+        return True  # the driver could not even serialize a value
+    if isinstance(e, ServerException):
+        return e.code in DATA_ERRORS or (e.code == TOO_MANY_PARTS and "partitions for single INSERT" in e.message)
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A row ClickHouse will never take, and why."""
+
+    table: str
+    columns: tuple[str, ...]
+    row: tuple[Any, ...]
+    reason: str
+
+    def value(self, name: str) -> Any:
+        return self.row[self.columns.index(name)]
+
+
 class ClickHouseSink:
     def __init__(self, client: Client, database: str) -> None:
         self.client = client
@@ -80,13 +122,42 @@ class ClickHouseSink:
         self._timeline_sql = f"INSERT INTO {database}.timeline_versions ({', '.join(TIMELINE_COLUMNS)}) VALUES"
         self._alerts_sql = f"INSERT INTO {database}.friction_alert_versions ({', '.join(ALERT_COLUMNS)}) VALUES"
 
-    def write(self, timeline: Columns, alerts: Sequence[tuple[Any, ...]]) -> None:
+    def write(self, timeline: Columns, alerts: Sequence[tuple[Any, ...]]) -> list[Refused]:
+        """Insert the rows; return those refused for good (see the module's docstring)."""
+        refused: list[Refused] = []
+        if len(timeline):
+            refused += self._insert(self._timeline_sql, "timeline_versions", TIMELINE_COLUMNS, timeline.columns)
+        if alerts:
+            columns = [list(c) for c in zip(*alerts, strict=True)]
+            refused += self._insert(self._alerts_sql, "friction_alert_versions", ALERT_COLUMNS, columns)
+        return refused
+
+    def _insert(self, sql: str, table: str, names: tuple[str, ...], columns: list[list[Any]]) -> list[Refused]:
         # Rows are always passed as data, never inline in the SQL: inline VALUES hang on 18.16.
         # Columnar: the driver serializes a column at a time, several times faster than rows.
-        if len(timeline):
-            self.client.execute(self._timeline_sql, timeline.columns, columnar=True)
-        if alerts:
-            self.client.execute(self._alerts_sql, [list(c) for c in zip(*alerts, strict=True)], columnar=True)
+        try:
+            self.client.execute(sql, columns, columnar=True)
+            return []
+        except Exception as e:
+            if not permanent(e):
+                raise
+            error = e
+        rows = len(columns[0])
+        if rows == 1:
+            # the log names the error's code only: a server's message may quote the row
+            log.warning("ClickHouse refused a row of %s for good (%s): it goes to the dead-letter topic",
+                        table, getattr(error, "code", type(error).__name__))  # fmt: skip
+            return [Refused(table, names, tuple(c[0] for c in columns), _describe(error))]
+        half = rows // 2  # split until the refused rows are alone: log2(rows) inserts per bad row
+        return self._insert(sql, table, names, [c[:half] for c in columns]) + self._insert(
+            sql, table, names, [c[half:] for c in columns]
+        )
+
+
+def _describe(e: BaseException) -> str:
+    code = getattr(e, "code", None)
+    text = (getattr(e, "message", None) or str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return (f"code {code}: " if code else "") + text[:300]
 
 
 def now_seconds() -> int:

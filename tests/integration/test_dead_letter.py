@@ -63,3 +63,37 @@ def test_invalid_messages_land_in_the_dead_letter_topic_with_their_reason(ns: Na
     assert rows == [("ok-1", []), ("ok-2", ["repeat_contact"])]
     assert ns.worker is not None and ns.worker.poll() is None  # never died
     assert sum(ns.stats()["deadletter"].values()) == len(bad)
+
+
+def test_input_that_can_never_be_written_does_not_stop_the_partition(space: Namespace) -> None:
+    """An event time ClickHouse cannot store, a row the server's own checks refuse, and a
+    message too large to copy whole to the dead-letter topic: each goes to the dead-letter
+    topic with its reason, and everything around it is written and committed."""
+    t = space.settings.kafka.topics
+    # A check of the operator's, in the server: a block holding event "poison-1" is refused.
+    space.ch().execute(
+        f"ALTER TABLE {space.db}.timeline_versions ADD COLUMN refused UInt8 MATERIALIZED throwIf(event_id = 'poison-1')"
+    )
+    space.start_worker()
+    pre_epoch = json.dumps({**VALID, "event_id": "old-1", "occurred_at": "1969-07-20T20:17:00Z"}).encode()
+    poison = json.dumps({**VALID, "event_id": "poison-1", "occurred_at": "2026-03-02T11:00:00Z"}).encode()
+    huge = b'{"event_id": "huge-1", "padding": "' + b"x" * 1_040_000 + b'"}'  # over 1 MB with its headers
+    good = [json.dumps({**VALID, "event_id": f"ok-{i}", "occurred_at": f"2026-03-0{i}T10:00:00Z"}).encode()
+            for i in (1, 2, 3)]  # fmt: skip
+    prod = producer(space.settings)
+    send_all(prod, [Record(t.callcenter, b"C-7", v) for v in (good[0], pre_epoch, poison, good[1], huge, good[2])])
+    prod.close()
+    wait_until_processed(space.settings, timeout_s=120)
+
+    rows = space.ch().execute(f"SELECT event_id FROM {space.db}.timeline ORDER BY event_id")
+    assert rows == [("ok-1",), ("ok-2",), ("ok-3",)]
+    dead = {dict(rec.headers)["cem.error.reason"].decode(): rec for rec in read_topic(space.settings, t.deadletter)}
+    assert set(dead) == {"invalid_field", "clickhouse_refused", "too_large"}, set(dead)
+    assert dict(dead["invalid_field"].headers)["cem.error.field"] == b"occurred_at"
+    refused = dict(dead["clickhouse_refused"].headers)
+    assert refused["cem.error.field"] == b"timeline_versions" and b"395" in refused["cem.error.detail"]
+    assert json.loads(dead["clickhouse_refused"].value)["event_id"] == "poison-1"
+    assert refused["cem.source.topic"] == t.callcenter.encode()  # provenance of the original message
+    too_large = dict(dead["too_large"].headers)
+    assert int(too_large["cem.error.truncated"]) == len(huge) and len(dead["too_large"].value) < len(huge)
+    assert space.stats()["clickhouse_rows_refused"] == 1

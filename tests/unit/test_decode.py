@@ -92,3 +92,26 @@ def test_profiles_tombstones_and_key_mismatch() -> None:
     assert isinstance(missing_key, Rejected) and missing_key.reason == "missing_key"
     bad_version = decode_profile(b"C-1", good.replace(b'"version": 2', b'"version": "2"'), **kw)  # type: ignore[arg-type]
     assert isinstance(bad_version, Rejected) and bad_version.field == "version"
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "max_past"),
+    [
+        ("1969-12-31T23:59:59Z", None),  # before DateTime's range: its row could never be written
+        ("0001-01-01T00:00:00Z", None),
+        ("2019-01-01T00:00:00Z", timedelta(days=1825)),  # older than the configured bound
+        ("2999-01-01T00:00:00Z", timedelta(days=1825)),  # after DateTime's range, and the future bound
+    ],
+)
+def test_event_times_outside_what_can_be_stored_are_rejected(occurred_at: str, max_past: timedelta | None) -> None:
+    got = decode_touchpoint("call_center", call(occurred_at=occurred_at), **KW, max_past=max_past)
+    assert isinstance(got, Rejected) and got.field == "occurred_at", got
+
+
+def test_event_times_inside_the_bounds_pass() -> None:
+    kw = {**KW, "max_future": timedelta(days=365 * 200)}
+    assert not isinstance(decode_touchpoint("call_center", call(occurred_at="1970-01-01T00:00:00Z"), **kw), Rejected)
+    got = decode_touchpoint("call_center", call(occurred_at="2106-02-08T00:00:00Z"), **kw)
+    assert isinstance(got, Rejected) and got.field == "occurred_at"
+    recent = call(occurred_at="2025-01-01T00:00:00Z")
+    assert not isinstance(decode_touchpoint("call_center", recent, **KW, max_past=timedelta(days=1825)), Rejected)
