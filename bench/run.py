@@ -4,6 +4,7 @@ in one run, on the same pre-produced topics, on the local stack (`make up`).
   (a) bare    aiokafka consuming the touchpoints + orjson decoding: the ceiling for Python
   (a2)        a Faust agent that does no work: the ceiling of any Faust stage
   (a3) core   cem's own Python work per event without Faust or I/O (bench/core_ceiling.py)
+  (a4) hot    the judge's time per event for one customer with a history of 1k, 4k, 16k events
   (b) baseline the straightforward Faust pipeline in bench/baseline.py
   (c) cem     `cem worker`, until the last timeline row is in ClickHouse
 
@@ -39,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.core_ceiling import core_ceiling
+from bench.hot_customer import hot_customer
 from bench.workload import Workload, generate
 from pipeline import kafka_config
 from pipeline.admin import create_topics, end_offsets, ensure_topics, producer, read_to_end, wait_until_processed
@@ -490,6 +492,9 @@ def report(run: Run, scale: Scale) -> Path:
          "one take_events agent + orjson: any Faust stage"),
         ("(a3) cem's core, no Faust", f"{r['core']['touchpoints_per_s']:,}/s",
          "us/event: " + ", ".join(f"{k} {v}" for k, v in r["core"]["us_per_touchpoint"].items())),
+        ("(a4) hottest customer, judge us/event", " / ".join(map(str, r["hot_customer"]["us_per_event"].values())),
+         f"after {' / '.join(f'{k:,}' for k in r['hot_customer']['us_per_event'])} events of one customer "
+         f"(flat: per-customer caps); {r['hot_customer']['events_kept']:,} kept"),
         ("(b) baseline Faust pipeline", f"{b['touchpoints_per_s']:,}/s",
          "" if b["complete"] else f"stopped after {b['seconds']}s ({b['rows']:,} rows)"),
         *one,
@@ -553,6 +558,8 @@ def main() -> None:
     run.results["faust_ceiling"] = faust_ceiling(run, len(wl.touchpoints))
     step("(a3) cem's own work without Faust or I/O: decode, resolve, re-key, judge, rows, snapshot")
     run.results["core"] = asyncio.run(core_ceiling(run.settings, len(wl.profiles), len(wl.touchpoints)))
+    step("(a4) the hottest customer: the judge's time per event as one customer's history grows")
+    run.results["hot_customer"] = hot_customer()
     step("(b) baseline Faust pipeline")
     run.results["baseline"] = run_baseline(run, wl, scale)
     settle(run)

@@ -42,7 +42,7 @@ from pipeline.failpoints import failpoint
 from pipeline.outputs import MESSAGE_BYTES, Sends
 from pipeline.state import Partition, Snapshots, load, read_states
 from processors.identity import fingerprint
-from processors.judge import AlertVersion, CustomerState, Profile, apply_profile, judge
+from processors.judge import AlertVersion, CustomerState, Profile, apply_profile, judge, links
 from processors.model import Touch
 from schemas.alert import AlertContext
 from schemas.erasure import ErasureReceipt, Removed
@@ -64,6 +64,7 @@ log = logging.getLogger("cem.judge")
 
 #: messages (packs: a resolve batch's share of one partition) taken per batch
 MAX_MESSAGES = 64
+SWEEP_BATCH = 5_000  # customers looked at per call (a few ms)
 
 Item = Touch | ProfileEnvelope | EraseEnvelope
 Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]  # topic, key, value, headers
@@ -122,6 +123,10 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         self.joined = False
         self.generation = 0  # of assignments: counts rebalances, so that a stale load is dropped
         self._sink: ClickHouseSink | None = None
+        self._capped: set[str] = set()  # customers whose cap was logged lately
+        self._sweep_queue: list[tuple[int, str]] = []  # (partition, customer) still to look at this round
+        self.sweep_s = s.worker.idle_sweep_s
+        self._sweep_at = time.monotonic() + self.sweep_s
 
     @property
     def ready(self) -> bool:
@@ -157,6 +162,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                         await self._seal()
                     if self.snapshots.wanted(self.parts):
                         await self.snapshots.step(self.parts, self._unwritten, self._drain)
+                    self._sweep()
             async with self.lock:
                 await self._drain()
         except Stopping:
@@ -336,12 +342,23 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             state = part.customers[cid] = CustomerState(cid)
         state, verdict = judge(state, touch, self.rules, now_us)
         part.touches_since += 1
+        part.stream_t = max(part.stream_t, touch.t)
         out.customers.add(cid)
+        if verdict.unlinked and not silent:
+            self._unlink(out, cid, verdict.unlinked)
         counters = self.ctx.stats.counters
         if silent:
             counters["touchpoints_replayed"] += 1
             return
         counters["touchpoints_judged"] += 1
+        if verdict.capped:
+            counters["customer_caps_hit"] += 1
+            if cid not in self._capped:  # a line per customer now and then, not per event
+                if len(self._capped) >= 1000:
+                    self._capped.clear()
+                self._capped.add(cid)
+                log.warning("customer %s reached a per-customer cap (rules.max_events_per_customer or max_evidence): "
+                            "their oldest events or evidence are let go", cid)  # fmt: skip
         if verdict.duplicate:
             counters["duplicates"] += 1
         if verdict.late:
@@ -394,6 +411,52 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         self.ctx.stats.profiles["erased"] += 1
         await self._drain()
         await self.ctx.retrying("erasure", self._erase, env, had_state, len(owned))
+
+    def _unlink(self, out: Pending, cid: str, fingerprints: tuple[str, ...]) -> None:
+        """Anonymous ids the customer's kept events no longer carry: their links to the
+        customer go (a link another login moved elsewhere stays)."""
+        index = self.ctx.index
+        self._index(out, {fp: None for fp in fingerprints if index.get(fp) == cid})
+
+    def _sweep(self) -> None:
+        """Let go of customers idle for longer than the kept history (window + allowed
+        lateness) behind their partition's newest event: an anonymous visitor or an unknown
+        customer whole, a CRM customer's events and alerts (the profile stays). A few
+        thousand customers per call, a round every `worker.idle_sweep_s`."""
+        now = time.monotonic()
+        if now < self._sweep_at:
+            return
+        if not self._sweep_queue:
+            self._sweep_queue = [(p, cid) for p, part in self.parts.items() for cid in part.customers]
+            if not self._sweep_queue:
+                self._sweep_at = now + self.sweep_s
+                return
+        batch, self._sweep_queue = self._sweep_queue[:SWEEP_BATCH], self._sweep_queue[SWEEP_BATCH:]
+        if not self._sweep_queue:
+            self._sweep_at = now + self.sweep_s
+        horizon = self.rules.horizon_us
+        dropped = 0
+        for p, cid in batch:
+            part = self.parts.get(p)
+            state = part.customers.get(cid) if part is not None and not part.replaying else None
+            if part is None or state is None or state.max_t is None or not state.events:
+                continue
+            if state.max_t >= part.stream_t - horizon:
+                continue
+            gone = links(state.events)
+            if gone:
+                self._unlink(self.out, cid, tuple(sorted(gone)))
+                self.out.touched()  # sent and acknowledged with the next seal
+            if state.profile is None:
+                del part.customers[cid]
+            else:
+                state.events.clear()
+                state.alerts.clear()
+                state.seen = None
+            dropped += 1
+        if dropped:
+            self.ctx.stats.counters["idle_customers_dropped"] += dropped
+            log.info("%d customers idle for longer than the kept history let go", dropped)
 
     def _index(self, out: Pending, entries: dict[str, str | None]) -> None:
         """Identity index entries (fingerprint -> customer, or None: removed). Written through:

@@ -210,7 +210,7 @@ class ResolveStage:
             index.apply(res.link_anonymous, res.customer_id)
             entries[res.link_anonymous] = res.customer_id
         touch = to_touch(channel, result, res.customer_id, res.resolved_by, record.topic, record.partition,
-                         record.offset)  # fmt: skip
+                         record.offset, res.anonymous)  # fmt: skip
         return res.customer_id, orjson.dumps(touch.to_row())
 
     def _profile(self, record: Any, entries: dict[str, str]) -> tuple[str, bytes] | Rejected:

@@ -172,6 +172,9 @@ class WorkerSettings(_Section):
     bootstrap_timeout_s: float = Field(
         120.0, ge=0, description="longest the touchpoints wait at start-up for the CRM profiles to be indexed"
     )
+    idle_sweep_s: float = Field(
+        60.0, ge=0.1, le=3600, description="how often the judge looks for customers idle longer than the kept history"
+    )
     profile_wait_s: float = Field(
         2.0,
         ge=0,
@@ -211,11 +214,16 @@ class WorkerSettings(_Section):
 class RepeatContactConfig(_Section):
     window_days: int = Field(7, ge=1, le=365)
     transfer_grace_minutes: int = Field(15, ge=0, le=24 * 60)
+    alert_cooldown_minutes: int = Field(
+        60, ge=0, le=7 * 24 * 60, description="a matter's next alert no sooner than this, unless more severe"
+    )
+    max_evidence: int = Field(50, ge=2, le=1000, description="newest contacts counted and listed per matter")
 
 
 class ReEntryConfig(_Section):
     window_days: int = Field(30, ge=1, le=365)
     alert_threshold: int = Field(3, ge=2, le=1000)
+    max_evidence: int = Field(50, ge=2, le=1000, description="newest entries counted and listed per field")
 
 
 class RulesSettings(_Section):
@@ -223,6 +231,9 @@ class RulesSettings(_Section):
     re_entry: ReEntryConfig = ReEntryConfig()
     vip_tiers: list[str] = ["gold", "platinum"]
     allowed_lateness_days: int = Field(7, ge=0, le=365)
+    max_events_per_customer: int = Field(
+        2000, ge=10, le=100_000, description="events kept per customer; the oldest go first"
+    )
     field_vocabulary: list[str] = list(FIELD_VOCABULARY)
 
     @field_validator("vip_tiers", "field_vocabulary")
@@ -233,11 +244,15 @@ class RulesSettings(_Section):
     def to_rules(self) -> Rules:
         return Rules(
             repeat_contact=RepeatContactRules(
-                self.repeat_contact.window_days, self.repeat_contact.transfer_grace_minutes
+                self.repeat_contact.window_days,
+                self.repeat_contact.transfer_grace_minutes,
+                self.repeat_contact.alert_cooldown_minutes,
+                self.repeat_contact.max_evidence,
             ),
-            re_entry=ReEntryRules(self.re_entry.window_days, self.re_entry.alert_threshold),
+            re_entry=ReEntryRules(self.re_entry.window_days, self.re_entry.alert_threshold, self.re_entry.max_evidence),
             vip_tiers=frozenset(self.vip_tiers),
             allowed_lateness_days=self.allowed_lateness_days,
+            max_events_per_customer=self.max_events_per_customer,
         )
 
 

@@ -56,7 +56,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.failpoints import failpoint
-from pipeline.outputs import Sends
+from pipeline.outputs import SNAPSHOT_MESSAGE_BYTES, Sends
 from processors.judge import CustomerState
 
 log = logging.getLogger("cem.state")
@@ -86,6 +86,7 @@ class Partition:
     snapshot_at: float = field(default_factory=time.monotonic)  # of the last snapshot or load
     snapshot_keys: set[bytes] = field(default_factory=set)  # live keys of its snapshot partition
     snapshot_retry_at: float = 0.0  # after a failed snapshot: not before this (monotonic)
+    stream_t: int = 0  # the newest event time applied: customers idle long before it are let go
 
     @property
     def replaying(self) -> bool:
@@ -108,6 +109,35 @@ def encode_chunk(states: Iterable[CustomerState]) -> tuple[bytes, int]:
 
 def decode_chunk(value: bytes) -> list[CustomerState]:
     return [CustomerState.from_snapshot(c) for c in orjson.loads(zlib.decompress(value))]
+
+
+def encode_chunks(states: list[CustomerState], limit: int = SNAPSHOT_MESSAGE_BYTES) -> list[tuple[bytes, int]]:
+    """Chunk values of at most `limit` bytes, in order: a chunk over it is halved, and a single
+    customer over it has their kept events spread over several entries, which `load` joins
+    again (a snapshot that cannot be sent would leave the partition without one for good)."""
+    value, raw = encode_chunk(states)
+    if len(value) <= limit:
+        return [(value, raw)]
+    if len(states) > 1:
+        half = len(states) // 2
+        return encode_chunks(states[:half], limit) + encode_chunks(states[half:], limit)
+    (state,) = states
+    if len(state.events) < 2:
+        raise ValueError(f"one kept event of customer {state.customer_id} is over {limit} bytes compressed")
+    half = len(state.events) // 2
+    first = CustomerState(state.customer_id, state.profile, state.events[:half], state.max_t, state.alerts)
+    rest = CustomerState(state.customer_id, state.profile, state.events[half:], state.max_t)
+    return encode_chunks([first], limit) + encode_chunks([rest], limit)
+
+
+def add_loaded(customers: dict[str, CustomerState], state: CustomerState) -> None:
+    """A state read from a snapshot; a customer spread over several entries is joined."""
+    held = customers.get(state.customer_id)
+    if held is None:
+        customers[state.customer_id] = state
+    else:
+        held.events.extend(state.events)
+        held.alerts.update(state.alerts)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -228,13 +258,15 @@ class Snapshots:
                 states.append(state)
         if not states:
             return
-        value, raw = encode_chunk(states)
-        walk.outbox.put_nowait((chunk_key(walk.snapshot, walk.chunks), value))
-        walk.chunks += 1
+        raw = 0
+        for value, size in encode_chunks(states):
+            walk.outbox.put_nowait((chunk_key(walk.snapshot, walk.chunks), value))
+            walk.chunks += 1
+            walk.wire_bytes += len(value)
+            raw += size
         walk.customers += len(states)
         walk.events += sum(len(s.events) for s in states)
         walk.raw_bytes += raw
-        walk.wire_bytes += len(value)
         walk.per_chunk = max(10, min(100_000, int(len(ids) * CHUNK_BYTES / raw)))
         self.counters["snapshot_us"] += int((time.perf_counter() - started) * 1e6)
 
@@ -409,9 +441,10 @@ async def load(found: Found, committed: int | None, log_start: int) -> Loaded:
         part = Partition(partition, next_offset=manifest["from_offset"], snapshot_keys=set(found.snapshots))
         for value in chunks:
             for state in decode_chunk(value):
-                part.customers[state.customer_id] = state
+                add_loaded(part.customers, state)
             await asyncio.sleep(0)  # a chunk takes ~20 ms to decode: let heartbeats and batches through
         part.events = manifest["events"]
+        part.stream_t = max((s.max_t or 0 for s in part.customers.values()), default=0)
         source = f"snapshot {manifest['snapshot']}"
     elif found.changelog:
         part = Partition(partition, snapshot_keys=set(found.snapshots))
@@ -431,6 +464,14 @@ async def load(found: Found, committed: int | None, log_start: int) -> Loaded:
                 "partition %d: no snapshot, and the log starts at %d: customers whose messages are older "
                 "than the topic's retention start empty", partition, log_start,
             )  # fmt: skip
+    if snapshot is not None and part.next_offset < log_start:
+        # never silent: the customers' states miss whatever those messages held
+        log.error(
+            "partition %d: the log starts at %d, after the newest snapshot's offset %d: the messages between "
+            "were deleted by retention before a snapshot covered them (kafka.internal_retention_days)",
+            partition, log_start, part.next_offset,
+        )  # fmt: skip
+        source += f", with a gap of {log_start - part.next_offset} messages"
     part.next_offset = max(part.next_offset, log_start)
     part.replay_until = committed or 0
     return Loaded(part, source)

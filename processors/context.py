@@ -24,18 +24,16 @@ def already_told_us(events: Sequence[Touch], trigger_index: int, draft: AlertDra
     before = events[:trigger_index]
     contact_from = trigger.t - rules.repeat_contact.window_days * MICROS_PER_DAY
     fields_from = trigger.t - rules.re_entry.window_days * MICROS_PER_DAY
-    contacts = [
-        {
-            "event_id": e.event_id,
-            "at": _at(e.t),
-            "channel": e.channel,
-            "matter": e.matter,
-            "agent_id": e.agent_id,
-            "outcome": e.outcome,
-        }
+    earlier = [
+        e
         for e in before
         if e.is_contact and e.t >= contact_from and (draft.kind != "repeat_contact" or e.matter == draft.subject)
     ][-MAX_CONTACTS:]
+    contacts = [
+        {"event_id": e.event_id, "at": _at(e.t), "channel": e.channel, "matter": e.matter, "agent_id": e.agent_id,
+         "outcome": e.outcome}
+        for e in earlier
+    ]  # fmt: skip
     given: dict[tuple[str, str], dict[str, Any]] = {}
     for e in before:
         if e.t < fields_from:
@@ -43,6 +41,8 @@ def already_told_us(events: Sequence[Touch], trigger_index: int, draft: AlertDra
         for name in e.fields:
             entry = given.setdefault((name, e.place), {"field": name, "place": e.place, "times": 0})
             entry["times"] += 1
-            entry["last_at"] = _at(e.t)
-    fields = sorted(given.values(), key=lambda g: (g["field"] != draft.subject, g["field"], g["place"]))
-    return {"previous_contacts": contacts, "fields_given": fields[:MAX_FIELDS]}
+            entry["last_at"] = e.t
+    fields = sorted(given.values(), key=lambda g: (g["field"] != draft.subject, g["field"], g["place"]))[:MAX_FIELDS]
+    for g in fields:
+        g["last_at"] = _at(g["last_at"])
+    return {"previous_contacts": contacts, "fields_given": fields}

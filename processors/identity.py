@@ -40,6 +40,7 @@ class Resolution:
     resolved_by: str  # customer_id | loyalty_id | email | phone | anonymous_id | anonymous | unresolved
     # fingerprint of an anonymous_id that this event links to a known customer (a login)
     link_anonymous: str | None = None
+    anonymous: str = ""  # fingerprint of the event's anonymous_id, if it has one
 
 
 def resolve(
@@ -52,20 +53,20 @@ def resolve(
     ids = identifiers or Identifiers()
     anon_fp = fingerprint("anonymous_id", ids.anonymous_id, secret) if ids.anonymous_id else None
     if customer_id is not None:
-        return Resolution(customer_id, "customer_id", anon_fp)
+        return Resolution(customer_id, "customer_id", anon_fp, anon_fp or "")
     for kind in LOOKUP_ORDER:
         value = getattr(ids, kind)
         if not value or (kind == "phone" and not normalize(kind, value)):
             continue
         found = lookup(fingerprint(kind, value, secret))
         if found is not None:
-            return Resolution(found, kind, anon_fp)
-    if ids.anonymous_id:
-        assert anon_fp is not None
+            return Resolution(found, kind, anon_fp, anon_fp or "")
+    if anon_fp is not None:
         linked = lookup(anon_fp)
         if linked is not None:
-            return Resolution(linked, "anonymous_id")
-        return Resolution(f"anon:{ids.anonymous_id}", "anonymous")
+            return Resolution(linked, "anonymous_id", None, anon_fp)
+        # keyed by the fingerprint, never the raw value: a producer may put an email there
+        return Resolution(f"anon:{anon_fp[:16]}", "anonymous", None, anon_fp)
     # Identifiers we cannot match and no anonymous id: keep the event under a key derived
     # from the fingerprint (never the raw value) so it still lands in the timeline.
     for kind in LOOKUP_ORDER:

@@ -195,6 +195,10 @@ class Judgement:
     alerts: tuple[AlertVersion, ...] = ()
     duplicate: bool = False
     late: bool = False
+    capped: bool = False  # a per-customer cap let something go (Rules: max_events_per_customer, max_evidence)
+    # anonymous-id fingerprints that no kept event of the customer carries any more: their
+    # identity links can go (the next login makes them again)
+    unlinked: tuple[str, ...] = ()
 
 
 def apply_profile(state: CustomerState, profile: Profile) -> tuple[CustomerState, bool]:
@@ -240,6 +244,10 @@ Flags = tuple[tuple[str, ...], tuple[str, ...], str]  # friction, re-entered fie
 
 
 Tail = tuple[repeat_contact.State, re_entry.State]
+#: the events before an alert's trigger that its "already told us" context looks at: the
+#: context lists the last few contacts and fields given, and a long history must not make
+#: every alert cost more
+CONTEXT_EVENTS = 200
 FIRST: Tail = (repeat_contact.State(), re_entry.State())  # before any event
 DUPLICATE = Judgement(duplicate=True)
 _FRICTION = {  # (repeat contact?, re-entry?) -> the kinds flagged on the row
@@ -256,8 +264,9 @@ def _key(stored: Stored) -> tuple[int, str, str]:
 
 def _replay(
     events: list[Stored], start: int, state: CustomerState, rules: Rules, tail: Tail | None
-) -> tuple[list[Flags], dict[str, tuple[tuple[int, str, str], dict[str, Any]]], int]:
-    """Flags for events[start:stop + 1] and the alerts they trigger, and `stop`; records each
+) -> tuple[list[Flags], dict[str, tuple[tuple[int, str, str], dict[str, Any]]], int, bool]:
+    """Flags for events[start:stop + 1] and the alerts they trigger, `stop`, and whether a
+    detector's cap bit on the way; records each
     event's detector states in `Stored.rc_after` / `re_after`. Replays from the first kept event, or
     continues from `tail` (the states after events[:start]) when the caller has it.
 
@@ -270,9 +279,8 @@ def _replay(
     rc_state, re_state = tail if tail is not None else FIRST
     flags: list[Flags] = []
     drafts: dict[str, tuple[tuple[int, str, str], dict[str, Any]]] = {}
-    times: dict[str, int] | None = None
-    touches: list[Touch] | None = None
     rc_rules, re_rules, vip = rules.repeat_contact, rules.re_entry, rules.vip_tiers
+    capped = False
     for i in range(start if tail is not None else 0, len(events)):
         stored = events[i]
         touch = stored.touch
@@ -291,23 +299,21 @@ def _replay(
         stored.rc_after, stored.re_after = rc_state, re_state
         if i < start:
             continue
+        capped = capped or rc.capped or re.capped
         friction = _FRICTION[rc.repeat, bool(re.reentered)]
         contact = "" if not touch.is_contact else ("continuation" if rc.continues else "new")
         flags.append((friction, re.reentered, contact))
         for draft in (rc.alert, *re.alerts):
             if draft is None:
                 continue
-            if times is None or touches is None:
-                times = {s.touch.event_id: s.touch.t for s in events}
-                touches = [s.touch for s in events]
-            first_t = min((times.get(e, draft.t) for e in draft.evidence), default=draft.t)
             aid = alert_id(draft.kind, draft.customer_id, draft.subject, draft.trigger_uid)
-            body = alert_body(draft, first_t)
-            body["context"] = already_told_us(touches, i, draft, rules)
+            body = alert_body(draft, min(draft.first_t or draft.t, draft.t))
+            lo = max(0, i - CONTEXT_EVENTS)
+            body["context"] = already_told_us([s.touch for s in events[lo : i + 1]], i - lo, draft, rules)
             drafts[aid] = (stored.key, body)
         if i > start and rc_before is not None and rc_before == rc_state and re_before == re_state:
-            return flags, drafts, i
-    return flags, drafts, len(events) - 1
+            return flags, drafts, i, capped
+    return flags, drafts, len(events) - 1, capped
 
 
 def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tuple[CustomerState, Judgement]:
@@ -328,6 +334,8 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
     new = Stored(touch)
     key = new.key
     events = state.events
+    # alerts triggered by events older than these were left behind by pruning: never retracted
+    kept_from = events[0].key if events else key
     if not events or events[-1].key < key:  # in order: the common case
         start = len(events)
         events.append(new)
@@ -340,7 +348,7 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
     else:
         before = events[start - 1]
         tail = None if before.rc_after is None or before.re_after is None else (before.rc_after, before.re_after)
-    flags, drafts, stop = _replay(events, start, state, rules, tail)
+    flags, drafts, stop, capped = _replay(events, start, state, rules, tail)
 
     rows: list[RowVersion] = []
     for stored, (friction, reentered, contact) in zip(events[start : stop + 1], flags, strict=True):
@@ -364,32 +372,58 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
     if state.alerts:
         last_key = events[stop].key  # alerts triggered after the replay's stop are unchanged
         for aid, old in state.alerts.items():
-            if old.status == "open" and key <= old.order_key <= last_key and aid not in drafts:
+            if old.status == "open" and max(key, kept_from) <= old.order_key <= last_key and aid not in drafts:
                 old.status, old.revision, old.detected_at = "retracted", old.revision + 1, now_us
                 alerts.append(AlertVersion(aid, "retracted", old.revision, now_us, old.body))
 
     if state.max_t is None or touch.t > state.max_t:
         state.max_t = touch.t
-    _prune(state, rules)  # also an event older than the kept history, once judged
-    return state, Judgement(tuple(rows), tuple(alerts), late=late)
+    pruned, unlinked = _prune(state, rules)  # also an event older than the kept history, once judged
+    return state, Judgement(tuple(rows), tuple(alerts), late=late, capped=capped or pruned, unlinked=unlinked)
 
 
-def _prune(state: CustomerState, rules: Rules) -> None:
+def links(events: list[Stored]) -> set[str]:
+    """The anonymous-id fingerprints the events carry."""
+    return {s.touch.anonymous for s in events if s.touch.anonymous}
+
+
+def _prune(state: CustomerState, rules: Rules) -> tuple[bool, tuple[str, ...]]:
+    """Drop what the horizon leaves behind, and the oldest events past the per-customer cap;
+    returns whether the cap bit, and the anonymous ids no kept event carries any more."""
     assert state.max_t is not None
     keep_from = state.max_t - rules.horizon_us
     events = state.events
-    if events and events[0].touch.t < keep_from:
+    over = len(events) - rules.max_events_per_customer
+    unlinked: tuple[str, ...] = ()
+    if events and (events[0].touch.t < keep_from or over > 0):
         cut = bisect_right(events, (keep_from, "", ""), key=_key)  # the first event at or after keep_from
+        cut = max(cut, over)
         seen = state.seen
         if state.ids_shared:
             state.seen = None
         elif seen is not None:
             for s in events[:cut]:
                 seen.discard(s.touch.event_id)
+        gone = links(events[:cut])
         del events[:cut]
-    # alerts feed re-entry cooldowns one window beyond the kept events
-    alert_from = keep_from - rules.re_entry.window_days * 86_400_000_000
-    if state.alerts:
-        stale = [aid for aid, a in state.alerts.items() if a.order_key[0] < alert_from]
+        if gone:
+            unlinked = tuple(sorted(gone - links(events)))
+    # Alerts of events left behind can no longer change; the newest open re-entry alert of a
+    # field still feeds its cooldown, one window beyond the kept events.
+    if state.alerts and events:
+        alert_from = keep_from - rules.re_entry.window_days * 86_400_000_000
+        first = events[0].key
+        cooling: dict[str, Published] = {}
+        for a in state.alerts.values():
+            if a.order_key < first and a.body["kind"] == "re_entry" and a.status == "open":
+                f = a.body["field"]
+                if f not in cooling or cooling[f].order_key < a.order_key:
+                    cooling[f] = a
+        stale = [
+            aid for aid, a in state.alerts.items() if a.order_key < first and cooling.get(a.body["field"]) is not a
+        ]
         for aid in stale:
             del state.alerts[aid]
+        for aid in [aid for aid, a in state.alerts.items() if a.order_key[0] < alert_from]:
+            del state.alerts[aid]
+    return over > 0, unlinked

@@ -50,6 +50,7 @@ class Touch:
     topic: str = ""
     partition: int = -1
     offset: int = -1
+    anonymous: str = ""  # fingerprint of the event's anonymous id: the customer's links, dropped with them
 
     @property
     def uid(self) -> str:
@@ -62,6 +63,7 @@ class Touch:
             self.customer_id, self.channel, self.event_id, self.t, self.type, self.matter, self.place,
             self.agent_id, self.fields, self.is_contact, self.outcome, self.duration_s, self.previous_contact_id,
             crm_known, loyalty_tier, profile_version, self.resolved_by, self.topic, self.partition, self.offset,
+            self.anonymous,
         )  # fmt: skip
 
     @property
@@ -77,7 +79,7 @@ class Touch:
             self.customer_id, self.channel, self.event_id, self.t, self.type, self.matter, self.place,
             self.agent_id, self.fields, self.is_contact, self.outcome, self.duration_s, self.previous_contact_id,
             self.crm_known, self.loyalty_tier, self.profile_version, self.resolved_by, self.topic, self.partition,
-            self.offset,
+            self.offset, self.anonymous,
         )  # fmt: skip
 
     @classmethod
@@ -118,12 +120,18 @@ ROW_LENGTH = len(Touch.__dataclass_fields__)
 class RepeatContactRules:
     window_days: int = 7
     transfer_grace_minutes: int = 15
+    # A matter's next alert comes no sooner than this after its last one (event time), unless
+    # it is more severe: a customer calling every minute raises one alert an hour, not sixty.
+    alert_cooldown_minutes: int = 60
+    # the newest contacts counted and listed per matter: a count that reaches it means "at least"
+    max_evidence: int = 50
 
 
 @dataclass(frozen=True, slots=True)
 class ReEntryRules:
     window_days: int = 30
     alert_threshold: int = 3
+    max_evidence: int = 50  # the newest entries of a field counted and listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +140,9 @@ class Rules:
     re_entry: ReEntryRules = field(default_factory=ReEntryRules)
     vip_tiers: frozenset[str] = frozenset({"gold", "platinum"})
     allowed_lateness_days: int = 7
+    # Events kept per customer beyond the horizon's pruning: the oldest go first. A producer
+    # that defaults every customer id to "unknown" makes one customer of millions of events.
+    max_events_per_customer: int = 2000
 
     @property
     def horizon_us(self) -> int:
@@ -159,3 +170,4 @@ class AlertDraft:
     known_in_crm: bool
     evidence: tuple[str, ...]
     loyalty_tier: str
+    first_t: int = 0  # event time of the first evidence (0: `t`)

@@ -39,6 +39,7 @@ def to_touch(
     topic: str = "",
     partition: int = -1,
     offset: int = -1,
+    anonymous: str = "",
 ) -> Touch:
     is_contact = isinstance(event, ContactEvent) or (isinstance(event, WebEvent) and event.type in WEB_CONTACT_TYPES)
     reason = getattr(event, "reason", None)
@@ -60,4 +61,5 @@ def to_touch(
         topic=topic,
         partition=partition,
         offset=offset,
+        anonymous=anonymous,
     )

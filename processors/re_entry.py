@@ -26,7 +26,7 @@ class Entry:
 
 @dataclass(slots=True)  # a value (why not frozen: model.py)
 class State:
-    entries: tuple[Entry, ...] = ()  # inside the window, oldest first
+    entries: tuple[Entry, ...] = ()  # inside the window, oldest first; at most `max_evidence` per field
     # field -> event time of the last alert; seeded from published alerts when history is pruned
     last_alert: tuple[tuple[str, int], ...] = ()
 
@@ -35,6 +35,7 @@ class State:
 class Verdict:
     reentered: tuple[str, ...] = ()
     alerts: tuple[AlertDraft, ...] = ()
+    capped: bool = False  # a field's entries reached `max_evidence`: the oldest was let go
 
 
 NO_VERDICT = Verdict()
@@ -50,10 +51,15 @@ def detect(state: State, touch: Touch, rules: ReEntryRules, vip_tiers: frozenset
     last_alert = {f: t for f, t in state.last_alert if t > touch.t - window}
     reentered: list[str] = []
     alerts: list[AlertDraft] = []
+    capped = False
     for name in dict.fromkeys(touch.fields):  # a field named twice in one event is one entry
         known = name in touch.crm_known
-        elsewhere = any(e.field == name and e.place != touch.place for e in entries)
+        of_field = [e for e in entries if e.field == name]
+        elsewhere = any(e.place != touch.place for e in of_field)
         is_reentry = known or elsewhere
+        if len(of_field) >= rules.max_evidence:  # the field's oldest entry makes room
+            entries.remove(of_field[0])
+            capped = True
         entries.append(Entry(touch.t, name, touch.place, touch.event_id, is_reentry))
         if not is_reentry:
             continue
@@ -80,10 +86,11 @@ def detect(state: State, touch: Touch, rules: ReEntryRules, vip_tiers: frozenset
                 known_in_crm=known,
                 evidence=tuple(dict.fromkeys(e.event_id for e in mine)),
                 loyalty_tier=touch.loyalty_tier,
+                first_t=mine[0].t,
             )
         )
     state = State(tuple(entries), tuple(sorted(last_alert.items())))
-    return state, Verdict(reentered=tuple(reentered), alerts=tuple(alerts))
+    return state, Verdict(reentered=tuple(reentered), alerts=tuple(alerts), capped=capped)
 
 
 def seeded(state: State, last_alert: dict[str, int], t: int, rules: ReEntryRules) -> State:

@@ -35,8 +35,10 @@ class State:
     # end time and outcome of this customer's previous assisted contact (any matter)
     last_end: int | None = None
     last_outcome: str = ""
-    # new contacts inside the window, oldest first
+    # new contacts inside the window, oldest first (at most `max_evidence` per matter)
     recent: tuple[NewContact, ...] = ()
+    # (matter, event time, severity) of the last alert per matter, while its cooldown runs
+    last_alert: tuple[tuple[str, int, str], ...] = ()
 
 
 @dataclass(slots=True)  # a value (why not frozen: model.py)
@@ -44,6 +46,12 @@ class Verdict:
     repeat: bool = False
     continues: bool = False
     alert: AlertDraft | None = None
+    capped: bool = False  # the matter's contacts reached `max_evidence`: the oldest was let go
+
+
+#: the contacts kept for transfer legs to name, beyond the window's bound
+MAX_CONTACTS = 200
+_SEVERITY = {"medium": 1, "high": 2}
 
 
 NO_VERDICT = Verdict()
@@ -81,23 +89,37 @@ def detect(state: State, touch: Touch, rules: RepeatContactRules, vip_tiers: fro
     continues = continues_previous(state, touch, rules)
     cut = touch.t - rules.window_days * MICROS_PER_DAY
     recent = _from(state.recent, cut, _new_contact_t)
+    # a cooldown that ended can hold back no later alert: dropped, so that equal histories
+    # give equal states (judge stops a replay where the states meet again)
+    cooldown = rules.alert_cooldown_minutes * MICROS_PER_MINUTE
+    last_alert = tuple(a for a in state.last_alert if a[1] > touch.t - cooldown)
     state = State(
-        contacts=(*_from(state.contacts, cut, _contact_t), (touch.event_id, touch.t)),
+        contacts=(*_from(state.contacts, cut, _contact_t)[-MAX_CONTACTS + 1 :], (touch.event_id, touch.t)),
         last_end=touch.t + touch.duration_s * 1_000_000,
         last_outcome=touch.outcome,
         recent=recent,
+        last_alert=last_alert,
     )
     if continues:
         return state, Verdict(continues=True)
     if not touch.matter:  # contacts without a reason are not judged
         return state, NO_VERDICT
     this = NewContact(touch.t, touch.matter, touch.channel, touch.agent_id, touch.event_id)
-    state = State(state.contacts, state.last_end, state.last_outcome, (*recent, this))
-    same = [c for c in state.recent if c.matter == touch.matter]
+    same = [c for c in recent if c.matter == touch.matter]
+    capped = len(same) >= rules.max_evidence
+    if capped:  # the matter's oldest contact makes room
+        oldest = same.pop(0)
+        recent = tuple(c for c in recent if c is not oldest)
+    same.append(this)
+    state = State(state.contacts, state.last_end, state.last_outcome, (*recent, this), last_alert)
     if len(same) < 2:
         return state, NO_VERDICT
     count = len(same)
     severity = "high" if count >= 3 or touch.loyalty_tier in vip_tiers else "medium"
+    previous = next((a for a in last_alert if a[0] == touch.matter), None)
+    if previous is not None and _SEVERITY[severity] <= _SEVERITY[previous[2]]:
+        return state, Verdict(repeat=True, capped=capped)  # flagged; the matter's alert is cooling down
+    state.last_alert = (*(a for a in last_alert if a[0] != touch.matter), (touch.matter, touch.t, severity))
     alert = AlertDraft(
         kind="repeat_contact",
         customer_id=touch.customer_id,
@@ -114,5 +136,6 @@ def detect(state: State, touch: Touch, rules: RepeatContactRules, vip_tiers: fro
         known_in_crm=False,
         evidence=tuple(c.event_id for c in same),
         loyalty_tier=touch.loyalty_tier,
+        first_t=same[0].t,
     )
-    return state, Verdict(repeat=True, alert=alert)
+    return state, Verdict(repeat=True, alert=alert, capped=capped)

@@ -36,7 +36,8 @@ def test_lookup_order_loyalty_then_email_then_phone() -> None:
 def test_anonymous_then_linked_after_a_login() -> None:
     index = dict(INDEX)
     r = resolve(None, Identifiers(anonymous_id="a7"), index.get, SECRET)
-    assert (r.customer_id, r.resolved_by) == ("anon:a7", "anonymous")
+    anon = f"anon:{fingerprint('anonymous_id', 'a7', SECRET)[:16]}"  # keyed: never the raw value
+    assert (r.customer_id, r.resolved_by) == (anon, "anonymous")
     login = resolve(None, Identifiers(anonymous_id="a7", email="ana@example.com"), index.get, SECRET)
     assert login.link_anonymous is not None
     index[login.link_anonymous] = login.customer_id
@@ -111,3 +112,9 @@ def test_the_index_keeps_its_own_writes_over_older_records_read_after_them() -> 
     index._read("fp", "C-new")  # noqa: SLF001 - the write comes back
     index._read("fp", "C-later")  # noqa: SLF001 - a newer record of another worker's
     assert index.get("fp") == "C-later"
+
+
+def test_an_anonymous_id_never_becomes_a_customer_id_raw() -> None:
+    """A producer that puts an email in `anonymous_id` must not send it to ClickHouse."""
+    r = resolve(None, Identifiers(anonymous_id="ana@example.com"), {}.get, SECRET)
+    assert r.customer_id.startswith("anon:") and "ana" not in r.customer_id and "@" not in r.customer_id

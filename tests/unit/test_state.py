@@ -9,6 +9,7 @@ state of a worker that never stopped.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter
 from typing import Any
 
@@ -16,7 +17,17 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.state import Partition, Snapshots, chunk_key, decode_chunk, encode_chunk, manifest_key, newest_complete
+from pipeline.state import (
+    Partition,
+    Snapshots,
+    add_loaded,
+    chunk_key,
+    decode_chunk,
+    encode_chunk,
+    encode_chunks,
+    manifest_key,
+    newest_complete,
+)
 from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import MICROS_PER_DAY, Rules, Touch
 
@@ -223,3 +234,22 @@ def test_a_customer_never_written_in_time_is_taken_after_the_judge_writes_it_out
     monkeypatch.setattr("pipeline.state.DEFER_ROUNDS", 3)
     sends, _, drains = snapshot({"C-2"}, lambda n: None)
     assert customers_in(sends) == [["C-1", "C-3"], ["C-2"]] and drains == 1
+
+
+def test_a_chunk_never_exceeds_the_message_limit_and_a_large_customer_is_joined_again() -> None:
+    """A customer whose state alone is over the limit is spread over several entries, and a
+    load joins them: a snapshot that cannot be sent would leave the partition without one."""
+    rng = random.Random(5)
+    big = CustomerState("C-big")
+    for n in range(400):  # incompressible event ids: about 40 KB compressed in all
+        touch = Touch("C-big", "web", f"w{n}-{rng.getrandbits(400):x}", 1_000_000 * n, "page_view")
+        big, _ = judge(big, touch, Rules(), 0)
+    small = CustomerState("C-small")
+    values = encode_chunks([small, big], limit=8_000)
+    assert len(values) > 2 and all(len(v) <= 8_000 for v, _ in values)
+    loaded: dict[str, CustomerState] = {}
+    for value, _ in values:
+        for state in decode_chunk(value):
+            add_loaded(loaded, state)
+    assert [s.touch.event_id for s in loaded["C-big"].events] == [s.touch.event_id for s in big.events]
+    assert loaded["C-big"].alerts == big.alerts and "C-small" in loaded
