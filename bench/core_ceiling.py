@@ -60,6 +60,7 @@ async def _read_all(settings: Settings, topics: list[str], expected: int) -> lis
 async def core_ceiling(settings: Settings, expected_profiles: int, expected_touchpoints: int) -> dict[str, Any]:
     t = settings.kafka.topics
     vocabulary = frozenset(settings.rules.field_vocabulary)
+    matters = frozenset(settings.rules.matter_vocabulary)
     rules, secret = settings.rules_obj, settings.secret
     index: dict[str, str] = {}
     states: dict[str, CustomerState] = {}
@@ -100,7 +101,8 @@ async def core_ceiling(settings: Settings, expected_profiles: int, expected_touc
             if isinstance(result, Rejected):
                 continue
             res = resolve(result.customer_id, result.identifiers, index.get, secret)
-            touch = to_touch(channel, result, res.customer_id, res.resolved_by, rec.topic, rec.partition, rec.offset)  # type: ignore[arg-type]
+            touch = to_touch(channel, result, res.customer_id, res.resolved_by, rec.topic, rec.partition,  # type: ignore[arg-type]
+                             rec.offset, res.anonymous, matters)  # fmt: skip
             resolved.append((res.customer_id, orjson.dumps(touch.to_row())))
             spent["resolve"] += clock() - t1
         t3 = clock()

@@ -32,6 +32,7 @@ from pipeline.rekey import pack
 from pipeline.source import BatchSource
 from pipeline.state import end_offsets_of
 from processors.identity import profile_fingerprints, resolve
+from processors.model import OTHER_MATTER
 from processors.normalize import to_touch
 from schemas.internal import EraseEnvelope, ProfileEnvelope
 from schemas.profile import ProfileSnapshot
@@ -48,6 +49,7 @@ class ResolveStage:
         s = ctx.settings
         self.topics = s.kafka.topics
         self.vocabulary = frozenset(s.rules.field_vocabulary)
+        self.matters = frozenset(s.rules.matter_vocabulary)
         self.max_future = timedelta(hours=s.worker.max_future_skew_hours)
         self.max_past = timedelta(days=s.worker.max_past_days)
         self.max_bytes = s.worker.max_message_bytes
@@ -210,7 +212,9 @@ class ResolveStage:
             index.apply(res.link_anonymous, res.customer_id)
             entries[res.link_anonymous] = res.customer_id
         touch = to_touch(channel, result, res.customer_id, res.resolved_by, record.topic, record.partition,
-                         record.offset, res.anonymous)  # fmt: skip
+                         record.offset, res.anonymous, self.matters)  # fmt: skip
+        if touch.matter == OTHER_MATTER:
+            self.ctx.stats.counters["matters_unknown"] += 1
         return res.customer_id, orjson.dumps(touch.to_row())
 
     def _profile(self, record: Any, entries: dict[str, str]) -> tuple[str, bytes] | Rejected:

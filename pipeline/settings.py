@@ -30,6 +30,24 @@ FIELD_VOCABULARY = (
     "loyalty_id",
     "payment_card",
 )
+#: matters of contacts (a contact's reason, as a name): the ones an airline's contact centre
+#: sorts its calls into. Configure your own (`rules.matter_vocabulary`).
+MATTER_VOCABULARY = (
+    "baggage_allowance",
+    "lost_luggage",
+    "refund_status",
+    "flight_change",
+    "cancellation",
+    "delay_compensation",
+    "seat_selection",
+    "check_in",
+    "booking_change",
+    "payment",
+    "miles_credit",
+    "loyalty_account",
+    "special_assistance",
+    "complaint",
+)
 
 
 class _Section(BaseModel):
@@ -235,8 +253,10 @@ class RulesSettings(_Section):
         2000, ge=10, le=100_000, description="events kept per customer; the oldest go first"
     )
     field_vocabulary: list[str] = list(FIELD_VOCABULARY)
+    # a contact's matter is one of these, or `other` (counted, never judged as a repeat)
+    matter_vocabulary: list[str] = list(MATTER_VOCABULARY)
 
-    @field_validator("vip_tiers", "field_vocabulary")
+    @field_validator("vip_tiers", "field_vocabulary", "matter_vocabulary")
     @classmethod
     def _lower(cls, v: list[str]) -> list[str]:
         return [s.strip().lower() for s in v]

@@ -45,6 +45,7 @@ _PLAIN = {
     "erasures_completed": "erasure requests completed (rows deleted, receipt written)",
     "idle_customers_dropped": "customers let go after being idle longer than the kept history "
     "(an anonymous or unknown one whole, a CRM customer's events)",
+    "matters_unknown": "contacts whose reason is not in rules.matter_vocabulary (matter `other`, not judged)",
     "customer_caps_hit": "touchpoints whose customer reached a per-customer cap (events kept, evidence listed)",
     "loop_stalls": "times the event loop was held for more than 100 ms (every stage and heartbeat waited)",
     "profile_wait_timeouts": "batches of touchpoints resolved before other workers' CRM profiles were indexed "

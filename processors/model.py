@@ -12,6 +12,9 @@ MICROS_PER_DAY = 24 * 3600 * MICROS_PER_SECOND
 
 #: web types that are assisted contacts (call-centre events always are)
 WEB_CONTACT_TYPES = frozenset({"contact_form", "chat"})
+#: the matter of a contact whose reason is not in the configured vocabulary: counted, never
+#: judged as a repeat (two reasons we cannot name are not known to be the same matter)
+OTHER_MATTER = "other"
 
 # The values of the judging path (Touch, the detectors' states and verdicts, alert drafts)
 # are plain slots dataclasses that no code changes after making them. They are not

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
-from processors.model import MICROS_PER_SECOND, WEB_CONTACT_TYPES, Touch
+from processors.model import MICROS_PER_SECOND, OTHER_MATTER, WEB_CONTACT_TYPES, Touch
 from schemas.touchpoints import BookingEvent, Channel, ContactEvent, Touchpoint, WebEvent
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -17,6 +18,19 @@ def to_micros(ts: datetime) -> int:
 
 def from_micros(us: int) -> datetime:
     return datetime.fromtimestamp(us // MICROS_PER_SECOND, tz=UTC).replace(microsecond=us % MICROS_PER_SECOND)
+
+
+_SEPARATORS = re.compile(r"[\s\-/.]+")
+
+
+def matter_of(reason: str, vocabulary: frozenset[str] | None) -> str:
+    """A contact's matter: its reason as a name of the vocabulary ("Baggage Allowance" ->
+    baggage_allowance), or `other`. Free text never reaches the timeline or the alerts: a
+    customer's own words can hold anything. No vocabulary: the reason lower-cased."""
+    name = _SEPARATORS.sub("_", reason.strip().lower()).strip("_")
+    if vocabulary is None:
+        return reason.strip().lower()
+    return name if name in vocabulary else OTHER_MATTER
 
 
 def place_of(channel: Channel, event: Touchpoint) -> str:
@@ -40,6 +54,7 @@ def to_touch(
     partition: int = -1,
     offset: int = -1,
     anonymous: str = "",
+    matters: frozenset[str] | None = None,
 ) -> Touch:
     is_contact = isinstance(event, ContactEvent) or (isinstance(event, WebEvent) and event.type in WEB_CONTACT_TYPES)
     reason = getattr(event, "reason", None)
@@ -49,7 +64,7 @@ def to_touch(
         event_id=event.event_id,
         t=to_micros(event.occurred_at),
         type=event.type,
-        matter=reason.strip().lower() if (is_contact and reason) else "",
+        matter=matter_of(reason, matters) if (is_contact and reason) else "",
         place=place_of(channel, event),
         agent_id=(event.agent_id or "") if isinstance(event, ContactEvent) else "",
         fields=tuple(dict.fromkeys(event.fields or ())),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import TypeVar
 
-from processors.model import MICROS_PER_DAY, MICROS_PER_MINUTE, AlertDraft, RepeatContactRules, Touch
+from processors.model import MICROS_PER_DAY, MICROS_PER_MINUTE, OTHER_MATTER, AlertDraft, RepeatContactRules, Touch
 
 T = TypeVar("T")
 
@@ -102,7 +102,7 @@ def detect(state: State, touch: Touch, rules: RepeatContactRules, vip_tiers: fro
     )
     if continues:
         return state, Verdict(continues=True)
-    if not touch.matter:  # contacts without a reason are not judged
+    if not touch.matter or touch.matter == OTHER_MATTER:  # contacts without a named matter are not judged
         return state, NO_VERDICT
     this = NewContact(touch.t, touch.matter, touch.channel, touch.agent_id, touch.event_id)
     same = [c for c in recent if c.matter == touch.matter]

@@ -34,14 +34,14 @@ EXTRA = [
     _ev(BK, "kb1", "2026-03-09T08:00:00Z", "booking_created", "K-1", booking_ref="R1"),
     _ev(BK, "kb2", "2026-03-09T08:00:00Z", "booking_created", "K-2", booking_ref="R2"),
     _ev(BK, "kb3", "2026-03-09T08:00:00Z", "booking_created", "K-3", booking_ref="R3"),
-    _ev(CC, "k1", "2026-03-10T09:00:00Z", "call", "K-1", reason="refund", agent_id="A-1", outcome="unresolved"),
+    _ev(CC, "k1", "2026-03-10T09:00:00Z", "call", "K-1", reason="refund_status", agent_id="A-1", outcome="unresolved"),
     _ev(W, "kf1", "2026-03-11T09:00:00Z", "form_submit", "K-1", form="profile/edit", fields=["address"]),
-    _ev(CC, "k2", "2026-03-12T09:00:00Z", "call", "K-1", reason="refund", agent_id="A-2", outcome="resolved"),
-    _ev(W, "k3", "2026-03-16T09:00:00Z", "contact_form", "K-2", reason="refund"),
+    _ev(CC, "k2", "2026-03-12T09:00:00Z", "call", "K-1", reason="refund_status", agent_id="A-2", outcome="resolved"),
+    _ev(W, "k3", "2026-03-16T09:00:00Z", "contact_form", "K-2", reason="refund_status"),
     _ev(BK, "kb4", "2026-03-20T07:00:00Z", "checkin_started", "K-1", step="checkin/apis", fields=["address"]),
     _ev(BK, "kb5", "2026-03-20T07:10:00Z", "checkin_completed", "K-1"),
     _ev(BK, "kb6", "2026-03-21T07:00:00Z", "checkin_started", "K-2"),
-    _ev(CC, "k4", "2026-03-30T09:00:00Z", "call", "K-2", reason="refund", agent_id="A-1", outcome="resolved"),
+    _ev(CC, "k4", "2026-03-30T09:00:00Z", "call", "K-2", reason="refund_status", agent_id="A-1", outcome="resolved"),
 ]
 
 #: What every kit query must return on this dataset, worked out by hand from the contract's
@@ -50,13 +50,13 @@ EXPECTED: dict[str, list[tuple[Any, ...]]] = {
     "repeat_rate_and_fcr_by_matter_week": [
         ("2026-03-02", "baggage_allowance", 4, 2, 0.5, 0.5, 0),
         ("2026-03-02", "seat_selection", 1, 0, 0.0, 1.0, 0),
-        ("2026-03-09", "refund", 2, 1, 0.5, 0.5, 0),
-        ("2026-03-16", "refund", 1, 0, 0.0, 1.0, 0),
-        ("2026-03-30", "refund", 1, 0, 0.0, 1.0, 1),
+        ("2026-03-09", "refund_status", 2, 1, 0.5, 0.5, 0),
+        ("2026-03-16", "refund_status", 1, 0, 0.0, 1.0, 0),
+        ("2026-03-30", "refund_status", 1, 0, 0.0, 1.0, 1),
     ],
     "one_contact_resolution": [
         ("baggage_allowance", 4, 0.5, 3, 0.6667),
-        ("refund", 4, 0.75, 3, 0.6667),
+        ("refund_status", 4, 0.75, 3, 0.6667),
         ("seat_selection", 1, 1.0, 1, 1.0),
     ],
     "re_entry_rate_by_field_and_place": [
@@ -74,7 +74,7 @@ EXPECTED: dict[str, list[tuple[Any, ...]]] = {
     ],
     "time_between_repeat_contacts": [
         ("baggage_allowance", 2, 34.96, 13.75, 56.17),
-        ("refund", 1, 48.0, 48.0, 48.0),
+        ("refund_status", 1, 48.0, 48.0, 48.0),
     ],
     "agents_most_often_repeated": [
         ("A-12", 1, 1, 1.0),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.decode import Rejected, decode_profile, decode_touchpoint
-from pipeline.settings import FIELD_VOCABULARY, Topics
+from pipeline.settings import FIELD_VOCABULARY, MATTER_VOCABULARY, Topics
 from processors.identity import profile_fingerprints, resolve
 from processors.judge import AlertVersion, CustomerState, Profile, RowVersion, apply_profile, judge
 from processors.model import Rules
@@ -26,6 +26,7 @@ STORY = ROOT / "scenarios" / "airline_story.jsonl"
 EXPECTED = ROOT / "scenarios" / "airline_story.expected.json"
 SECRET = b"test-secret"
 TOPICS = Topics()
+MATTERS = frozenset(MATTER_VOCABULARY)
 
 
 def load_lines(path: Path = STORY) -> list[dict[str, Any]]:
@@ -90,7 +91,7 @@ def run_pure(lines: Iterable[dict[str, Any]], rules: Rules | None = None) -> Pur
         if res.link_anonymous:
             index[res.link_anonymous] = res.customer_id
         st = states.setdefault(res.customer_id, CustomerState(res.customer_id))
-        touch = to_touch(channel, ev, res.customer_id, res.resolved_by)  # type: ignore[arg-type]
+        touch = to_touch(channel, ev, res.customer_id, res.resolved_by, matters=MATTERS)  # type: ignore[arg-type]
         _, verdict = judge(st, touch, rules, now_us=0)
         out.duplicates += verdict.duplicate
         out.row_versions.extend(verdict.rows)

@@ -51,4 +51,4 @@ def test_kpi_view_on_18_16(server: tuple[Any, str]) -> None:
         f"SELECT matter, sum(contacts), sum(repeat_contacts), sum(repeat_contact_alerts) FROM {db}.kpi_daily_view "
         "WHERE matter != '' GROUP BY matter ORDER BY matter"
     )
-    assert rows == [("baggage_allowance", 4, 2, 2), ("refund", 4, 1, 1), ("seat_selection", 1, 0, 0)]
+    assert rows == [("baggage_allowance", 4, 2, 2), ("refund_status", 4, 1, 1), ("seat_selection", 1, 0, 0)]

@@ -53,8 +53,8 @@ def test_report_renders_charts_tables_and_numbers(tmp_path: Path) -> None:
     # cards: 20 touchpoints, 5 customers, 9 new contacts, 3 of them repeats
     assert "20 touchpoints" in text and "5 customers" in text and "9 new contacts" in text
     assert "33.3% repeat rate" in text and "6 touchpoints with re-entered data" in text
-    # the OCR table: refund 4 contacts, OCR 75%, FCR (calls) 66.7%
-    assert "refund 4 75.0% 3 66.7%" in text
+    # the OCR table: refund_status 4 contacts, OCR 75%, FCR (calls) 66.7%
+    assert "refund_status 4 75.0% 3 66.7%" in text
     assert "C-1042 gold 2 5 4 4" in text
     assert "web:profile/edit" not in text  # places without re-entries are left out of that table
     Path(tmp_path / "report.html").write_text(report.html)

@@ -202,3 +202,16 @@ def test_an_event_id_is_unique_per_channel_only_and_duplicates_are_caught_after_
     assert judge(state, call, rules, now)[1].duplicate
     state, again = judge(state, contact("e1", 20 * D, channel="web"), rules, now)
     assert not again.duplicate  # a web "e1" inside the kept history: a new touchpoint
+
+
+def test_a_contacts_matter_is_a_name_of_the_vocabulary_or_other() -> None:
+    """A reason is free text a customer or agent typed: only names of the vocabulary reach the
+    timeline and the alerts, and `other` is never judged as a repeat."""
+    from processors.normalize import matter_of
+
+    vocabulary = frozenset({"baggage_allowance", "refund_status"})
+    assert matter_of(" Baggage Allowance ", vocabulary) == "baggage_allowance"
+    assert matter_of("refund-status", vocabulary) == "refund_status"
+    assert matter_of("my email is ana@example.com, call me", vocabulary) == "other"
+    rows, alerts = run([contact("c1", 0 * D, "other"), contact("c2", D, "other")])
+    assert not alerts and not any(rows.values())

@@ -41,7 +41,7 @@ def test_kpi_view_counts_each_touchpoint_once(client: ChdbClient) -> None:
         "SELECT matter, sum(contacts), sum(repeat_contacts), sum(repeat_contact_alerts) FROM cem.kpi_daily_view "
         "WHERE matter != '' GROUP BY matter ORDER BY matter"
     )
-    assert rows == [("baggage_allowance", 4, 2, 2), ("refund", 4, 1, 1), ("seat_selection", 1, 0, 0)]
+    assert rows == [("baggage_allowance", 4, 2, 2), ("refund_status", 4, 1, 1), ("seat_selection", 1, 0, 0)]
     ((touchpoints,),) = client.execute("SELECT sum(touchpoints) FROM cem.kpi_daily_view")
     ((distinct,),) = client.execute("SELECT count() FROM cem.timeline")
     assert touchpoints == distinct == 20
