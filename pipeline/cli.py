@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import SecretStr
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.settings import ConfigError, Settings, load_settings
@@ -32,16 +33,32 @@ app.add_typer(dlq_app, name="dlq")
 clickhouse_app = typer.Typer(help="ClickHouse users and access.", no_args_is_help=True)
 app.add_typer(clickhouse_app, name="clickhouse")
 # Logs and CI are not terminals: give tables room instead of rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True)
+# Text from data (event ids, summaries, reasons) is printed through escape(): rich would read
+# "[...]" in it as markup (and fail on "[/]"), and ":name:" as an emoji code.
+console = Console(width=None if sys.stdout.isatty() else 140, emoji=False)
+err = Console(stderr=True, emoji=False)
 
 
 def settings() -> Settings:
     try:
         return load_settings()
     except ConfigError as e:
-        err.print(f"[red]config error[/red]: {e}")
+        err.print(f"[red]config error[/red]: {escape(str(e))}")
         raise typer.Exit(2) from None
+
+
+def fingerprint_secret_checked(s: Settings) -> None:
+    """Exit if the development fingerprint secret is used outside the local stack; warn on it."""
+    try:
+        s.check_fingerprint_secret()
+    except ConfigError as e:
+        err.print(f"[red]config error[/red]: {escape(str(e))}")
+        raise typer.Exit(2) from None
+    if s.privacy.dev_secret:
+        err.print(
+            "[yellow]warning[/]: privacy.fingerprint_secret is the development default; it is accepted only while "
+            "Kafka and ClickHouse are on this machine. Set your own (CEM_PRIVACY__FINGERPRINT_SECRET)"
+        )
 
 
 @config_app.command("check")
@@ -49,6 +66,7 @@ def config_check() -> None:
     """Validate the configuration and print it, secrets hidden."""
     s = settings()
     console.print_json(json.dumps(s.redacted()))
+    fingerprint_secret_checked(s)
 
 
 @topics_app.command("create")
@@ -106,11 +124,11 @@ def erase(
     try:
         receipt = request_erasure(s, customer_id, by or default_requester(), timeout)
     except TimeoutError as e:
-        err.print(f"[red]{e}[/]")
+        err.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(1) from None
     r = receipt.removed
-    console.print(f"erased customer {customer_id} (request {receipt.request_id}, subject {receipt.subject})")
-    console.print(f"  requested by {receipt.requested_by} at {receipt.requested_at:%Y-%m-%d %H:%M:%S} UTC")
+    console.print(escape(f"erased customer {customer_id} (request {receipt.request_id}, subject {receipt.subject})"))
+    console.print(escape(f"  requested by {receipt.requested_by} at {receipt.requested_at:%Y-%m-%d %H:%M:%S} UTC"))
     console.print(f"  completed at {receipt.completed_at:%Y-%m-%d %H:%M:%S} UTC, verified: {receipt.verified}")
     console.print(
         f"  removed: stream state {r.customer_state}, identity entries {r.identity_entries}, "
@@ -140,7 +158,7 @@ def clickhouse_users(
     try:
         users = users_from(ch)
     except UsersError as e:
-        err.print(f"[red]config error[/]: {e}")
+        err.print(f"[red]config error[/]: {escape(str(e))}")
         raise typer.Exit(2) from None
     if show is not None:
         print(users_xml(users, db, nets) if show == "xml" else ";\n".join(users_sql(users, db, nets)) + ";")
@@ -161,7 +179,7 @@ def clickhouse_users(
         target = xml_dir / "cem-users.xml"
         target.write_text(users_xml(users, db, nets))
         target.chmod(0o640)
-        console.print(f"wrote {target}; waiting for the server to load it")
+        console.print(escape(f"wrote {target}; waiting for the server to load it"))
     deadline = time.monotonic() + 30
     for u in users:
         while True:  # 18.16 reloads its users config every few seconds
@@ -172,7 +190,7 @@ def clickhouse_users(
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        console.print(f"  {u.role:8} {u.name}: can log in")
+        console.print(escape(f"  {u.role:8} {u.name}: can log in"))
 
 
 @dlq_app.command("list")
@@ -185,9 +203,10 @@ def dlq_list(reason: Annotated[str | None, typer.Option(help="Only this reason."
     letters = read_dead_letters(settings(), reason)
     for x in letters:
         line = x.to_line()
-        console.print(f"  {line['source']:40} [bold]{x.reason}[/] {line['detail']}")
+        source = f"{line['source']:40}"
+        console.print(f"  {escape(source)} [bold]{escape(x.reason)}[/] {escape(line['detail'])}")
     counts = Counter(x.reason for x in letters)
-    console.print(f"{len(letters)} dead letter(s): " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    console.print(escape(f"{len(letters)} dead letter(s): " + ", ".join(f"{k} {v}" for k, v in counts.most_common())))
 
 
 @dlq_app.command("export")
@@ -195,29 +214,33 @@ def dlq_export(
     out: Annotated[Path, typer.Argument(help="JSON lines to edit, then `cem dlq replay --file`.")],
     reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
 ) -> None:
-    """Write dead letters to a file, one {topic, key, value, reason, ...} per line, to fix by hand."""
+    """Write dead letters to a file (readable by you only: it holds raw input), one
+    {topic, key, value, reason, ...} per line, to fix by hand."""
     from pipeline.deadletter import export, read_dead_letters
 
     n = export(read_dead_letters(settings(), reason), out)
-    console.print(f"wrote {n} dead letter(s) to {out}")
+    console.print(escape(f"wrote {n} dead letter(s) to {out} (mode 600)"))
 
 
 @dlq_app.command("replay")
 def dlq_replay(
     file: Annotated[Path | None, typer.Option("--file", help="An edited export: send its fixed values.")] = None,
     reason: Annotated[str | None, typer.Option(help="Without --file: replay only this reason.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Also send to topics other than the channel topics (e.g. the CRM topic).")
+    ] = False,
 ) -> None:
-    """Re-feed dead letters: fixed ones from a file, or the originals after fixing the cause."""
-    from pipeline.admin import producer, send_all
-    from pipeline.deadletter import read_dead_letters, read_fixed, replay_originals
+    """Re-feed dead letters to the channel topics: fixed ones from a file, or the originals after
+    fixing the cause. Messages for any other topic are refused, all of them, unless --force."""
+    from pipeline.deadletter import ReplayRefused, originals, read_dead_letters, read_fixed, replay
 
     s = settings()
-    if file is not None:
-        prod = producer(s)
-        n = send_all(prod, read_fixed(file))
-        prod.close()
-    else:
-        n = replay_originals(s, read_dead_letters(s, reason))
+    records = read_fixed(file) if file is not None else originals(read_dead_letters(s, reason))
+    try:
+        n = replay(s, records, force)
+    except ReplayRefused as e:
+        err.print(f"[red]refused[/]: {escape(str(e))}")
+        raise typer.Exit(2) from None
     console.print(f"replayed {n} message(s)")
 
 
@@ -227,8 +250,8 @@ def kit_list() -> None:
     from sinks.clickhouse.kit import QUERIES_DIR, queries
 
     for q in queries().values():
-        console.print(f"  [bold]{q.name}[/]\n      {q.question}")
-    console.print(f"\nSQL files: {QUERIES_DIR}")
+        console.print(f"  [bold]{escape(q.name)}[/]\n      {escape(q.question)}")
+    console.print(escape(f"\nSQL files: {QUERIES_DIR}"))
 
 
 @kit_app.command("run")
@@ -243,18 +266,18 @@ def kit_run(
     s = settings()
     qs = kit.queries()
     if name not in qs:
-        err.print(f"[red]no query {name!r}[/]; one of: {', '.join(qs)}")
+        err.print(f"[red]no query {escape(repr(name))}[/]; one of: {escape(', '.join(qs))}")
         raise typer.Exit(2)
     params = kit.default_params(s.clickhouse.database, s.rules.repeat_contact.window_days)
     if show_sql:
         print(qs[name].render(**params))
         return
     columns, rows = kit.run(connect(s.clickhouse.as_role("analyst")), qs[name], **params)
-    table = Table(title=qs[name].question, title_justify="left")
+    table = Table(title=escape(qs[name].question), title_justify="left")
     for col in columns:
-        table.add_column(col)
+        table.add_column(escape(col))
     for row in rows:
-        table.add_row(*(str(v) for v in row))
+        table.add_row(*(escape(str(v)) for v in row))
     console.print(table)
 
 
@@ -273,7 +296,7 @@ def report(
         connect(s.clickhouse.as_role("analyst")), s.clickhouse.database, s.rules.repeat_contact.window_days
     )
     out.write_text(result.html)
-    console.print(f"wrote {out} ({result.charts} charts, {len(result.html) // 1024} KiB)")
+    console.print(escape(f"wrote {out} ({result.charts} charts, {len(result.html) // 1024} KiB)"))
 
 
 @app.command()
@@ -296,6 +319,7 @@ def worker(
     # the lag probe reconnects every few seconds; its connection chatter is not news
     logging.getLogger("kafka").setLevel(logging.WARNING)
     s = settings()
+    fingerprint_secret_checked(s)
     # Wrong credentials never heal: say so now rather than retry forever. (An unreachable
     # ClickHouse is different: the worker holds back and retries until it returns.)
     preflight(s)
@@ -363,7 +387,7 @@ def timeline(customer_id: str, limit: Annotated[int, typer.Option(help="Rows at 
 
 
 def render_timeline(customer_id: str, rows: list[tuple[Any, ...]]) -> Table:
-    table = Table(title=f"Experience timeline of {customer_id}", show_lines=False)
+    table = Table(title=escape(f"Experience timeline of {customer_id}"), show_lines=False)
     for col in ("time (UTC)", "channel", "what happened", "friction", "event"):
         table.add_column(col)
     for at, channel, typ, matter, place, agent, fields, friction, reentered, resolved_by, event_id in rows:
@@ -376,9 +400,11 @@ def render_timeline(customer_id: str, rows: list[tuple[Any, ...]]) -> Table:
         if "repeat_contact" in friction:
             marks.append("[bold red]REPEAT CONTACT[/]")
         if "re_entry" in friction:
-            marks.append(f"[bold yellow]RE-ENTERED {', '.join(reentered)}[/]")
+            marks.append(f"[bold yellow]RE-ENTERED {escape(', '.join(reentered))}[/]")
         ident = "" if resolved_by == "customer_id" else f" (by {resolved_by})"
-        table.add_row(f"{at:%Y-%m-%d %H:%M}", channel, what, " ".join(marks) or "-", event_id + ident)
+        table.add_row(
+            f"{at:%Y-%m-%d %H:%M}", escape(channel), escape(what), " ".join(marks) or "-", escape(event_id + ident)
+        )
     return table
 
 
@@ -404,7 +430,9 @@ def alerts_tail(
     try:
         match = Match(kind=kind, min_severity=min_severity, tier=tier, matter=matter, customer=customer)
     except ValidationError as e:
-        err.print(f"[red]bad filter[/]: {e.errors(include_url=False)[0]['loc'][0]}: {e.errors()[0]['msg']}")
+        first = e.errors(include_url=False)[0]
+        problem = f"{first['loc'][0]}: {first['msg']}"
+        err.print(f"[red]bad filter[/]: {escape(problem)}")
         raise typer.Exit(2) from None
     topic = s.kafka.topics.alerts
     from pipeline.admin import consumer as kafka_consumer
@@ -436,16 +464,18 @@ def alerts_tail(
 
 
 def render_alert(alert: Any) -> str:
+    """Rich markup for one alert; every value from the alert is escaped."""
     color = "red" if alert.severity == "high" else "yellow"
     tag = "[green]RETRACTED[/] " if alert.status == "retracted" else ""
-    lines = [f"{alert.occurred_at:%Y-%m-%d %H:%M} [{color}]{alert.severity:6}[/] {tag}{alert.summary}"]
+    severity = escape(f"{alert.severity:6}")
+    lines = [f"{alert.occurred_at:%Y-%m-%d %H:%M} [{color}]{severity}[/] {tag}{escape(alert.summary)}"]
     ctx = alert.context
     for c in ctx.previous_contacts:
         who = f"agent {c.agent_id}" if c.agent_id else "self-service"
-        lines.append(f"      earlier: {c.at:%m-%d %H:%M} {c.channel} {c.matter} {who} -> {c.outcome or '-'}")
+        lines.append(escape(f"      earlier: {c.at:%m-%d %H:%M} {c.channel} {c.matter} {who} -> {c.outcome or '-'}"))
     if ctx.fields_given:
         given = ", ".join(f"{f.field} at {f.place} x{f.times}" for f in ctx.fields_given[:6])
-        lines.append(f"      already gave: {given}")
+        lines.append(escape(f"      already gave: {given}"))
     return "\n".join(lines)
 
 
@@ -459,13 +489,14 @@ def alerts_routes(
     try:
         cfg = load_alerts_config(config or DEFAULT_ALERTS_CONFIG)
     except ConfigError as e:
-        err.print(f"[red]config error[/]: {e}")
+        err.print(f"[red]config error[/]: {escape(str(e))}")
         raise typer.Exit(2) from None
     for route in cfg.routes:
         crit = {k: v for k, v in route.match.model_dump().items() if v is not None} or "every alert"
-        console.print(f"  [bold]{route.name}[/]  match {crit}")
+        console.print(f"  [bold]{escape(route.name)}[/]  match {escape(str(crit))}")
         for dest_id, dest in zip(route.destination_ids(), route.to, strict=True):
-            console.print(f"      -> {dest_id}: {dest.type} {getattr(dest, 'url', '') or getattr(dest, 'topic', '')}")
+            where = getattr(dest, "url", "") or getattr(dest, "topic", "")
+            console.print(escape(f"      -> {dest_id}: {dest.type} {where}"))
 
 
 @alerts_app.command("deliver")
@@ -484,7 +515,7 @@ def alerts_deliver(
     try:
         cfg = load_alerts_config(config or DEFAULT_ALERTS_CONFIG)
     except ConfigError as e:
-        err.print(f"[red]config error[/]: {e}")
+        err.print(f"[red]config error[/]: {escape(str(e))}")
         raise typer.Exit(2) from None
     run_delivery(s, cfg)
 
@@ -503,7 +534,7 @@ def generate(
         for line in gen(customers, seed):
             fh.write(json.dumps(line) + "\n")
             n += 1
-    console.print(f"wrote {n} lines to {out}")
+    console.print(escape(f"wrote {n} lines to {out}"))
 
 
 @app.command()
@@ -520,14 +551,24 @@ def demo(
 
 
 def main() -> None:
+    import logging
+
+    from clickhouse_driver.errors import NetworkError
+
     from pipeline.admin import KafkaUnavailable
-    from sinks.clickhouse.client import ClickHouseUnavailable
+    from sinks.clickhouse.client import ClickHouseUnavailable, tls_problem
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # clickhouse-driver logs a failed connection with its traceback; where nothing else
+    # handles logs (a short command, before the worker sets up its own), the sentence below says it
+    logging.getLogger("clickhouse_driver").addHandler(logging.NullHandler())
     try:
         app()
     except (KafkaUnavailable, ClickHouseUnavailable) as e:  # a sentence, not a traceback
-        err.print(f"[red]error[/]: {e}")
+        err.print(f"[red]error[/]: {escape(str(e))}")
+        sys.exit(3)
+    except NetworkError as e:
+        err.print(f"[red]error[/]: {escape(tls_problem(e) or f'ClickHouse: {e}')}")
         sys.exit(3)
 
 

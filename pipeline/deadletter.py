@@ -4,13 +4,20 @@ Each dead letter is the original message (key and bytes) with headers saying why
 (`cem.error.reason`, `cem.error.field`, `cem.error.detail`) and where from
 (`cem.source.topic`, `cem.source.partition`, `cem.source.offset`). Replaying is safe: a
 touchpoint already processed is a duplicate and is dropped; one still invalid lands here again.
+
+Dead letters hold raw input (personal data), so an export is readable by its owner only; and
+a replay goes to the channel topics only unless forced: a header or an edited file naming the
+CRM topic or an internal one would otherwise let it rewrite profiles, erase customers or
+forge the identity index.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,21 +71,46 @@ def read_dead_letters(settings: Settings, reason: str | None = None) -> list[Dea
 
 
 def export(letters: Iterable[DeadLetter], path: Path) -> int:
+    """Write the letters to `path` (0600 whatever the umask, also when it existed)."""
     n = 0
-    with path.open("w") as fh:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
         for letter in letters:
             fh.write(json.dumps(letter.to_line()) + "\n")
             n += 1
     return n
 
 
-def replay_originals(settings: Settings, letters: Iterable[DeadLetter]) -> int:
-    """Send the original bytes back to their source topic (after fixing the cause elsewhere)."""
-    recs = [Record(x.source_topic, x.key, x.value) for x in letters if x.source_topic]
+class ReplayRefused(Exception):
+    """A replay would write to topics other than the channel topics."""
+
+
+def check_targets(settings: Settings, records: Sequence[Record], force: bool = False) -> None:
+    """Refuse the whole replay if any record goes elsewhere than a channel topic (unless forced)."""
+    channels = set(settings.kafka.topics.channels)
+    elsewhere = Counter(r.topic for r in records if r.topic not in channels)
+    if elsewhere and not force:
+        listed = ", ".join(f"{topic} ({n})" for topic, n in sorted(elsewhere.items()))
+        raise ReplayRefused(
+            f"refusing to replay {sum(elsewhere.values())} message(s) to topics other than the channel topics "
+            f"({', '.join(sorted(channels))}): {listed}; nothing was sent. Pass --force to send them anyway"
+        )
+
+
+def replay(settings: Settings, records: Sequence[Record], force: bool = False) -> int:
+    """Send the records, all or none: each must go to a channel topic unless forced."""
+    check_targets(settings, records, force)
     prod = producer(settings)
-    n = send_all(prod, recs)
-    prod.close()
-    return n
+    try:
+        return send_all(prod, records)
+    finally:
+        prod.close()
+
+
+def originals(letters: Iterable[DeadLetter]) -> list[Record]:
+    """The original bytes, for their source topic (to re-send after fixing the cause elsewhere)."""
+    return [Record(x.source_topic, x.key, x.value) for x in letters if x.source_topic]
 
 
 def read_fixed(path: Path) -> list[Record]:

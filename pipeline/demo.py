@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -96,7 +97,9 @@ def run_demo(settings: Settings, story: Path, customers: int, console: Console) 
     try:
         wait_worker_ready(proc, settings.worker.web_port)
         console.print(f"   worker ready (log: {log_path})")
-        console.print(f"[bold]3.[/] Feeding the airline story ({story.name}) and {customers} generated customers")
+        console.print(
+            f"[bold]3.[/] Feeding the airline story ({escape(story.name)}) and {customers} generated customers"
+        )
         prod = producer(settings)
         records = list(read_jsonl(story, settings))
         workload_path = Path(".local/demo-workload.jsonl")
@@ -156,19 +159,19 @@ def _summary(settings: Settings, ch: Any, console: Console, stats: dict[str, Any
     dlq = consumer_lag(settings, [settings.kafka.topics.deadletter])  # no group reads it: lag = size
     console.print(
         f"   [bold]{rows}[/] touchpoints in the timeline for [bold]{customers}[/] customers "
-        f"({', '.join(f'{c}: {n}' for c, n in by_channel)})"
+        f"({escape(', '.join(f'{c}: {n}' for c, n in by_channel))})"
     )
     console.print(f"   flagged: {flagged[0]} repeat contacts, {flagged[1]} touchpoints with re-entered data")
     console.print(
         f"   dead-letter topic: {dlq.total} invalid message(s) "
-        f"(this run: {', '.join(f'{k}: {v}' for k, v in stats.get('deadletter', {}).items()) or 'none'}); "
+        f"(this run: {escape(', '.join(f'{k}: {v}' for k, v in stats.get('deadletter', {}).items())) or 'none'}); "
         f"duplicates dropped this run: {stats.get('duplicates', 0)}  (.venv/bin/cem dlq list)"
     )
     table = Table(title="Open friction alerts", title_justify="left")
     for col in ("kind", "severity", "count"):
         table.add_column(col)
     for kind, severity, count in alerts:
-        table.add_row(kind, severity, str(count))
+        table.add_row(escape(kind), escape(severity), str(count))
     table.add_row("(retracted by late events)", "", str(retracted))
     console.print(table)
     from pipeline.cli import render_timeline
@@ -185,7 +188,7 @@ def _summary(settings: Settings, ch: Any, console: Console, stats: dict[str, Any
         {"c": STORY_CUSTOMER},
     )
     if example:
-        console.print(f"   example alert: [italic]{example[0][0]}[/]")
+        console.print(f"   example alert: [italic]{escape(example[0][0])}[/]")
     console.print("   [bold]next[/]")
     console.print("     ops:       .venv/bin/cem alerts tail --from-beginning")
     console.print("     analysts:  .venv/bin/cem kit list   (ready SQL: repeat rate, FCR/OCR, re-entry by place, ...)")

@@ -17,6 +17,18 @@ from faust.types.auth import CredentialsT
 from pipeline.settings import KafkaSettings, Settings
 
 
+class Hidden(str):
+    """A password that every client library uses as the string it is, but whose repr is
+    masked. kafka-python logs a client's whole configuration at DEBUG ("Starting
+    KafkaAdminClient with configuration: {...}"), and a dict shows its values' repr; so does
+    any other log line or error that quotes a configuration dict."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'**********'"
+
+
 def servers(k: KafkaSettings) -> list[str]:
     return [h.strip() for h in k.bootstrap_servers.split(",")]
 
@@ -42,7 +54,7 @@ def kafka_python(k: KafkaSettings) -> dict[str, Any]:
         out |= {
             "sasl_mechanism": sec.sasl_mechanism,
             "sasl_plain_username": sec.username,
-            "sasl_plain_password": sec.password.get_secret_value(),
+            "sasl_plain_password": Hidden(sec.password.get_secret_value()),
         }
     return out
 
@@ -80,7 +92,7 @@ def faust_credentials(k: KafkaSettings) -> CredentialsT | None:
     if sec.sasl:
         return SASLCredentials(
             username=sec.username,
-            password=sec.password.get_secret_value(),
+            password=Hidden(sec.password.get_secret_value()),
             ssl_context=ssl_context(k),
             mechanism=sec.sasl_mechanism,
         )

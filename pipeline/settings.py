@@ -8,14 +8,16 @@ without copying the file. A bad value is reported by its dotted name (`kafka.par
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from processors.model import ReEntryRules, RepeatContactRules, Rules
 
@@ -139,11 +141,32 @@ class ClickHouseSettings(_Section):
     # Reads only (`cem kit`, `cem report`, `cem timeline`); empty: the worker's user.
     analyst_user: str = ""
     analyst_password: SecretStr = SecretStr("")
+    # TLS on the native protocol: `port` is then the server's tcp_port_secure (9440 by default)
+    secure: bool = False
+    ca_certs: Path | None = Field(None, description="CA bundle (PEM) that signed the server's certificate")
+    verify: bool = Field(True, description="check the server's certificate and host name (secure only)")
+    certfile: Path | None = Field(None, description="client certificate (PEM), for mutual TLS only")
+    keyfile: Path | None = Field(None, description="client private key (PEM), for mutual TLS only")
     connect_timeout_s: float = Field(5.0, gt=0)
     send_receive_timeout_s: float = Field(60.0, gt=0)
     # 0 keeps rows forever; otherwise timeline and alert rows expire this long after
     # occurred_at (needs ClickHouse >= 20.1: `cem migrate` reports it when the server is older)
     retention_days: int = Field(0, ge=0, le=36500)
+
+    @model_validator(mode="after")
+    def _tls(self) -> ClickHouseSettings:
+        for name in ("ca_certs", "certfile", "keyfile"):
+            path = getattr(self, name)
+            if path is None:
+                continue
+            # a CA or certificate given without TLS would be silently ignored: plaintext
+            if not self.secure:
+                raise ValueError(f"{name} is set but secure is false: set secure: true to use TLS")
+            if not Path(path).is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together (mutual TLS)")
+        return self
 
     def as_role(self, role: Literal["writer", "eraser", "admin", "analyst"]) -> ClickHouseSettings:
         """These settings with the credentials of one role (falling back to the writer's)."""
@@ -276,10 +299,20 @@ class RulesSettings(_Section):
         )
 
 
+# Published on purpose (hence the noqa), so accepted only on the local stack
+# (Settings.check_fingerprint_secret).
+DEV_FINGERPRINT_SECRET = "cem-pipeline-dev-secret-change-me"  # noqa: S105
+
+
 class PrivacySettings(_Section):
     # Salt of the identifier fingerprints. Change it for production: with the default an
     # attacker who knows an email can test whether it is in the identity index.
-    fingerprint_secret: SecretStr = SecretStr("cem-pipeline-dev-secret-change-me")
+    fingerprint_secret: SecretStr = SecretStr(DEV_FINGERPRINT_SECRET)
+
+    @property
+    def dev_secret(self) -> bool:
+        """The fingerprint secret is the published development default."""
+        return self.fingerprint_secret.get_secret_value() == DEV_FINGERPRINT_SECRET
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -298,7 +331,7 @@ class _YamlSource(PydanticBaseSettingsSource):
         try:
             data = yaml.safe_load(self.path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{self.path}: not valid YAML: {e}") from e
+            raise yaml_error(self.path, e) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{self.path}: top level must be a mapping")
         return data
@@ -306,6 +339,17 @@ class _YamlSource(PydanticBaseSettingsSource):
 
 class ConfigError(Exception):
     """A configuration problem, worded for the person who wrote the config."""
+
+
+def yaml_error(path: Path, e: yaml.YAMLError) -> ConfigError:
+    """What is wrong with a YAML file and where, without the lines around it: PyYAML's own
+    message quotes the offending line, which may hold a password."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        what = "; ".join(x for x in (e.context, e.problem) if x)
+        return ConfigError(f"{path}{where}: not valid YAML: {what or 'cannot be parsed'}")
+    return ConfigError(f"{path}: not valid YAML")
 
 
 class Settings(BaseSettings):
@@ -337,17 +381,83 @@ class Settings(BaseSettings):
     def secret(self) -> bytes:
         return self.privacy.fingerprint_secret.get_secret_value().encode()
 
+    @property
+    def remote_hosts(self) -> list[str]:
+        """The Kafka and ClickHouse hosts that are not this machine (loopback)."""
+        hosts = [_host_of(server) for server in self.kafka.bootstrap_servers.split(",")]
+        return [h for h in dict.fromkeys([*hosts, self.clickhouse.host]) if not _loopback(h)]
+
+    def check_fingerprint_secret(self) -> None:
+        """Refuse the development fingerprint secret outside the local stack: whoever knows it
+        (it is published) can test any email or phone against the identity index and the
+        receipts. The local stack (Kafka and ClickHouse on loopback) may use it."""
+        if self.privacy.dev_secret and self.remote_hosts:
+            raise ConfigError(
+                "privacy.fingerprint_secret is the development default, and Kafka or ClickHouse is not on this "
+                f"machine ({', '.join(self.remote_hosts)}): set your own secret "
+                "(CEM_PRIVACY__FINGERPRINT_SECRET, e.g. from `openssl rand -hex 32`)"
+            )
+
     def redacted(self) -> dict[str, Any]:
         """The effective config with secrets hidden (`cem config check`)."""
-        return self.model_dump(mode="json")  # SecretStr dumps as '**********'
+        out = self.model_dump(mode="json")  # SecretStr dumps as '**********'
+        if self.privacy.dev_secret:
+            out["privacy"]["fingerprint_secret"] += " (the development default)"
+        return out
+
+
+def _host_of(server: str) -> str:
+    """The host of `host`, `host:port`, `[v6]:port` or a bare IPv6 address."""
+    server = server.strip()
+    if server.startswith("["):
+        return server[1:].partition("]")[0]
+    if server.count(":") == 1:
+        return server.partition(":")[0]
+    return server
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# Keys whose values are never printed: passwords, secrets, tokens, keys, credentials, and
+# URLs (webhook URLs and DSNs carry tokens and passwords).
+SECRET_LOOKING = re.compile(r"pass|pwd|secr|token|key|cred|auth|salt|private|cert|sign|url|uri|dsn|hook", re.I)
+
+
+def _may_be_secret(err: Any) -> bool:
+    """An unknown key is often a misspelt one (`pasword`, `fingerprint_secrt`), so its value
+    may be secret whatever its name; so may any value under a secret-looking key."""
+    return err["type"] == "extra_forbidden" or any(SECRET_LOOKING.search(str(part)) for part in err["loc"])
+
+
+def _shown_input(err: Any) -> str:
+    """' (got <value>)', or '' for a value that may be secret, or that is or stands for a
+    section or list (which may hold one)."""
+    value = err.get("input")
+    if err["type"] in ("missing", "model_type", "model_attributes_type", "dict_type", "list_type"):
+        return ""
+    if _may_be_secret(err) or not isinstance(value, str | int | float):
+        return ""
+    text = repr(value)
+    return f" (got {text})" if len(text) <= 80 else ""
 
 
 def describe_errors(e: ValidationError, title: str = "invalid configuration") -> ConfigError:
-    """One line per problem, each naming the dotted key, for the person who wrote the config."""
+    """One line per problem, each naming the dotted key, for the person who wrote the config.
+    Values are quoted only where they cannot be secret (`_shown_input`)."""
     problems = []
     for err in e.errors(include_url=False):
         name, msg = ".".join(str(p) for p in err["loc"]), err["msg"]
-        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        got = _shown_input(err)
+        value = err.get("input")
+        if _may_be_secret(err) and isinstance(value, str) and value and value in msg:  # a message quoting it
+            msg = msg.replace(value, "...")
         if msg.startswith("Value error, "):
             msg, got = msg.removeprefix("Value error, "), ""
             if not name:  # validators of the whole settings word their errors "<key>: <why>"
@@ -362,3 +472,10 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as e:
         raise describe_errors(e) from None
+    except SettingsError as e:  # a CEM_* variable for a list or a section that is not JSON
+        found = re.search(r'field "(\w+)"', str(e))
+        section = found.group(1) if found else "?"
+        raise ConfigError(
+            f"invalid configuration:\n  {section}: a CEM_{section.upper()}__... variable is not valid JSON "
+            "(lists and sections set from the environment are written in JSON)"
+        ) from None

@@ -18,6 +18,11 @@
 #   CEM_KAFKA_SCRAM_USERS "admin:secret cem:secret2": SCRAM users created when the storage is
 #                         formatted; the first one is the broker's own (inter-broker) user
 # The readiness check then connects with CEM_KAFKA__SECURITY__* (see config/cem.yaml).
+#
+# ClickHouse with a TLS port for the native protocol (clickhouse.secure), beside the plain one:
+#   CEM_CLICKHOUSE_TLS_DIR  directory with server.pem (certificate chain) and server.key; the
+#                           certificate must name 127.0.0.1
+#   CEM_CLICKHOUSE_TLS_PORT (19440) the server's tcp_port_secure
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +33,7 @@ KAFKA_PORT="${CEM_KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${CEM_KAFKA_CONTROLLER_PORT:-19093}"
 CH_PORT="${CEM_CLICKHOUSE_PORT:-19000}"
 CH_HTTP_PORT="${CEM_CLICKHOUSE_HTTP_PORT:-18123}"
+CH_TLS_PORT="${CEM_CLICKHOUSE_TLS_PORT:-19440}"
 KAFKA_HEAP="${CEM_KAFKA_HEAP:-768m}"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
@@ -128,6 +134,15 @@ PROPS
 start_clickhouse() {
   if alive "$(ch_pid)"; then log "clickhouse already running (pid $(ch_pid)) on 127.0.0.1:$CH_PORT"; return; fi
   local dir="$STACK_DIR/clickhouse"; mkdir -p "$dir/data" "$dir/tmp" "$dir/log" "$dir/users.d" "$dir/user_files" "$dir/format_schemas"
+  local tls=""
+  if [ -n "${CEM_CLICKHOUSE_TLS_DIR:-}" ]; then
+    [ -f "$CEM_CLICKHOUSE_TLS_DIR/server.pem" ] && [ -f "$CEM_CLICKHOUSE_TLS_DIR/server.key" ] \
+      || die "CEM_CLICKHOUSE_TLS_DIR needs server.pem and server.key"
+    # 18.16 reads its TLS settings from <openSSL><server>; clients check the certificate, the
+    # server asks for none (verificationMode none)
+    tls="<tcp_port_secure>$CH_TLS_PORT</tcp_port_secure>
+  <openSSL><server><certificateFile>$CEM_CLICKHOUSE_TLS_DIR/server.pem</certificateFile><privateKeyFile>$CEM_CLICKHOUSE_TLS_DIR/server.key</privateKeyFile><verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile><cacheSessions>true</cacheSessions><disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols><preferServerCiphers>true</preferServerCiphers></server></openSSL>"
+  fi
   cat > "$dir/config.xml" <<XML
 <?xml version="1.0"?>
 <yandex>
@@ -135,6 +150,7 @@ start_clickhouse() {
   <listen_host>127.0.0.1</listen_host>
   <tcp_port>$CH_PORT</tcp_port>
   <http_port>$CH_HTTP_PORT</http_port>
+  $tls
   <path>$dir/data/</path>
   <tmp_path>$dir/tmp/</tmp_path>
   <user_files_path>$dir/user_files/</user_files_path>
@@ -155,7 +171,7 @@ XML
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </yandex>
 XML
-  log "starting clickhouse $(clickhouse-client --version 2>/dev/null | grep -oE '[0-9]+(\.[0-9]+)+' | head -1) on 127.0.0.1:$CH_PORT (http $CH_HTTP_PORT)"
+  log "starting clickhouse $(clickhouse-client --version 2>/dev/null | grep -oE '[0-9]+(\.[0-9]+)+' | head -1) on 127.0.0.1:$CH_PORT (http $CH_HTTP_PORT${tls:+, tls $CH_TLS_PORT})"
   nohup clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 &
   echo $! > "$STACK_DIR/clickhouse.pid"
 }
@@ -192,7 +208,7 @@ case "${1:-}" in
   down) stop_pid kafka; stop_pid clickhouse ;;
   status)
     if alive "$(kafka_pid)"; then echo "kafka       running  pid $(kafka_pid)  127.0.0.1:$KAFKA_PORT  ($KAFKA_VERSION)"; else echo "kafka       stopped"; fi
-    if alive "$(ch_pid)"; then echo "clickhouse  running  pid $(ch_pid)  127.0.0.1:$CH_PORT http:$CH_HTTP_PORT"; else echo "clickhouse  stopped"; fi ;;
+    if alive "$(ch_pid)"; then echo "clickhouse  running  pid $(ch_pid)  127.0.0.1:$CH_PORT http:$CH_HTTP_PORT${CEM_CLICKHOUSE_TLS_DIR:+ tls:$CH_TLS_PORT}"; else echo "clickhouse  stopped"; fi ;;
   wipe) "$0" down; rm -rf "$STACK_DIR" ;;
   # one service at a time (fault tests and maintenance)
   kafka-stop) stop_pid kafka ;;

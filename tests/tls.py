@@ -1,4 +1,4 @@
-"""A throwaway certificate authority and a broker certificate for 127.0.0.1 (TLS tests)."""
+"""A throwaway certificate authority and a server certificate for 127.0.0.1 (TLS tests)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ def _name(cn: str) -> x509.Name:
 
 def make_ca_and_broker_cert(folder: Path) -> Path:
     """Write ca.pem, broker.pem (chain) and broker.key (PKCS#8) into `folder`; return it."""
+    return make_ca_and_cert(folder, "broker")
+
+
+def make_ca_and_cert(folder: Path, name: str) -> Path:
+    """Write ca.pem, <name>.pem (chain) and <name>.key (PKCS#8) into `folder`; return it."""
     import ipaddress
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,8 +60,8 @@ def make_ca_and_broker_cert(folder: Path) -> Path:
     )
     pem = serialization.Encoding.PEM
     (folder / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (folder / "broker.pem").write_bytes(cert.public_bytes(pem) + ca.public_bytes(pem))
-    (folder / "broker.key").write_bytes(
+    (folder / f"{name}.pem").write_bytes(cert.public_bytes(pem) + ca.public_bytes(pem))
+    (folder / f"{name}.key").write_bytes(
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return folder

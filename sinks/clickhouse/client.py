@@ -3,6 +3,7 @@ tasks, so each user (agent, CLI command) makes its own."""
 
 from __future__ import annotations
 
+import re
 import weakref
 from typing import Any
 
@@ -53,14 +54,34 @@ def connect(cfg: ClickHouseSettings, database: str | None = None) -> Client:
         database=database or cfg.database,
         connect_timeout=cfg.connect_timeout_s,
         send_receive_timeout=cfg.send_receive_timeout_s,
+        secure=cfg.secure,
+        verify=cfg.verify,
+        ca_certs=None if cfg.ca_certs is None else str(cfg.ca_certs),
+        certfile=None if cfg.certfile is None else str(cfg.certfile),
+        keyfile=None if cfg.keyfile is None else str(cfg.keyfile),
         # a query is not cancelled when its client dies: bound it server-side
         settings={"max_execution_time": int(cfg.send_receive_timeout_s)},
     )
 
 
+def tls_problem(e: Exception) -> str | None:
+    """One sentence for a failed TLS handshake (which never heals by retrying), else None."""
+    said = str(e)
+    if "SSL" not in said:
+        return None
+    reason = re.search(r"\[SSL: ([A-Z0-9_]+)\]", said)
+    where = re.search(r"\(([^()]+:\d+)\)$", said)
+    return (
+        f"ClickHouse at {where.group(1) if where else 'the configured host'}: TLS handshake failed "
+        f"({reason.group(1) if reason else 'no reason given'}): check clickhouse.ca_certs (the CA that signed "
+        "the server's certificate), clickhouse.verify, and that clickhouse.port is the server's secure port"
+    )
+
+
 def check_credentials(cfg: ClickHouseSettings) -> None:
-    """Raise ClickHouseUnavailable if the server refuses these credentials. A server that
-    does not answer passes: callers that write retry until it is back."""
+    """Raise ClickHouseUnavailable if the server refuses these credentials or its TLS
+    certificate. A server that does not answer passes: callers that write retry until it is
+    back."""
     client = connect(cfg)
     try:
         client.execute("SELECT 1")
@@ -73,7 +94,12 @@ def check_credentials(cfg: ClickHouseSettings) -> None:
                 "check the clickhouse user and password settings (the password is never printed)"
             ) from None
         raise
-    except (NetworkError, Error):
+    except NetworkError as e:
+        problem = tls_problem(e)
+        if problem:
+            raise ClickHouseUnavailable(problem) from None
+        return
+    except Error:
         return
     finally:
         client.disconnect()

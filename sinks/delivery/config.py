@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.settings import ConfigError, describe_errors
+from pipeline.settings import ConfigError, describe_errors, yaml_error
 from schemas.alert import FrictionAlert
 
 SEVERITY_RANK = {"medium": 1, "high": 2}
@@ -125,7 +125,7 @@ def load_alerts_config(path: Path = DEFAULT_ALERTS_CONFIG) -> AlertsConfig:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise yaml_error(path, e) from None
     try:
         return AlertsConfig.model_validate(data)
     except ValidationError as e:

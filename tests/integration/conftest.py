@@ -26,6 +26,7 @@ from pipeline.admin import create_topics
 from pipeline.settings import Settings, Topics, load_settings
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
+from tests.tls import make_ca_and_cert
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_ENV = {
@@ -34,6 +35,10 @@ STACK_ENV = {
     "CEM_KAFKA_CONTROLLER_PORT": os.environ.get("CEM_TEST_KAFKA_CONTROLLER_PORT", "29093"),
     "CEM_CLICKHOUSE_PORT": os.environ.get("CEM_TEST_CLICKHOUSE_PORT", "29000"),
     "CEM_CLICKHOUSE_HTTP_PORT": os.environ.get("CEM_TEST_CLICKHOUSE_HTTP_PORT", "28123"),
+    # ClickHouse also serves TLS (tests/integration/test_clickhouse_tls.py), with a CA and
+    # certificate the session makes
+    "CEM_CLICKHOUSE_TLS_PORT": os.environ.get("CEM_TEST_CLICKHOUSE_TLS_PORT", "29440"),
+    "CEM_CLICKHOUSE_TLS_DIR": str(ROOT / ".local" / "test-stack" / "clickhouse-tls"),
 }
 
 
@@ -49,6 +54,7 @@ def stack() -> Iterator[dict[str, str]]:
     # start from empty data: what earlier sessions left (gigabytes after a few fault runs)
     # slows every broker start, and a broker restarted mid-test must come back in time
     subprocess.run([str(ROOT / "scripts" / "stack.sh"), "wipe"], env=env, check=True)
+    make_ca_and_cert(Path(STACK_ENV["CEM_CLICKHOUSE_TLS_DIR"]), "server")
     subprocess.run([str(ROOT / "scripts" / "stack.sh"), "up"], env=env, check=True)
     yield STACK_ENV
     subprocess.run([str(ROOT / "scripts" / "stack.sh"), "down"], env=env, check=False)

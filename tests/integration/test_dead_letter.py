@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import stat
 
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline.admin import Record, producer, send_all, wait_until_processed
+from pipeline.admin import Record, end_offsets, producer, send_all, wait_until_processed
 from pipeline.admin import read_to_end as read_topic
 from tests.integration.conftest import Namespace
 
@@ -97,3 +98,48 @@ def test_input_that_can_never_be_written_does_not_stop_the_partition(space: Name
     too_large = dict(dead["too_large"].headers)
     assert int(too_large["cem.error.truncated"]) == len(huge) and len(dead["too_large"].value) < len(huge)
     assert space.stats()["clickhouse_rows_refused"] == 1
+
+
+def test_dlq_commands_replay_to_the_channel_topics_only_and_export_for_the_owner_only(space: Namespace) -> None:
+    """Dead letters as the worker writes them (headers naming the source); no worker needed."""
+    s, t = space.settings, space.settings.kafka.topics
+
+    letters = [
+        (t.callcenter, "invalid_field", "duration_s: [/] not a [bold]number[/]", json.dumps(VALID).encode()),
+        (t.profiles, "missing_field", "updated_at", b'{"customer_id": "C-7", "version": 2}'),
+    ]
+    prod = producer(s)
+    for source, reason, detail, value in letters:
+        headers = [("cem.error.reason", reason.encode()), ("cem.error.field", b""),
+                   ("cem.error.detail", detail.encode()), ("cem.source.topic", source.encode()),
+                   ("cem.source.partition", b"0"), ("cem.source.offset", b"0")]  # fmt: skip
+        prod.send(t.deadletter, key=b"k", value=value, headers=headers)
+    prod.flush()
+    prod.close()
+
+    def sizes() -> dict[str, int]:
+        return {topic: sum(end_offsets(s, topic).values()) for topic in (t.callcenter, t.profiles, t.identity)}
+
+    before = sizes()
+    listed = space.cem("dlq", "list", check=False)
+    assert listed.returncode == 0, listed.stderr
+    assert "duration_s: [/] not a [bold]number[/]" in listed.stdout and "2 dead letter(s)" in listed.stdout
+
+    export = space.tmp / "dlq.jsonl"
+    assert space.cem("dlq", "export", str(export)).returncode == 0
+    assert stat.S_IMODE(export.stat().st_mode) == 0o600
+    assert len(export.read_text().splitlines()) == 2
+
+    refused = space.cem("dlq", "replay", check=False)
+    assert refused.returncode == 2 and f"{t.profiles} (1)" in " ".join(refused.stderr.split()), refused.stderr
+    forged = space.tmp / "forged.jsonl"
+    forged.write_text(json.dumps({"topic": t.identity, "key": "fp:email:x", "value": "C-7"}) + "\n")
+    refused = space.cem("dlq", "replay", "--file", str(forged), check=False)
+    assert refused.returncode == 2 and f"{t.identity} (1)" in " ".join(refused.stderr.split()), refused.stderr
+    assert sizes() == before  # all or nothing: not even the channel letter went
+
+    assert "replayed 1" in space.cem("dlq", "replay", "--reason", "invalid_field").stdout
+    assert "replayed 2" in space.cem("dlq", "replay", "--force").stdout
+    after = sizes()
+    assert after[t.callcenter] == before[t.callcenter] + 2 and after[t.profiles] == before[t.profiles] + 1
+    assert after[t.identity] == before[t.identity]

@@ -194,6 +194,65 @@ def test_wrong_credentials_fail_fast_with_a_clear_error(story: Namespace) -> Non
     assert "not-the-password" not in r.stdout + r.stderr
 
 
+def test_the_sasl_password_stays_out_of_the_kafka_clients_debug_logs(
+    secure_kafka: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every kind of client cem builds, at DEBUG, through the SASL_SSL broker: kafka-python
+    logs an admin client's whole configuration at DEBUG."""
+    import asyncio
+    import io
+    import logging
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from kafka.admin import NewTopic
+
+    from pipeline import kafka_config
+    from pipeline.admin import admin_client, ensure_topics
+    from pipeline.settings import load_settings
+
+    for key, value in secure_kafka.items():
+        monkeypatch.setenv(key, value)
+    s = load_settings()
+    password = s.kafka.security.password.get_secret_value()
+    topic = f"debug-log-{uuid.uuid4().hex[:8]}"
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("kafka", "aiokafka")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.DEBUG)
+        log.addHandler(handler)
+    try:
+        ensure_topics(s, [NewTopic(topic, 1, 1)])
+        admin = admin_client(s)
+        assert topic in admin.list_topics()
+        admin.close()
+        prod = producer(s)
+        send_all(prod, [Record(topic, b"k", b"v")])
+        prod.close()
+        assert [r.value for r in read_to_end(s, topic)] == [b"v"]
+
+        async def with_aiokafka() -> None:
+            p = AIOKafkaProducer(**kafka_config.aiokafka(s.kafka))
+            await p.start()
+            await p.send_and_wait(topic, b"w")
+            await p.stop()
+            c = AIOKafkaConsumer(topic, **kafka_config.aiokafka(s.kafka), auto_offset_reset="earliest")
+            await c.start()
+            await c.getmany(timeout_ms=2000)
+            await c.stop()
+
+        asyncio.run(with_aiokafka())
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.removeHandler(handler)
+            log.setLevel(level)
+    logged = out.getvalue()
+    assert "Starting KafkaAdminClient with configuration" in logged and "sasl_plain_password" in logged
+    assert password not in logged
+
+
 def test_config_check_hides_every_secret(story: Namespace) -> None:
     r = story.cem("config", "check")
     s = story.settings
