@@ -138,6 +138,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(t.alerts, n, rf),
         # one receipt per erasure request, kept for good (compaction keeps the last per request)
         NewTopic(t.erasure_receipts, 1, rf, topic_configs={"cleanup.policy": "compact"}),
+        # the eraser's work: kept as long as the internal topic, so that an eraser away that long loses nothing
+        NewTopic(t.erasures, 1, rf, topic_configs={"retention.ms": str(k.internal_retention_days * 86_400_000)}),
         NewTopic(t.deadletter, n, rf, topic_configs={"retention.ms": dlq_ms}),
     ]
 

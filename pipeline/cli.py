@@ -323,8 +323,7 @@ def worker(
     # Wrong credentials never heal: say so now rather than retry forever. (An unreachable
     # ClickHouse is different: the worker holds back and retries until it returns.)
     preflight(s)
-    check_credentials(s.clickhouse)
-    check_credentials(s.clickhouse.as_role("eraser"))
+    check_credentials(s.clickhouse)  # the writer only: erasure is `cem eraser`'s, with its own role
     pipeline = Pipeline(s)
     memory.tune()
     worker = faust.Worker(pipeline.app, loglevel=loglevel)
@@ -518,6 +517,34 @@ def alerts_deliver(
         err.print(f"[red]config error[/]: {escape(str(e))}")
         raise typer.Exit(2) from None
     run_delivery(s, cfg)
+
+
+@app.command()
+def eraser(
+    config: Annotated[
+        Path | None, typer.Option(help="The alert routing file whose delivery ledger erasures clean.")
+    ] = None,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Finish erasures: delete the customers' ClickHouse rows as the eraser role (which the
+    worker never holds), clean the delivery ledger, write the receipts. Run one beside the workers."""
+    import logging
+
+    from pipeline.eraser import run_eraser
+    from sinks.clickhouse.client import check_credentials
+    from sinks.delivery.config import DEFAULT_ALERTS_CONFIG, load_alerts_config
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    s = settings()
+    path = config or DEFAULT_ALERTS_CONFIG
+    try:
+        ledger = load_alerts_config(path).delivery.ledger_topic if path.exists() else None
+    except ConfigError as e:
+        err.print(f"[red]config error[/]: {escape(str(e))}")
+        raise typer.Exit(2) from None
+    check_credentials(s.clickhouse.as_role("eraser"))
+    run_eraser(s, *([ledger] if ledger else []))
 
 
 @app.command()

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -41,15 +41,13 @@ from pipeline.decode import Rejected
 from pipeline.failpoints import failpoint
 from pipeline.outputs import MESSAGE_BYTES, Sends
 from pipeline.state import Partition, Snapshots, load, read_states
-from processors.identity import fingerprint
 from processors.judge import AlertVersion, CustomerState, Profile, apply_profile, judge, links
 from processors.model import Touch
 from schemas.alert import AlertContext
-from schemas.erasure import ErasureReceipt, Removed
+from schemas.erasure import ErasureJob
 from schemas.internal import ENVELOPE, ITEM, EraseEnvelope, PackEnvelope, ProfileEnvelope, TouchEnvelope
 from sinks.alerts import to_alert
 from sinks.clickhouse.client import connect
-from sinks.clickhouse.erasure import delete_customer, find_receipt, insert_receipt
 from sinks.clickhouse.writer import (
     TIMELINE_COLUMNS,
     ClickHouseSink,
@@ -397,20 +395,38 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             self._index(out, entries)
 
     async def _erasure(self, out: Pending, part: Partition, env: EraseEnvelope, silent: bool) -> None:
-        """Forget the customer: state and identity entries. What came before it is written
-        first, so that the deletion in ClickHouse covers it; what comes after is not deleted."""
+        """Forget the customer: state and identity entries, then hand the rest to the eraser
+        (`cem eraser`: ClickHouse rows, the delivery ledger, the receipt), which has the
+        credentials for it. What came before it is written first, so that the deletion covers
+        it; what comes after is not deleted."""
         cid = env.customer_id
-        had_state = part.customers.pop(cid, None) is not None
+        state = part.customers.pop(cid, None)
         if silent:
             return
         # the partition's next snapshot replaces those that still hold the customer: soon
         part.touches_since += 1
         part.snapshot_at = 0.0
         owned = {fp for fp, owner in self.ctx.index.data.items() if owner == cid}
+        fingerprints = set(owned)
+        if state is not None:
+            fingerprints |= links(state.events) | set(state.profile.fingerprints if state.profile else ())
         self._index(out, dict.fromkeys(owned))
         self.ctx.stats.profiles["erased"] += 1
+        job = ErasureJob(
+            request_id=env.request_id, customer_id=cid, requested_by=env.requested_by,
+            requested_at=datetime.fromisoformat(env.requested_at), fingerprints=sorted(fingerprints),
+            customer_state=int(state is not None), identity_entries=len(owned),
+        )  # fmt: skip
         await self._drain()
-        await self.ctx.retrying("erasure", self._erase, env, had_state, len(owned))
+
+        # Only now: the rows before the erasure are in ClickHouse, so its deletion covers them.
+        # A crash before the next commit applies the erasure again: the eraser takes a job twice.
+        async def hand_over() -> None:
+            sends = self.ctx.sends()
+            await sends.send(self.topics.erasures, job.model_dump_json().encode(), key=env.request_id.encode())
+            await sends.done()
+
+        await self.ctx.retrying("hand the erasure to the eraser", hand_over)
 
     def _unlink(self, out: Pending, cid: str, fingerprints: tuple[str, ...]) -> None:
         """Anonymous ids the customer's kept events no longer carry: their links to the
@@ -613,44 +629,6 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         cfg = self.ctx.settings.clickhouse
         self._sink = ClickHouseSink(connect(cfg, cfg.database), cfg.database)
         return self._sink
-
-    async def _erase(self, env: EraseEnvelope, had_state: bool, identity_entries: int) -> None:
-        """Delete the customer's rows in ClickHouse, wait until they are gone, then record and
-        publish the receipt. Idempotent: a request seen again keeps its first receipt."""
-        cfg, secret = self.ctx.settings.clickhouse, self.ctx.settings.secret
-
-        def run() -> ErasureReceipt:
-            client = connect(cfg.as_role("eraser"))
-            try:
-                before = delete_customer(client, cfg.database, env.customer_id)
-                receipt = find_receipt(client, cfg.database, env.request_id)
-                if receipt is None:
-                    receipt = ErasureReceipt(
-                        request_id=env.request_id,
-                        subject=fingerprint("customer_id", env.customer_id, secret),
-                        requested_by=env.requested_by,
-                        requested_at=datetime.fromisoformat(env.requested_at),
-                        completed_at=datetime.now(UTC),
-                        removed=Removed(
-                            customer_state=int(had_state),
-                            identity_entries=identity_entries,
-                            timeline_rows=before["timeline_versions"],
-                            alert_rows=before["friction_alert_versions"],
-                        ),
-                        verified=True,
-                    )
-                    insert_receipt(client, cfg.database, receipt)
-                return receipt
-            finally:
-                client.disconnect()
-
-        receipt = await asyncio.to_thread(run)
-        sends = self.ctx.sends()
-        topic = self.ctx.settings.kafka.topics.erasure_receipts
-        await sends.send(topic, receipt.model_dump_json().encode(), key=env.request_id.encode())
-        await sends.done()
-        self.ctx.stats.counters["erasures_completed"] += 1
-        log.info("erasure %s done: %s", env.request_id, receipt.removed.model_dump())
 
 
 @dataclass

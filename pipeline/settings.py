@@ -64,6 +64,8 @@ class Topics(_Section):
     alerts: str = "cem.friction.alerts"
     deadletter: str = "cem.deadletter"
     erasure_receipts: str = "cem.erasure.receipts"
+    # internal: erasures the judge has done its part of, for the eraser (`cem eraser`) to finish
+    erasures: str = "cem.internal.erasures"
     # internal: touchpoints and profile updates re-keyed by customer (see docs/architecture.md)
     by_customer: str = "cem.internal.by-customer"
     # internal: identifier fingerprint -> customer id, compacted, read in full by every worker

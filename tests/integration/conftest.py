@@ -125,6 +125,19 @@ class Namespace:
             assert time.monotonic() < deadline, f"worker not ready:\n{self.worker_log()[-4000:]}"
             time.sleep(0.3)
 
+    def start_eraser(self, env: dict[str, str] | None = None, *args: str) -> subprocess.Popen[bytes]:
+        """Start `cem eraser` (erasures are finished there, with the eraser role); logs to eraser.log."""
+        log = (self.tmp / "eraser.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "eraser", *args],
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self.procs.append(proc)
+        return proc
+
     def stats(self, proc: subprocess.Popen[bytes] | None = None) -> dict[str, Any]:
         import json
 

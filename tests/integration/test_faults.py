@@ -76,7 +76,7 @@ def feed(space: Namespace, wl: Workload, upto: float = 1.0) -> int:
         for line in wl.lines
         if line["topic"] == "cem.crm.profiles"
     )
-    workers = [p for p in space.procs if p.poll() is None]
+    workers = [p for p in space.procs if p.poll() is None and p.pid in space.ports]
     counts: list[int] = []
 
     def everyone_holds_them() -> bool:

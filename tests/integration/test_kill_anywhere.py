@@ -268,6 +268,7 @@ def kill_anywhere(space: Namespace, exp: Expected, kills: list[Kill], others: in
         part.insert(0 if k == 0 else len(part) // 2, tombstone)
     feeder = Feeder(space, slices)
     feeder.start()
+    space.start_eraser()
     started = time.monotonic()
     print(f"\nkill anywhere (seed {SEED}): {len(profiles)} profiles, {len(touches)} touchpoints, "
           f"{len(tombstones)} erasures, {len(kills)} kills")  # fmt: skip

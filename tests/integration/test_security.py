@@ -97,7 +97,10 @@ def secure(
 
 @pytest.fixture(scope="module")
 def story(secure: Namespace) -> Namespace:
-    secure.start_worker()
+    # The worker never logs in as the eraser (on 18.16 that role may run DDL): with a wrong
+    # eraser password it runs as it should, and `cem eraser` does the erasures.
+    secure.start_worker(env={"CEM_CLICKHOUSE__ERASER_PASSWORD": "not-the-eraser-password"})
+    secure.start_eraser()
     result = secure.cem("produce", str(STORY), "--wait-profiles", check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     wait_until_processed(secure.settings, timeout_s=120)

@@ -134,8 +134,9 @@ def test_a_field_list_holding_a_value_is_rejected_without_quoting_it() -> None:
     kw: Any = {"vocabulary": frozenset(FIELD_VOCABULARY), "now": now, "max_future": now - now, "max_bytes": 10_000}
     got: Any = decode_touchpoint("web", raw, **kw)
     assert got.field == "fields.0" and "ana@example.com" not in got.describe()
+    # a value that looks like a name is not quoted either: a surname looks like one
     got = decode_touchpoint("web", raw.replace(b"ana@example.com", b"shoe_size"), **kw)
-    assert "'shoe_size' is not in the field vocabulary" in got.describe()
+    assert got.field == "fields.0" and "shoe_size" not in got.describe()
 
 
 def test_erasure_deletes_one_customer_waits_and_keeps_one_receipt(tmp_path: Path) -> None:
