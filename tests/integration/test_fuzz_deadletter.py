@@ -21,6 +21,7 @@ from tests.integration.conftest import Namespace
 pytestmark = pytest.mark.faults
 MALFORMED = 10_000
 VALID = 2_000
+HUGE = 5
 
 BASE = {
     "web": {"type": "form_submit", "form": "checkin/passenger-details", "fields": ["passport_number"]},
@@ -41,6 +42,10 @@ KINDS = {
     "unknown_type": (("type", "teleport"), "invalid_field", "type"),
     "no_offset": (("occurred_at", "2026-03-02T10:00:00"), "invalid_field", "occurred_at"),
     "far_future": (("occurred_at", "2099-01-01T00:00:00Z"), "invalid_field", "occurred_at"),
+    # before ClickHouse's DateTime, or older than worker.max_past_days: its row could never be written
+    "before_1970": (("occurred_at", "1969-07-20T20:17:00Z"), "invalid_field", "occurred_at"),
+    "year_one": (("occurred_at", "0001-01-01T00:00:00+00:00"), "invalid_field", "occurred_at"),
+    "too_old": (("occurred_at", "2015-06-01T00:00:00Z"), "invalid_field", "occurred_at"),
     "nobody": (("customer_id", ...), "invalid_field", "customer_id"),
     "oversized": ("oversize", "too_large", ""),
     "invalid_utf8": ("utf8", "invalid_utf8", ""),
@@ -61,6 +66,8 @@ def break_event(event: dict[str, Any], how: Any, rnd: random.Random) -> bytes:
         return json.dumps([event]).encode()
     if how == "oversize":
         return json.dumps({**event, "note": "x" * 300_000}).encode()
+    if how == "hugeish":
+        return json.dumps({**event, "note": "x" * 1_000_000}).encode()
     if how == "utf8":
         return (
             json.dumps(event)
@@ -97,7 +104,7 @@ def test_fuzzed_input_goes_to_the_dead_letter_topic_with_reasons(space: Namespac
     worker = space.start_worker()
     messages: list[tuple[Record, tuple[str, str] | None]] = []
     for i in range(MALFORMED):
-        # kinds and channels cycle (14 and 3 are coprime: every pair occurs); hypothesis draws
+        # kinds and channels cycle (17 and 3 are coprime: every pair occurs); hypothesis draws
         # the seeds that decide how each message is broken (where JSON is cut, and so on)
         kind = kinds[i % len(kinds)]
         channel = sorted(BASE)[i % len(BASE)]
@@ -106,6 +113,9 @@ def test_fuzzed_input_goes_to_the_dead_letter_topic_with_reasons(space: Namespac
         how, reason, field = KINDS[kind]
         raw = break_event(valid_event(channel, 100_000 + i, f"F-{i % 500}"), how, rnd)
         messages.append((Record(getattr(topics, channel), f"bad-{i}".encode(), raw), (reason, field)))
+    for i in range(HUGE):  # too large for their dead-letter copy to go whole: it is cut
+        raw = break_event(valid_event("web", 200_000 + i, "F-huge"), "hugeish", random.Random(i))
+        messages.append((Record(topics.web, f"huge-{i}".encode(), raw), ("too_large", "")))
     for i in range(VALID):
         channel = sorted(BASE)[i % 3]
         raw = json.dumps(valid_event(channel, i, f"V-{i % 400}")).encode()
@@ -124,11 +134,13 @@ def test_fuzzed_input_goes_to_the_dead_letter_topic_with_reasons(space: Namespac
         h = {k: v.decode() for k, v in rec.headers}
         got[(rec.key, (h["cem.error.reason"], h["cem.error.field"]))] += 1
         assert h["cem.source.topic"] in (topics.web, topics.callcenter, topics.booking)
+        if rec.key.startswith(b"huge-"):
+            assert int(h["cem.error.truncated"]) > len(rec.value)
     assert got == expected  # each malformed message once, with the reason naming its field
     ((rows,),) = space.ch().execute(f"SELECT count() FROM {space.db}.timeline")
     assert rows == VALID  # every valid one processed
     assert worker.poll() is None and space.stats(worker)["ready"]  # and the worker never restarted
-    assert sum(space.stats(worker)["events_in"].values()) == MALFORMED + VALID
+    assert sum(space.stats(worker)["events_in"].values()) == MALFORMED + HUGE + VALID
 
     # an operator fixes the naive timestamps by hand and replays them
     export = space.tmp / "dlq.jsonl"
