@@ -454,7 +454,7 @@ def alerts_routes(
     config: Annotated[Path | None, typer.Option(help="Routing file (default config/alerts.yaml).")] = None,
 ) -> None:
     """Validate config/alerts.yaml and list its routes."""
-    from sinks.delivery.config import DEFAULT_ALERTS_CONFIG, load_alerts_config
+    from sinks.delivery.config import DEFAULT_ALERTS_CONFIG, WebhookDestination, load_alerts_config
 
     try:
         cfg = load_alerts_config(config or DEFAULT_ALERTS_CONFIG)
@@ -465,7 +465,10 @@ def alerts_routes(
         crit = {k: v for k, v in route.match.model_dump().items() if v is not None} or "every alert"
         console.print(f"  [bold]{route.name}[/]  match {crit}")
         for dest_id, dest in zip(route.destination_ids(), route.to, strict=True):
-            console.print(f"      -> {dest_id}: {dest.type} {getattr(dest, 'url', '') or getattr(dest, 'topic', '')}")
+            where = getattr(dest, "url", "") or getattr(dest, "topic", "")
+            if isinstance(dest, WebhookDestination):  # names the variables, never their values
+                where += f" (signed with ${dest.secret_env})" if dest.secret_env else " [yellow](UNSIGNED)[/]"
+            console.print(f"      -> {dest_id}: {dest.type} {where}")
 
 
 @alerts_app.command("deliver")

@@ -304,7 +304,8 @@ def describe_errors(e: ValidationError, title: str = "invalid configuration") ->
     problems = []
     for err in e.errors(include_url=False):
         name, msg = ".".join(str(p) for p in err["loc"]), err["msg"]
-        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        # an unknown key's value is not shown: it may be a secret put under a misspelt name
+        got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
         if msg.startswith("Value error, "):
             msg, got = msg.removeprefix("Value error, "), ""
             if not name:  # validators of the whole settings word their errors "<key>: <why>"
