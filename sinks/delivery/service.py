@@ -433,7 +433,10 @@ class DeliveryService:
                     return
                 if resp.status < 400:
                     raise Rejected(redirect_reason(dest.url, resp.status, resp.headers.get("Location")))
-                body_text = (await resp.content.read(1024)).decode(errors="replace")
+                head = b""  # enough of the answer to say why; never all of it
+                while len(head) < 1024 and (chunk := await resp.content.read(1024 - len(head))):
+                    head += chunk
+                body_text = head.decode(errors="replace")
                 if 400 <= resp.status < 500 and resp.status not in (408, 429):
                     raise Rejected(f"HTTP {resp.status}: {body_text}")
                 raise RuntimeError(f"HTTP {resp.status}: {body_text}")

@@ -74,6 +74,7 @@ class Delivery:
             [sys.executable, "-m", "pipeline.cli", "alerts", "deliver", "--config", str(self.path)],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
+        self.space.procs.append(self.proc)  # stopped by the fixture if the test fails first
         deadline = time.monotonic() + 60
         while not self.metrics():
             assert self.proc.poll() is None, self.log()[-3000:]
@@ -333,7 +334,9 @@ def test_a_dead_destination_fails_its_alerts_and_does_not_hold_back_a_healthy_on
     alerts = [alert(alert_id=f"d{i}", customer_id=f"C-{i}") for i in range(40)]
     produce(space, alerts)
     healthy.wait_for(40, timeout_s=30)  # before: the dead destination's full queue stopped the reading
-    m = service.wait_for_metric('cem_alert_deliveries_total{destination="dead.0.webhook",outcome="failed"}', 40)
+    service.wait_for_metric('cem_alert_deliveries_total{destination="dead.0.webhook",outcome="failed"}', 40)
+    time.sleep(1)  # the queue gauge is set once the last failure is in the ledger
+    m = service.metrics()
     assert m['cem_alert_deliveries_total{destination="healthy.0.webhook",outcome="delivered"}'] == 40
     assert m['cem_alert_delivery_queue{destination="dead.0.webhook"}'] == 0
     assert dead.attempts <= 3 * 10  # most alerts were failed without a try: its queue was full while it was down
