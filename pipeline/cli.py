@@ -483,7 +483,7 @@ def alerts_routes(
     config: Annotated[Path | None, typer.Option(help="Routing file (default config/alerts.yaml).")] = None,
 ) -> None:
     """Validate config/alerts.yaml and list its routes."""
-    from sinks.delivery.config import DEFAULT_ALERTS_CONFIG, load_alerts_config
+    from sinks.delivery.config import DEFAULT_ALERTS_CONFIG, WebhookDestination, load_alerts_config
 
     try:
         cfg = load_alerts_config(config or DEFAULT_ALERTS_CONFIG)
@@ -495,7 +495,10 @@ def alerts_routes(
         console.print(f"  [bold]{escape(route.name)}[/]  match {escape(str(crit))}")
         for dest_id, dest in zip(route.destination_ids(), route.to, strict=True):
             where = getattr(dest, "url", "") or getattr(dest, "topic", "")
-            console.print(escape(f"      -> {dest_id}: {dest.type} {where}"))
+            note = ""
+            if isinstance(dest, WebhookDestination):  # names the variables, never their values
+                note = escape(f" (signed with ${dest.secret_env})") if dest.secret_env else " [yellow](UNSIGNED)[/]"
+            console.print(escape(f"      -> {dest_id}: {dest.type} {where}") + note)
 
 
 @alerts_app.command("deliver")

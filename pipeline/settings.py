@@ -435,7 +435,11 @@ SECRET_LOOKING = re.compile(r"pass|pwd|secr|token|key|cred|auth|salt|private|cer
 def _may_be_secret(err: Any) -> bool:
     """An unknown key is often a misspelt one (`pasword`, `fingerprint_secrt`), so its value
     may be secret whatever its name; so may any value under a secret-looking key."""
-    return err["type"] == "extra_forbidden" or any(SECRET_LOOKING.search(str(part)) for part in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return True
+    if err["loc"] and str(err["loc"][-1]).endswith("_env"):
+        return False  # it names an environment variable: the name is not the secret, and the error must say it
+    return any(SECRET_LOOKING.search(str(part)) for part in err["loc"])
 
 
 def _shown_input(err: Any) -> str:

@@ -21,7 +21,9 @@ class Removed(BaseModel):
     )
     ledger_entries: int = Field(0, ge=0, description="records of the alert delivery ledger removed (tombstones)")
     dead_letters: int = Field(
-        0, ge=0, description="dead letters holding the customer's id or identifiers: raw input, left to the "
+        0,
+        ge=0,
+        description="dead letters holding the customer's id or identifiers: raw input, left to the "
         "dead-letter topic's retention (kafka.deadletter_retention_days)",
     )
 
