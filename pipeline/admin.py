@@ -17,7 +17,6 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.conn import BrokerConnection
 from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
-from kafka.structs import OffsetAndMetadata
 
 from pipeline import kafka_config
 from pipeline.outputs import SNAPSHOT_MESSAGE_BYTES
@@ -215,26 +214,6 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         return {tp.partition: offset for tp, offset in (cons.end_offsets(tps) if tps else {}).items()}
     finally:
         cons.close()
-
-
-def adopt_offsets(settings: Settings, source: str, target: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
-    """Give the `target` group the `source` group's offsets on `topics` where `target` has
-    none yet; returns what it adopted. For an upgrade: releases up to 0.1 read the channel
-    topics in Faust's group, and the resolve group must start where that one left off, so
-    the backlog is neither skipped nor read twice. Runs before the worker joins `target`:
-    committing from outside the group is refused while the group has members (another
-    upgraded worker already took over), and then there is nothing to adopt."""
-    wanted = set(topics)
-    theirs = {tp: c.offset for tp, c in group_offsets(settings, source).items() if tp.topic in wanted}
-    ours = group_offsets(settings, target)
-    adopt = {tp: offset for tp, offset in theirs.items() if tp not in ours and offset >= 0}
-    if adopt:
-        cons = consumer(settings, group_id=target)
-        try:
-            cons.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in adopt.items()})
-        finally:
-            cons.close()
-    return adopt
 
 
 def consumer_lag(settings: Settings, topics: Iterable[str] | None = None) -> Lag:

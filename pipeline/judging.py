@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -45,7 +44,7 @@ from processors.judge import AlertVersion, CustomerState, Profile, apply_profile
 from processors.model import Touch
 from schemas.alert import AlertContext
 from schemas.erasure import ErasureJob
-from schemas.internal import ENVELOPE, ITEM, EraseEnvelope, PackEnvelope, ProfileEnvelope, TouchEnvelope
+from schemas.internal import ITEM, EraseEnvelope, ProfileEnvelope
 from sinks.alerts import to_alert
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.writer import (
@@ -144,7 +143,6 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
     # ------------------------------------------------------------------ the loop
     async def run(self) -> None:
         s = self.ctx.settings
-        await self.ctx.retrying("adopt the previous release's offsets", self._adopt_offsets)
         self.consumer = AIOKafkaConsumer(**kafka_config.group_consumer(s, s.worker.judge_group))
         await self.consumer.start()
         try:
@@ -169,15 +167,6 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             for task in self.loading.values():
                 task.cancel()
             await self.consumer.stop()
-
-    async def _adopt_offsets(self) -> None:
-        from pipeline.admin import adopt_offsets  # kafka-python's admin client, blocking
-
-        s = self.ctx.settings
-        adopted = await asyncio.to_thread(adopt_offsets, s, s.worker.app_id, s.worker.judge_group, [self.topic])
-        for tp, offset in sorted(adopted.items()):
-            log.info("%s[%d]: the judge group starts at %d, where the previous release left it",
-                     tp.topic, tp.partition, offset)  # fmt: skip
 
     # ------------------------------------------------------------------ rebalances
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -242,9 +231,8 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 starts = await self.consumer.beginning_offsets(tps)
                 async with self.ctx.reading:
                     found = await read_states(
-                        await self.ctx.reader(), s.kafka.topics.snapshots, s.worker.legacy_changelog,
-                        [tp.partition for tp in tps],
-                    )  # fmt: skip
+                        await self.ctx.reader(), s.kafka.topics.snapshots, [tp.partition for tp in tps]
+                    )
                 while tps:
                     tp = tps[0]
                     loaded = await load(found[tp.partition], committed[tp], starts[tp])
@@ -667,24 +655,18 @@ def read_items(value: bytes | None) -> list[Item | BadItem]:
     """The items of a message of the internal topic, in order. A pack's touch rows are read
     without pydantic: they are most of the traffic."""
     data = orjson.loads(value or b"null")  # orjson.JSONDecodeError is a ValueError
-    if isinstance(data, dict) and data.get("kind") == "pack":
-        items = data.get("items")
-        if not isinstance(items, list):
-            raise ValueError("items: a pack holds a list of items")
-        return [_item(item) for item in items]
-    env = ENVELOPE.validate_python(data)  # the envelopes of earlier releases
-    if isinstance(env, PackEnvelope):  # not reached: packs are read above
-        raise ValueError("a pack that is not a JSON object")
-    if isinstance(env, ProfileEnvelope | EraseEnvelope):
-        return [env]
-    touches = [env.touch] if isinstance(env, TouchEnvelope) else env.touches
-    return [_item(t, Touch.from_dict) for t in touches]
+    if not (isinstance(data, dict) and data.get("kind") == "pack"):
+        raise ValueError("kind: a message of the internal topic is a pack")
+    items = data.get("items")
+    if not isinstance(items, list):
+        raise ValueError("items: a pack holds a list of items")
+    return [_item(item) for item in items]
 
 
-def _item(item: Any, touch: Callable[[Any], Touch] = Touch.from_row) -> Item | BadItem:
+def _item(item: Any) -> Item | BadItem:
     try:
         if isinstance(item, dict) and item.get("kind") in ("profile", "erase"):
             return ITEM.validate_python(item)
-        return touch(item)
+        return Touch.from_row(item)
     except (TypeError, ValueError, KeyError, ValidationError) as e:
         return BadItem(orjson.dumps(item), f"an item of the message: {e!r}"[:500])

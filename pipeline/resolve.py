@@ -69,7 +69,6 @@ class ResolveStage:
         error that escapes crashes the worker (faust does that for a failed task), so that a
         supervisor restarts it from the committed offsets."""
         await self.ctx.index.loaded.wait()  # resolve nothing before the identity index is loaded
-        await self.ctx.retrying("adopt the previous release's offsets", self._adopt_offsets)
         bootstrap = asyncio.create_task(self._bootstrap(), name="bootstrap")
         try:
             async for batch in self.source.batches(self.ctx.stopping):
@@ -150,16 +149,6 @@ class ResolveStage:
 
     def _count_commit_failure(self) -> None:
         self.ctx.stats.counters["source_commit_failures"] += 1
-
-    async def _adopt_offsets(self) -> None:
-        from pipeline.admin import adopt_offsets  # kafka-python's admin client, blocking
-
-        s = self.ctx.settings
-        topics = [*self.topics.channels, self.topics.profiles]
-        adopted = await asyncio.to_thread(adopt_offsets, s, s.worker.app_id, s.worker.resolve_group, topics)
-        for tp, offset in sorted(adopted.items()):
-            log.info("%s[%d]: the resolve group starts at %d, where the previous release left it",
-                     tp.topic, tp.partition, offset)  # fmt: skip
 
     async def resolve_batch(self, records: list[Any]) -> None:
         """Resolve a batch and forward it, packed per partition. Returns once every message is

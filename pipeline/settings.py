@@ -247,12 +247,6 @@ class WorkerSettings(_Section):
         """The consumer group that reads the internal by-customer topic (stage B)."""
         return f"{self.app_id}-judge"
 
-    @property
-    def legacy_changelog(self) -> str:
-        """Where releases up to 0.2 kept the judge's state (a faust table's changelog): read
-        once, when a partition has no snapshot yet."""
-        return f"{self.app_id}-customers-changelog"
-
 
 class RepeatContactConfig(_Section):
     window_days: int = Field(7, ge=1, le=365)

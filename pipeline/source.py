@@ -6,9 +6,7 @@ more per message than the whole of cem's work on it (bench: (a2) against (a)). T
 hands over whole batches and commits a batch's offsets only after the caller has finished it,
 so every touchpoint is forwarded at least once; the judge drops what it has already seen.
 
-Its consumer group is `<app_id>-resolve` (settings.worker.resolve_group). Releases up to
-0.2 read the CRM topic, and up to 0.1 the channel topics, in Faust's group, `<app_id>`: see
-admin.adopt_offsets.
+Its consumer group is `<app_id>-resolve` (settings.worker.resolve_group).
 """
 
 from __future__ import annotations

@@ -5,9 +5,8 @@ partitions of `cem.internal.by-customer` it owns. That state is a function of th
 messages alone: the judge is deterministic, and a message applied twice changes nothing (a
 touchpoint seen before is dropped, an older profile version is ignored, erasing an erased
 customer erases nothing). So the partition's own log serves as the state's changelog, and the
-judge writes nothing per event. (Releases up to 0.2 kept the state in a faust table, which
-wrote each touched customer's whole state to a changelog topic after every batch: at 100,000
-customers that cost more than the judging.)
+judge writes nothing per event (a changelog of whole customer states, written after every
+batch, would cost more than the judging).
 
 Snapshots bound how much of the log a restart reads again. Each partition's go to the
 compacted topic `cem.internal.snapshots`, on the same partition number:
@@ -33,9 +32,8 @@ compacted topic `cem.internal.snapshots`, on the same partition number:
   complete snapshot wins, so a snapshot left half-written by a crash or a lost partition is
   never loaded.
 
-Loading a partition when it is assigned (`load`): the newest complete snapshot; else the
-state table changelog of releases up to 0.2 (`<app_id>-customers-changelog`), read as the
-state at the group's committed offset; else an empty state at the start of the log. The
+Loading a partition when it is assigned (`load`): the newest complete snapshot, else an empty
+state at the start of the log. The
 judge then reads the partition from there: messages before the group's committed offset are
 applied silently (their rows, alerts and index entries were written before that commit), the
 rest as usual.
@@ -329,7 +327,7 @@ class Snapshots:
 @dataclass
 class Loaded:
     part: Partition
-    source: str  # snapshot <id> | changelog of 0.2 | empty
+    source: str  # snapshot <id> | empty
 
 
 @dataclass
@@ -338,17 +336,12 @@ class Found:
 
     partition: int
     snapshots: dict[bytes, bytes]  # the live keys of its snapshot partition
-    changelog: dict[bytes, bytes]  # release 0.2's state table, read where no snapshot is complete
 
 
-async def read_states(
-    consumer: AIOKafkaConsumer, snapshots_topic: str, legacy_changelog: str, partitions: list[int]
-) -> dict[int, Found]:
+async def read_states(consumer: AIOKafkaConsumer, snapshots_topic: str, partitions: list[int]) -> dict[int, Found]:
     """Read what the partitions' states can be loaded from, all partitions together."""
     snapshots = await read_compacted(consumer, snapshots_topic, partitions)
-    without = [p for p in partitions if newest_complete(snapshots[p]) is None]
-    changelogs = await read_compacted(consumer, legacy_changelog, without) if without else {}
-    return {p: Found(p, snapshots[p], changelogs.get(p, {})) for p in partitions}
+    return {p: Found(p, snapshots[p]) for p in partitions}
 
 
 def reader(client_config: dict[str, Any]) -> AIOKafkaConsumer:
@@ -446,16 +439,6 @@ async def load(found: Found, committed: int | None, log_start: int) -> Loaded:
         part.events = manifest["events"]
         part.stream_t = max((s.max_t or 0 for s in part.customers.values()), default=0)
         source = f"snapshot {manifest['snapshot']}"
-    elif found.changelog:
-        part = Partition(partition, snapshot_keys=set(found.snapshots))
-        for raw in found.changelog.values():
-            state = CustomerState.from_json(raw)
-            part.customers[state.customer_id] = state
-            part.events += len(state.events)
-        # faust wrote a batch's states before acknowledging it: they hold at least what was
-        # committed, and what they hold beyond it is dropped as seen when read again
-        part.next_offset = committed if committed is not None else log_start
-        source = "the state table changelog of release 0.2"
     else:
         part = Partition(partition, next_offset=log_start, snapshot_keys=set(found.snapshots))
         source = "empty"

@@ -19,8 +19,6 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from processors import re_entry, repeat_contact
 from processors.context import already_told_us
 from processors.model import AlertDraft, Rules, Touch
@@ -119,42 +117,6 @@ class CustomerState:
             ],
             max_t,
             {a["alert_id"]: _published(a) for a in alerts},
-        )
-
-    def to_json(self) -> bytes:
-        """The state as one JSON object: the form releases up to 0.2 kept in their changelog."""
-        return orjson.dumps(
-            {
-                "customer_id": self.customer_id,
-                "profile": self.profile,
-                "events": [
-                    {"touch": s.touch, "friction": s.friction, "reentered": s.reentered, "revision": s.revision,
-                     "contact": s.contact}
-                    for s in self.events
-                ],
-                "max_t": self.max_t,
-                "alerts": list(self.alerts.values()),
-            }
-        )  # fmt: skip
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> CustomerState:
-        d = orjson.loads(raw)
-        return cls(
-            customer_id=d["customer_id"],
-            profile=_profile(d.get("profile")),
-            events=[
-                Stored(
-                    Touch.from_dict(e["touch"]),
-                    tuple(e["friction"]),
-                    tuple(e["reentered"]),
-                    e["revision"],
-                    e.get("contact", ""),
-                )
-                for e in d["events"]
-            ],
-            max_t=d.get("max_t"),
-            alerts={a["alert_id"]: _published(a) for a in d["alerts"]},
         )
 
 

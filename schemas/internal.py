@@ -7,12 +7,10 @@ Every message lands on the partition of its customer id under Kafka's default pa
 topic is also the log the judge's state is rebuilt from (pipeline/state.py): a snapshot of a
 partition plus the messages after it give the state back.
 
-Since 0.3, stage A sends `PackEnvelope`s: one per partition per resolve batch, holding the
-batch's touchpoints, profile updates and erasures for that partition in the order they were
-read. A touchpoint travels as a row (`processors.model.Touch.to_row`: its fields in declared
-order, half the bytes of a JSON object); a profile update or an erasure as its own envelope.
-The other envelopes are what earlier releases wrote, and are still judged, so that a worker
-upgraded with a backlog on the internal topic loses nothing.
+Stage A sends `PackEnvelope`s: one per partition per resolve batch, holding the batch's
+touchpoints, profile updates and erasures for that partition in the order they were read. A
+touchpoint travels as a row (`processors.model.Touch.to_row`: its fields in declared order,
+half the bytes of a JSON object); a profile update or an erasure as its own envelope.
 """
 
 from __future__ import annotations
@@ -53,24 +51,6 @@ class PackEnvelope(_Strict):
     items: list[list[Any] | ProfileEnvelope | EraseEnvelope]
 
 
-class TouchEnvelope(_Strict):
-    """One touchpoint, keyed by its customer id (releases up to 0.1)."""
-
-    kind: Literal["touch"] = "touch"
-    customer_id: str
-    touch: dict[str, object]  # processors.model.Touch as a JSON object
-
-
-class TouchesEnvelope(_Strict):
-    """Several customers' touchpoints bound for one partition (0.2)."""
-
-    kind: Literal["touches"] = "touches"
-    touches: list[dict[str, object]]  # processors.model.Touch as a JSON object each
-
-
-Envelope = Annotated[
-    PackEnvelope | TouchesEnvelope | TouchEnvelope | ProfileEnvelope | EraseEnvelope, Field(discriminator="kind")
-]
-ENVELOPE = TypeAdapter(Envelope)
+ENVELOPE = TypeAdapter(PackEnvelope)
 #: a profile or erase item of a pack
 ITEM = TypeAdapter(Annotated[ProfileEnvelope | EraseEnvelope, Field(discriminator="kind")])

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
 import pytest
 from pydantic import ValidationError
 
 from processors.model import Touch
 from schemas.alert import FrictionAlert
 from schemas.erasure import ErasureReceipt
-from schemas.internal import ENVELOPE, EraseEnvelope, PackEnvelope, ProfileEnvelope, TouchEnvelope, TouchesEnvelope
+from schemas.internal import ENVELOPE, EraseEnvelope, PackEnvelope, ProfileEnvelope
 from schemas.profile import ProfileSnapshot
 from schemas.touchpoints import BookingEvent, ContactEvent, WebEvent
 
@@ -46,14 +45,6 @@ def test_examples_cover_every_message_kind() -> None:
     assert prefixes == {*MODELS, "internal"}
 
 
-def test_internal_envelope_example_round_trips_to_a_touch() -> None:
-    env = ENVELOPE.validate_json((EXAMPLES / "internal.touch.json").read_bytes())
-    assert isinstance(env, TouchEnvelope)
-    touch = Touch.from_dict(env.touch)
-    assert touch.uid == "web/w-3" and touch.fields == ("passport_number",)
-    assert Touch.from_row(orjson.loads(orjson.dumps(touch.to_row()))) == touch
-
-
 def test_internal_pack_example_holds_touch_rows_profiles_and_erasures_in_order() -> None:
     env = ENVELOPE.validate_json((EXAMPLES / "internal.pack.json").read_bytes())
     assert isinstance(env, PackEnvelope)
@@ -61,14 +52,6 @@ def test_internal_pack_example_holds_touch_rows_profiles_and_erasures_in_order()
     assert kinds == [list, ProfileEnvelope, list, EraseEnvelope]
     touches = [Touch.from_row(item) for item in env.items if isinstance(item, list)]
     assert [t.uid for t in touches] == ["web/w-3", "call_center/c-9"]
-
-
-def test_internal_touches_example_holds_touches_of_several_customers() -> None:
-    env = ENVELOPE.validate_json((EXAMPLES / "internal.touches.json").read_bytes())
-    assert isinstance(env, TouchesEnvelope)
-    touches = [Touch.from_dict(t) for t in env.touches]
-    assert [t.uid for t in touches] == ["web/w-3", "callcenter/c-9"]
-    assert {t.customer_id for t in touches} == {"C-1042", "C-2001"}
 
 
 def test_unknown_extra_fields_are_tolerated_on_producer_messages() -> None:
