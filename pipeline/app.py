@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 import faust
+from faust.app.base import BootStrategy
 
 from pipeline import kafka_config
 from pipeline.context import Context
@@ -40,18 +41,29 @@ log = logging.getLogger("cem.pipeline")
 STOP_TIMEOUT_S = 60.0
 
 
-class App(faust.App):
-    """faust's App, whose stop first lets the stages finish the batches in hand."""
+class _Host(BootStrategy):
+    """What faust starts: its web server and sensors; none of its Kafka clients. The stages
+    have their own consumers and producers, so a faust consumer would only join a group with
+    nothing to read (and rebalance it each time a worker comes or goes)."""
 
+    enable_kafka = False
+
+
+class App(faust.App):
+    """faust hosts the worker: its lifecycle, signals, web pages and timers. Its stop first
+    lets the stages finish the batches in hand."""
+
+    BootStrategy = _Host
     pipeline: Pipeline
 
     async def on_first_start(self) -> None:
-        # The stages start before faust's own consumer joins its group: the worker does
-        # not wait for that group's rebalance, seconds when several workers start at once.
-        # add_future is what faust starts its tasks with: an error crashes the worker.
+        # add_future is what faust starts its tasks with: an error crashes the worker
         await super().on_first_start()
         self.add_future(self.pipeline.ctx.index.follow())
         self.add_future(self.pipeline.run())
+
+    async def _wait_for_table_recovery_completed(self) -> bool:
+        return False  # no faust tables, nothing to recover: timers and web pages start at once
 
     async def on_stop(self) -> None:
         await self.pipeline.stop()
