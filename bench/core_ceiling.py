@@ -24,12 +24,13 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline import kafka_config, memory
-from pipeline.decode import Rejected, decode_profile, decode_touchpoint
-from pipeline.judging import read_items
-from pipeline.rekey import pack
+from pipeline.engine import memory
+from pipeline.engine.decode import Rejected, decode_profile, decode_touchpoint
+from pipeline.engine.judge_stage import read_items
+from pipeline.engine.rekey import pack
+from pipeline.engine.snapshots import encode_chunk
+from pipeline.kafka import clients
 from pipeline.settings import Settings
-from pipeline.state import encode_chunk
 from processors.identity import profile_fingerprints, resolve
 from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import Touch
@@ -41,7 +42,7 @@ STEPS = ("decode", "resolve", "rekey", "judge", "rows", "snapshot")
 
 
 async def _read_all(settings: Settings, topics: list[str], expected: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(**kafka_config.aiokafka(settings.kafka), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**clients.aiokafka(settings.kafka), enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(settings.kafka.partitions)]

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from pipeline import kafka_config
+from pipeline.kafka import clients
 from pipeline.settings import load_settings
 
 TOPIC = "cem.bench.producer-settings"
@@ -31,7 +31,7 @@ async def cpu_per_message(conf: dict[str, Any], linger_ms: float, batch_bytes: i
         **conf,
         linger_ms=linger_ms,
         max_batch_size=batch_bytes,
-        max_request_size=kafka_config.producer_request_bytes(batch_bytes),
+        max_request_size=clients.producer_request_bytes(batch_bytes),
         acks=-1,
     )
     await producer.start()
@@ -47,14 +47,14 @@ async def cpu_per_message(conf: dict[str, Any], linger_ms: float, batch_bytes: i
 
 async def main() -> None:
     s = load_settings()
-    admin = KafkaAdminClient(**kafka_config.kafka_python(s.kafka))
+    admin = KafkaAdminClient(**clients.kafka_python(s.kafka))
     try:
         admin.create_topics([NewTopic(TOPIC, 8, s.kafka.replication_factor)])
     except TopicAlreadyExistsError:
         pass
     finally:
         admin.close()
-    conf = kafka_config.aiokafka(s.kafka)
+    conf = clients.aiokafka(s.kafka)
     warm = AIOKafkaProducer(**conf)  # a fresh topic elects its leaders first: not part of the figures
     await warm.start()
     try:

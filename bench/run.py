@@ -42,8 +42,8 @@ from rich.table import Table
 from bench.core_ceiling import core_ceiling
 from bench.hot_customer import hot_customer
 from bench.workload import Workload, generate
-from pipeline import kafka_config
-from pipeline.admin import create_topics, end_offsets, ensure_topics, producer, read_to_end, wait_until_processed
+from pipeline.kafka import clients
+from pipeline.kafka.admin import create_topics, end_offsets, ensure_topics, producer, read_to_end, wait_until_processed
 from pipeline.settings import Settings, Topics, load_settings
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
@@ -159,7 +159,7 @@ def produce(run: Run, records: Sequence[tuple[str, bytes | None, bytes]]) -> flo
 # ---------------------------------------------------------------------------- (a) bare
 async def bare_consume(run: Run, expected: int) -> float:
     t = run.settings.kafka.topics
-    consumer = AIOKafkaConsumer(**kafka_config.aiokafka(run.settings.kafka), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**clients.aiokafka(run.settings.kafka), enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for topic in t.channels for p in range(run.settings.kafka.partitions)]
@@ -267,7 +267,7 @@ def start_workers(run: Run, n: int, label: str) -> list[tuple[Watched, int]]:
     for i in range(n):
         port = 6200 + i
         w = Watched(
-            [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "info", "--web-port", str(port)],
+            [sys.executable, "-m", "pipeline.ops.cli", "worker", "--loglevel", "info", "--web-port", str(port)],
             run.env,
             ROOT / ".local" / "bench" / run.tag / f"{label}-worker{i}.log",
         )
@@ -428,7 +428,7 @@ def latency(run: Run, rate: float, seconds: float) -> dict[str, Any]:
 async def _paced(run: Run, records: list[tuple[str, bytes]], rate: float) -> float:
     """Send (topic, value) records at `rate` per second, in 5 ms ticks through producer
     batches (a message at a time, the generator would take a core of its own at this rate)."""
-    prod = AIOKafkaProducer(**kafka_config.aiokafka(run.settings.kafka), linger_ms=0, acks=1)
+    prod = AIOKafkaProducer(**clients.aiokafka(run.settings.kafka), linger_ms=0, acks=1)
     await prod.start()
     try:
         partitions = {topic: sorted(await prod.partitions_for(topic)) for topic, _ in records}

@@ -70,7 +70,7 @@ class Topics(_Section):
     by_customer: str = "cem.internal.by-customer"
     # internal: identifier fingerprint -> customer id, compacted, read in full by every worker
     identity: str = "cem.internal.identity"
-    # internal: snapshots of the judge's state per partition, compacted (pipeline/state.py)
+    # internal: snapshots of the judge's state per partition, compacted (pipeline/engine/snapshots.py)
     snapshots: str = "cem.internal.snapshots"
 
     @property

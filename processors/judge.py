@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processors import re_entry, repeat_contact
-from processors.context import already_told_us
 from processors.model import AlertDraft, Rules, Touch
 from processors.summary import summarize
+from processors.told_us import already_told_us
 
 ALERT_NAMESPACE = uuid.UUID("6f1d8c52-2f43-4f0e-9a57-8e3cf1a0c2b1")
 
@@ -94,7 +94,7 @@ class CustomerState:
 
     # --- serialization ---
     def to_snapshot(self) -> list[Any]:
-        """The state in the compact form snapshots keep (pipeline/state.py), for orjson:
+        """The state in the compact form snapshots keep (pipeline/engine/snapshots.py), for orjson:
         [customer_id, profile, max_t, events, alerts], each event as
         [touch row, friction, re-entered fields, revision, contact role]."""
         return [

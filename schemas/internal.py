@@ -1,10 +1,10 @@
-"""Messages on the internal topic `cem.internal.by-customer`: stage A (pipeline/resolve.py)
-writes them, stage B (pipeline/judging.py) reads them. Both are ours, so the models are strict.
+"""Messages on the internal topic `cem.internal.by-customer`: stage A (pipeline/engine/resolve.py)
+writes them, stage B (pipeline/engine/judge_stage.py) reads them. Both are ours, so the models are strict.
 They carry fingerprints and field names only: no raw identifiers.
 
 Every message lands on the partition of its customer id under Kafka's default partitioner
-(pipeline/rekey.py), so one customer's messages are always read in order, by one worker. The
-topic is also the log the judge's state is rebuilt from (pipeline/state.py): a snapshot of a
+(pipeline/engine/rekey.py), so one customer's messages are always read in order, by one worker. The
+topic is also the log the judge's state is rebuilt from (pipeline/engine/snapshots.py): a snapshot of a
 partition plus the messages after it give the state back.
 
 Stage A sends `PackEnvelope`s: one per partition per resolve batch, holding the batch's

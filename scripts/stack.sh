@@ -68,7 +68,7 @@ kafka_ready() {
   # broker is secured): the port being open is not enough.
   CEM_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT" "$ROOT/.venv/bin/python" - <<'PY' 2>/dev/null
 from kafka import KafkaAdminClient
-from pipeline import kafka_config
+from pipeline.kafka import clients as kafka_config
 from pipeline.settings import load_settings
 c = KafkaAdminClient(**kafka_config.kafka_python(load_settings().kafka), request_timeout_ms=3000)
 c.list_topics(); c.close()

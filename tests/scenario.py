@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.decode import Rejected, decode_profile, decode_touchpoint
+from pipeline.engine.decode import Rejected, decode_profile, decode_touchpoint
 from pipeline.settings import FIELD_VOCABULARY, MATTER_VOCABULARY, Topics
 from processors.identity import profile_fingerprints, resolve
 from processors.judge import AlertVersion, CustomerState, Profile, RowVersion, apply_profile, judge

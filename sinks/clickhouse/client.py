@@ -26,7 +26,7 @@ def _columns_without_cycles() -> None:
     """clickhouse-driver gives every column object it makes (some 50 per insert) a
     serialization helper that points back at the column: a reference cycle, which only
     Python's cyclic collector frees. The worker freezes its long-lived objects instead of
-    letting that collector walk them (pipeline/memory.py), so its hot path must make no
+    letting that collector walk them (pipeline/engine/memory.py), so its hot path must make no
     cyclic garbage: the helper's back-reference is made weak. The column owns the helper, so
     the column outlives it. clickhouse-driver is pinned; tests/unit/test_memory.py checks that
     the driver's columns still leave no cyclic garbage."""

@@ -67,7 +67,7 @@ def alert_row(a: AlertVersion, provenance: tuple[str, int, int], ingested_at: in
 
 class Columns:
     """Rows kept a column at a time until they are inserted: as the driver wants them, and
-    without a tuple per row, which the garbage collector would walk (pipeline/memory.py)."""
+    without a tuple per row, which the garbage collector would walk (pipeline/engine/memory.py)."""
 
     __slots__ = ("columns",)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.admin import create_topics
+from pipeline.kafka.admin import create_topics
 from pipeline.settings import Settings, Topics, load_settings
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
@@ -87,7 +87,7 @@ class Namespace:
 
     def cem(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", *args], env=self.env, text=True, capture_output=True, check=check
+            [sys.executable, "-m", "pipeline.ops.cli", *args], env=self.env, text=True, capture_output=True, check=check
         )
 
     def worker_log(self) -> str:
@@ -102,7 +102,7 @@ class Namespace:
         port = web_port or (self.settings.worker.web_port if self.worker is None else free_port())
         log = (self.tmp / "worker.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "info", "--web-port", str(port)],
+            [sys.executable, "-m", "pipeline.ops.cli", "worker", "--loglevel", "info", "--web-port", str(port)],
             env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -129,7 +129,7 @@ class Namespace:
         """Start `cem eraser` (erasures are finished there, with the eraser role); logs to eraser.log."""
         log = (self.tmp / "eraser.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "eraser", *args],
+            [sys.executable, "-m", "pipeline.ops.cli", "eraser", *args],
             env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,

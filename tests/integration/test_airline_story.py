@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline.admin import Record, producer, read_jsonl, send_all, wait_until_processed
-from pipeline.admin import read_to_end as read_topic
+from pipeline.kafka.admin import Record, producer, read_jsonl, send_all, wait_until_processed
+from pipeline.kafka.admin import read_to_end as read_topic
 from schemas.alert import FrictionAlert
 from tests.integration.conftest import Namespace
 from tests.scenario import STORY, load_expected

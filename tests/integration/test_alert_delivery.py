@@ -22,8 +22,8 @@ import orjson
 import pytest
 import yaml
 
-from pipeline.admin import Record, producer, send_all
-from pipeline.admin import read_to_end as read_topic
+from pipeline.kafka.admin import Record, producer, send_all
+from pipeline.kafka.admin import read_to_end as read_topic
 from schemas.alert import FrictionAlert
 from tests.integration.conftest import ROOT, Namespace, free_port
 from tests.integration.http_receiver import Receiver
@@ -71,7 +71,7 @@ class Delivery:
     def start(self) -> Delivery:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "alerts", "deliver", "--config", str(self.path)],
+            [sys.executable, "-m", "pipeline.ops.cli", "alerts", "deliver", "--config", str(self.path)],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
         self.space.procs.append(self.proc)  # stopped by the fixture if the test fails first
@@ -375,7 +375,7 @@ def test_header_secrets_from_the_environment_never_reach_the_log(space: Namespac
     ledger = json.dumps([v for _, v in service.ledger()])
     assert token not in ledger and SECRET not in ledger
     routes_out = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "alerts", "routes", "--config", str(service.path)],
+        [sys.executable, "-m", "pipeline.ops.cli", "alerts", "routes", "--config", str(service.path)],
         env=service.env, text=True, capture_output=True, check=True, cwd=ROOT,
     )  # fmt: skip
     assert "$CEM_TEST_WEBHOOK_SECRET" in routes_out.stdout

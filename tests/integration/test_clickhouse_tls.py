@@ -15,7 +15,7 @@ import pytest
 from clickhouse_driver import Client
 from clickhouse_driver.errors import NetworkError
 
-from pipeline.admin import Record, producer, send_all, wait_until_processed
+from pipeline.kafka.admin import Record, producer, send_all, wait_until_processed
 from tests.integration.conftest import ROOT, STACK_ENV, Namespace, free_port, make_space
 from tests.tls import make_ca_and_cert
 
@@ -73,7 +73,7 @@ def test_a_wrong_ca_fails_at_once_with_one_sentence(tls_space: Namespace, tmp_pa
         for command in commands:
             started = time.monotonic()
             r = subprocess.run(
-                [sys.executable, "-m", "pipeline.cli", *command],
+                [sys.executable, "-m", "pipeline.ops.cli", *command],
                 env={**tls_space.env, **change, "CEM_CLICKHOUSE__PASSWORD": password},
                 text=True, capture_output=True, timeout=90, cwd=ROOT,
             )  # fmt: skip
@@ -87,6 +87,6 @@ def test_a_wrong_ca_fails_at_once_with_one_sentence(tls_space: Namespace, tmp_pa
     r = tls_space.cem("migrate", "--status", check=False)
     assert r.returncode == 0, r.stderr
     env = {**tls_space.env, "CEM_CLICKHOUSE__CA_CERTS": other_ca, "CEM_CLICKHOUSE__VERIFY": "false"}
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "migrate", "--status"], env=env, text=True,
+    r = subprocess.run([sys.executable, "-m", "pipeline.ops.cli", "migrate", "--status"], env=env, text=True,
                        capture_output=True, timeout=90, cwd=ROOT)  # fmt: skip
     assert r.returncode == 0, r.stderr

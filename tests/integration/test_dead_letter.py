@@ -7,8 +7,8 @@ import stat
 
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline.admin import Record, end_offsets, producer, send_all, wait_until_processed
-from pipeline.admin import read_to_end as read_topic
+from pipeline.kafka.admin import Record, end_offsets, producer, send_all, wait_until_processed
+from pipeline.kafka.admin import read_to_end as read_topic
 from tests.integration.conftest import Namespace
 
 VALID = {"event_id": "ok-1", "occurred_at": "2026-03-02T10:00:00Z", "type": "call", "customer_id": "C-7",

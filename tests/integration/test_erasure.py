@@ -8,7 +8,7 @@ import time
 
 from kafka.admin import NewTopic
 
-from pipeline.admin import Record, ensure_topics, producer, read_to_end, send_all, wait_until_processed
+from pipeline.kafka.admin import Record, ensure_topics, producer, read_to_end, send_all, wait_until_processed
 from processors.identity import fingerprint
 from schemas.erasure import ErasureReceipt
 from tests.integration.conftest import Namespace

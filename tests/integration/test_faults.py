@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.admin import Record, configured_topic, encode_value, producer, send_all, wait_until_processed
-from pipeline.admin import read_to_end as read_topic
-from pipeline.workload import generate
+from pipeline.kafka.admin import Record, configured_topic, encode_value, producer, send_all, wait_until_processed
+from pipeline.kafka.admin import read_to_end as read_topic
+from pipeline.ops.workload import generate
 from schemas.alert import FrictionAlert
 from tests.integration.conftest import ROOT, STACK_ENV, Namespace
 from tests.scenario import run_pure

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from pipeline.admin import Record, producer, send_all, wait_until_processed
-from pipeline.admin import read_to_end as read_topic
+from pipeline.kafka.admin import Record, producer, send_all, wait_until_processed
+from pipeline.kafka.admin import read_to_end as read_topic
 from tests.integration.conftest import Namespace
 
 pytestmark = pytest.mark.faults

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from pipeline.admin import Record, producer, send_all, wait_until_processed
-from pipeline.admin import read_to_end as read_topic
+from pipeline.kafka.admin import Record, producer, send_all, wait_until_processed
+from pipeline.kafka.admin import read_to_end as read_topic
 from processors.identity import fingerprint
 from tests.integration.conftest import Namespace
 from tests.integration.test_faults import wait_until

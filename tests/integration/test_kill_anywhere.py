@@ -2,7 +2,7 @@
 
 A labelled workload (customers named by id, email, loyalty id and phone; duplicates; arrival
 up to three days out of event-time order: tests/journeys.py) runs while workers are killed
-again and again: by a timer during start-up, and by failpoints (pipeline/failpoints.py) at
+again and again: by a timer during start-up, and by failpoints (pipeline/engine/failpoints.py) at
 the moments a timer cannot aim at: while the identity index loads, while stage A holds the
 touchpoints for the CRM profiles, between a batch forwarded and its commit, after a
 partition's state is loaded and while its log is read again, between a ClickHouse write and
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pipeline.admin import Record, producer, send_all, wait_until_processed
-from pipeline.admin import read_to_end as read_topic
+from pipeline.kafka.admin import Record, producer, send_all, wait_until_processed
+from pipeline.kafka.admin import read_to_end as read_topic
 from schemas.alert import FrictionAlert
 from tests.integration.conftest import Namespace
 from tests.integration.test_faults import records, wait_until

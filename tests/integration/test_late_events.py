@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.admin import Record, producer, send_all, wait_until_processed
+from pipeline.kafka.admin import Record, producer, send_all, wait_until_processed
 from tests.integration.conftest import Namespace
 
 

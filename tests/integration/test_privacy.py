@@ -16,9 +16,9 @@ from typing import Any
 
 from kafka import KafkaAdminClient
 
-from pipeline import kafka_config
-from pipeline.admin import Record, producer, read_jsonl, read_to_end, send_all, wait_until_processed
-from pipeline.workload import generate
+from pipeline.kafka import clients
+from pipeline.kafka.admin import Record, producer, read_jsonl, read_to_end, send_all, wait_until_processed
+from pipeline.ops.workload import generate
 from sinks.clickhouse.client import connect
 from tests.integration.conftest import Namespace
 from tests.scenario import STORY
@@ -109,7 +109,7 @@ def test_no_personal_data_value_reaches_clickhouse_alerts_internal_topics_or_log
     assert rows_seen > 1000
 
     # every topic of the namespace but the sources (producers' input) and the dead-letter topic
-    admin = KafkaAdminClient(**kafka_config.kafka_python(s.kafka))
+    admin = KafkaAdminClient(**clients.kafka_python(s.kafka))
     tag = s.worker.app_id.removeprefix("cem-test-")
     t = s.kafka.topics
     inputs = {t.web, t.callcenter, t.booking, t.profiles, t.deadletter}

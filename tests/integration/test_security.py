@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from clickhouse_driver.errors import ServerException
 
-from pipeline.admin import Record, producer, read_to_end, send_all, wait_until_processed
+from pipeline.kafka.admin import Record, producer, read_to_end, send_all, wait_until_processed
 from processors.identity import fingerprint
 from schemas.erasure import ErasureReceipt
 from sinks.clickhouse.client import connect
@@ -209,8 +209,8 @@ def test_the_sasl_password_stays_out_of_the_kafka_clients_debug_logs(
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from kafka.admin import NewTopic
 
-    from pipeline import kafka_config
-    from pipeline.admin import admin_client, ensure_topics
+    from pipeline.kafka import clients
+    from pipeline.kafka.admin import admin_client, ensure_topics
     from pipeline.settings import load_settings
 
     for key, value in secure_kafka.items():
@@ -237,11 +237,11 @@ def test_the_sasl_password_stays_out_of_the_kafka_clients_debug_logs(
         assert [r.value for r in read_to_end(s, topic)] == [b"v"]
 
         async def with_aiokafka() -> None:
-            p = AIOKafkaProducer(**kafka_config.aiokafka(s.kafka))
+            p = AIOKafkaProducer(**clients.aiokafka(s.kafka))
             await p.start()
             await p.send_and_wait(topic, b"w")
             await p.stop()
-            c = AIOKafkaConsumer(topic, **kafka_config.aiokafka(s.kafka), auto_offset_reset="earliest")
+            c = AIOKafkaConsumer(topic, **clients.aiokafka(s.kafka), auto_offset_reset="earliest")
             await c.start()
             await c.getmany(timeout_ms=2000)
             await c.stop()
@@ -365,4 +365,4 @@ def _json(value: dict[str, Any]) -> bytes:
 def _cem() -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "pipeline.cli"]
+    return [sys.executable, "-m", "pipeline.ops.cli"]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline.decode import Rejected, decode_profile, decode_touchpoint
+from pipeline.engine.decode import Rejected, decode_profile, decode_touchpoint
 from pipeline.settings import FIELD_VOCABULARY
 from schemas.profile import ProfileSnapshot
 

@@ -17,6 +17,7 @@ from aiokafka import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.ops.delivery import DeliveryService, Job, OffsetTracker, Rejected, redact, redirect_reason, render
 from pipeline.settings import ConfigError, Settings
 from schemas.alert import FrictionAlert
 from sinks.delivery.config import (
@@ -29,7 +30,6 @@ from sinks.delivery.config import (
 )
 from sinks.delivery.ledger import DAY_US, Decision, Ledger
 from sinks.delivery.retry import RetryPolicy
-from sinks.delivery.service import DeliveryService, Job, OffsetTracker, Rejected, redact, redirect_reason, render
 from sinks.delivery.signing import sign, signature_headers
 from tests.doc_snippets import verify_cem_signature
 

@@ -101,7 +101,7 @@ def test_shipped_config_equals_the_defaults(monkeypatch: pytest.MonkeyPatch) -> 
 def test_the_index_keeps_its_own_writes_over_older_records_read_after_them() -> None:
     """A worker resolves with its own writes at once; records of the same fingerprint that
     it reads from the topic before its own write comes back are older, and change nothing."""
-    from pipeline.identity_index import IdentityIndex
+    from pipeline.engine.identity_index import IdentityIndex
 
     index = IdentityIndex({}, "identity")
     index._read("fp", "C-old")  # noqa: SLF001 - the follower's path, driven by hand

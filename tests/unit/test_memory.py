@@ -1,5 +1,5 @@
 """The worker freezes what it holds instead of letting the cyclic collector walk it
-(pipeline/memory.py), so its hot path must make no cyclic garbage: frozen, it would stay."""
+(pipeline/engine/memory.py), so its hot path must make no cyclic garbage: frozen, it would stay."""
 
 from __future__ import annotations
 

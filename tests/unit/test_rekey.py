@@ -7,7 +7,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.rekey import pack, partition_of
+from pipeline.engine.rekey import pack, partition_of
 from schemas.internal import ENVELOPE, PackEnvelope
 
 customer_ids = st.text(min_size=1, max_size=20)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pipeline import kafka_config
-from pipeline.decode import decode_touchpoint
+from pipeline.engine.decode import decode_touchpoint
+from pipeline.kafka import clients
 from pipeline.settings import FIELD_VOCABULARY, ConfigError, load_settings
 from processors.judge import RowVersion
 from processors.model import Touch
@@ -25,8 +25,8 @@ from tests.chdb_client import ChdbClient
 
 def test_plaintext_by_default_and_every_client_gets_the_same_security(tmp_path: Path) -> None:
     k = load_settings().kafka
-    assert kafka_config.kafka_python(k)["security_protocol"] == "PLAINTEXT"
-    assert kafka_config.faust_credentials(k) is None
+    assert clients.kafka_python(k)["security_protocol"] == "PLAINTEXT"
+    assert clients.faust_credentials(k) is None
 
     ca = tmp_path / "ca.pem"
     ca.write_text(_self_signed_pem())
@@ -37,13 +37,13 @@ def test_plaintext_by_default_and_every_client_gets_the_same_security(tmp_path: 
             "security": {"protocol": "SASL_SSL", "username": "cem", "password": given, "ssl_cafile": str(ca)},
         }
     ).kafka
-    kp, ak = kafka_config.kafka_python(k), kafka_config.aiokafka(k)
+    kp, ak = clients.kafka_python(k), clients.aiokafka(k)
     for cfg in (kp, ak):
         assert cfg["security_protocol"] == "SASL_SSL" and cfg["sasl_mechanism"] == "SCRAM-SHA-512"
         assert cfg["sasl_plain_username"] == "cem" and cfg["sasl_plain_password"] == given
         assert cfg["ssl_context"].check_hostname
     assert kp["bootstrap_servers"] == ["b1:9093", "b2:9093"] and ak["bootstrap_servers"] == "b1:9093,b2:9093"
-    creds: Any = kafka_config.faust_credentials(k)
+    creds: Any = clients.faust_credentials(k)
     assert creds.protocol.value == "SASL_SSL" and creds.mechanism.value == "SCRAM-SHA-512" and creds.password == given
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from pipeline import kafka_config
-from pipeline.admin import Record
+from pipeline.kafka import clients
+from pipeline.kafka.admin import Record
 from pipeline.settings import ConfigError, load_settings
 from schemas.alert import FrictionAlert
 
@@ -32,7 +32,7 @@ HIDDEN = "**********"
 def _cem(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CEM_")}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        [sys.executable, "-m", "pipeline.ops.cli", *args],
         env={**clean, "PYTHONPATH": str(ROOT), **env},
         text=True,
         capture_output=True,
@@ -196,7 +196,7 @@ def test_the_sasl_password_is_not_in_kafka_pythons_debug_log(
 ) -> None:
     from kafka import KafkaAdminClient
 
-    from pipeline.admin import admin_client
+    from pipeline.kafka.admin import admin_client
 
     s = load_settings(
         kafka={"security": {"protocol": "SASL_PLAINTEXT", "username": "cem", "password": SECRET}},
@@ -207,9 +207,9 @@ def test_the_sasl_password_is_not_in_kafka_pythons_debug_log(
     assert "sasl_plain_password" in caplog.text  # the configuration was logged ...
     assert SECRET not in caplog.text  # ... without the password
     # every spelling of the settings still carries the real password, masked in any text
-    for cfg in (kafka_config.kafka_python(s.kafka), kafka_config.aiokafka(s.kafka)):
+    for cfg in (clients.kafka_python(s.kafka), clients.aiokafka(s.kafka)):
         assert cfg["sasl_plain_password"] == SECRET and SECRET not in f"{cfg} {cfg!r}"
-    creds: Any = kafka_config.faust_credentials(s.kafka)
+    creds: Any = clients.faust_credentials(s.kafka)
     assert creds.password == SECRET and SECRET not in f"{creds!r} {vars(creds)}"
 
 
@@ -269,7 +269,7 @@ def test_a_failed_tls_handshake_is_one_sentence() -> None:
 
 
 def test_a_dead_letter_export_is_readable_by_its_owner_only(tmp_path: Path) -> None:
-    from pipeline.deadletter import DeadLetter, export
+    from pipeline.ops.deadletter import DeadLetter, export
 
     letter = DeadLetter(0, 0, b"k", b'{"email": "ana@example.com"}', {"cem.source.topic": "cem.touchpoints.web"})
     old = os.umask(0)
@@ -288,7 +288,7 @@ def test_a_dead_letter_export_is_readable_by_its_owner_only(tmp_path: Path) -> N
 
 
 def test_a_replay_goes_to_the_channel_topics_unless_forced() -> None:
-    from pipeline.deadletter import ReplayRefused, check_targets
+    from pipeline.ops.deadletter import ReplayRefused, check_targets
 
     s = load_settings()
     t = s.kafka.topics
@@ -312,7 +312,7 @@ def _rendered(renderable: Any) -> str:
 
 
 def test_the_timeline_prints_event_text_as_it_is() -> None:
-    from pipeline.cli import render_timeline
+    from pipeline.ops.cli import render_timeline
 
     at = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
     rows = [
@@ -326,7 +326,7 @@ def test_the_timeline_prints_event_text_as_it_is() -> None:
 
 
 def test_an_alert_prints_its_text_as_it_is() -> None:
-    from pipeline.cli import render_alert
+    from pipeline.ops.cli import render_alert
 
     raw = json.loads((EXAMPLES / "friction_alert.json").read_text())
     raw["summary"] = "Customer [/] called [bold]3 times[/] :smile:"

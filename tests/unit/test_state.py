@@ -1,4 +1,4 @@
-"""The judge's state and its snapshots (pipeline/state.py), without a broker.
+"""The judge's state and its snapshots (pipeline/engine/snapshots.py), without a broker.
 
 The property the design rests on: a partition's state is a function of its log, and applying a
 message twice changes nothing. So a snapshot whose chunks were taken at different moments (all
@@ -17,7 +17,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.state import (
+from pipeline.engine.snapshots import (
     Partition,
     Snapshots,
     add_loaded,
@@ -65,7 +65,7 @@ def messages(draw: st.DrawFn) -> list[Message]:
 
 
 def apply(customers: dict[str, CustomerState], message: Message) -> None:
-    """What the judge stage does to its state for each item (pipeline/judging.py)."""
+    """What the judge stage does to its state for each item (pipeline/engine/judge_stage.py)."""
     kind, payload = message
     if kind == "erase":
         customers.pop(payload, None)
@@ -217,7 +217,7 @@ def customers_in(sends: FakeSends) -> list[list[str]]:
 def test_a_snapshot_takes_a_customer_once_its_state_is_written(monkeypatch: Any) -> None:
     """A chunk holding a state with something unwritten would, loaded after a crash, make the
     judge drop that something as already seen: such a customer waits for a later round."""
-    monkeypatch.setattr("pipeline.state.ROUND_S", 0.0)
+    monkeypatch.setattr("pipeline.engine.snapshots.ROUND_S", 0.0)
     unwritten = {"C-2"}
     sends, part, drains = snapshot(unwritten, lambda n: unwritten.discard("C-2") if n == 0 else None)
     assert customers_in(sends) == [["C-1", "C-3"], ["C-2"]] and drains == 0
@@ -230,8 +230,8 @@ def test_a_snapshot_takes_a_customer_once_its_state_is_written(monkeypatch: Any)
 
 
 def test_a_customer_never_written_in_time_is_taken_after_the_judge_writes_it_out(monkeypatch: Any) -> None:
-    monkeypatch.setattr("pipeline.state.ROUND_S", 0.0)
-    monkeypatch.setattr("pipeline.state.DEFER_ROUNDS", 3)
+    monkeypatch.setattr("pipeline.engine.snapshots.ROUND_S", 0.0)
+    monkeypatch.setattr("pipeline.engine.snapshots.DEFER_ROUNDS", 3)
     sends, _, drains = snapshot({"C-2"}, lambda n: None)
     assert customers_in(sends) == [["C-1", "C-3"], ["C-2"]] and drains == 1
 

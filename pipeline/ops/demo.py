@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline.admin import (
+from pipeline.kafka.admin import (
     Record,
     configured_topic,
     consumer_lag,
@@ -27,8 +27,8 @@ from pipeline.admin import (
     send_all,
     wait_until_processed,
 )
+from pipeline.ops.workload import generate
 from pipeline.settings import Settings
-from pipeline.workload import generate
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 
@@ -57,7 +57,7 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warning"],
+            [sys.executable, "-m", "pipeline.ops.cli", "worker", "--loglevel", "warning"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=os.environ.copy(),
@@ -174,7 +174,7 @@ def _summary(settings: Settings, ch: Any, console: Console, stats: dict[str, Any
         table.add_row(escape(kind), escape(severity), str(count))
     table.add_row("(retracted by late events)", "", str(retracted))
     console.print(table)
-    from pipeline.cli import render_timeline
+    from pipeline.ops.cli import render_timeline
 
     story = ch.execute(
         f"SELECT occurred_at, channel, type, matter, place, agent_id, fields, friction, reentered_fields, "

@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import Counter, Gauge, start_http_server
 from pydantic import ValidationError
 
-from pipeline import kafka_config
+from pipeline.kafka import clients
 from pipeline.settings import Settings
 from schemas.alert import FrictionAlert
 from sinks.delivery.config import AlertsConfig, KafkaDestination, LogDestination, Route, WebhookDestination
@@ -178,7 +178,7 @@ class DeliveryService:
     # ------------------------------------------------------------------ start-up
     async def load_ledger(self) -> int:
         """Read the whole ledger topic (compacted) into memory."""
-        from pipeline.admin import read_to_end
+        from pipeline.kafka.admin import read_to_end
 
         records = await asyncio.to_thread(read_to_end, self.settings, self.config.delivery.ledger_topic)
         latest: dict[bytes, bytes | None] = {}
@@ -216,7 +216,7 @@ class DeliveryService:
         """The ledger (compacted) and every Kafka destination's topic."""
         from kafka.admin import NewTopic
 
-        from pipeline.admin import ensure_topics
+        from pipeline.kafka.admin import ensure_topics
 
         k = self.settings.kafka
         specs = [NewTopic(self.config.delivery.ledger_topic, k.partitions, k.replication_factor,
@@ -234,7 +234,7 @@ class DeliveryService:
         self._warn_about_settings()
         await self.ensure_topics()
         loaded = await self.load_ledger()
-        self._producer = AIOKafkaProducer(**kafka_config.aiokafka(self.settings.kafka), acks="all")
+        self._producer = AIOKafkaProducer(**clients.aiokafka(self.settings.kafka), acks="all")
         await self._producer.start()
         await self.prune_ledger()
         log.info(
@@ -248,7 +248,7 @@ class DeliveryService:
         workers = [asyncio.create_task(self._worker(dest_id)) for dest_id in self.destinations]
         consumer = AIOKafkaConsumer(
             self.settings.kafka.topics.alerts,
-            **kafka_config.aiokafka(self.settings.kafka),
+            **clients.aiokafka(self.settings.kafka),
             group_id=d.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -15,7 +15,7 @@ import uuid
 
 from kafka import TopicPartition
 
-from pipeline.admin import consumer, producer
+from pipeline.kafka.admin import consumer, producer
 from pipeline.settings import Settings
 from schemas.erasure import ErasureReceipt
 

@@ -53,8 +53,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.failpoints import failpoint
-from pipeline.outputs import SNAPSHOT_MESSAGE_BYTES, Sends
+from pipeline.engine.failpoints import failpoint
+from pipeline.engine.sends import SNAPSHOT_MESSAGE_BYTES, Sends
 from processors.judge import CustomerState
 
 log = logging.getLogger("cem.state")
@@ -346,7 +346,7 @@ async def read_states(consumer: AIOKafkaConsumer, snapshots_topic: str, partitio
 
 def reader(client_config: dict[str, Any]) -> AIOKafkaConsumer:
     """A group-less consumer to read with (`read_compacted`): the worker keeps one for its life
-    (pipeline/context.py)."""
+    (pipeline/engine/context.py)."""
     # A fetch that finds nothing is held at the broker for fetch_max_wait_ms, and the requests
     # sent after it on the same connection (the next read's end offsets) wait behind it.
     return AIOKafkaConsumer(

@@ -135,7 +135,7 @@ class Stats:
             sum_value=self.write_seconds_sum,
         )  # fmt: skip
         yield SummaryMetricFamily(
-            "cem_gc_settle_seconds", "freezing what the worker holds (pipeline/memory.py)",
+            "cem_gc_settle_seconds", "freezing what the worker holds (pipeline/engine/memory.py)",
             count_value=self.gc_count, sum_value=self.gc_seconds_sum,
         )  # fmt: skip
         lag = GaugeMetricFamily("cem_consumer_lag", "messages not yet committed, per topic", labels=["topic"])

@@ -15,15 +15,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.failpoints import failpoint
-from pipeline.state import end_offsets_of
+from pipeline.engine.failpoints import failpoint
+from pipeline.engine.snapshots import end_offsets_of
 
 log = logging.getLogger("cem.identity")
 
 
 class IdentityIndex:
     def __init__(self, client_config: dict[str, Any], topic: str) -> None:
-        self.client_config = client_config  # pipeline.kafka_config.aiokafka()
+        self.client_config = client_config  # pipeline.kafka.clients.aiokafka()
         self.topic = topic
         self.data: dict[str, str] = {}
         self.loaded = asyncio.Event()  # the topic was read up to its end offsets at start-up

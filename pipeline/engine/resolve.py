@@ -1,12 +1,12 @@
 """Stage A: where an event enters. Validate, resolve the customer, re-key by customer.
 
-Reads the channel topics and the CRM profile topic in batches (pipeline/source.py, consumer
-group `<app_id>-resolve`). Each touchpoint is validated (pipeline/decode.py: a bad one goes to
+Reads the channel topics and the CRM profile topic in batches (pipeline/engine/batches.py, consumer
+group `<app_id>-resolve`). Each touchpoint is validated (pipeline/engine/decode.py: a bad one goes to
 the dead-letter topic with the reason), resolved to a customer (processors/identity.py,
 against the identity index), and turned into the row the judge reads. Each profile becomes
 a `ProfileEnvelope` with the fingerprints of its identifiers, each tombstone an
 `EraseEnvelope`. The batch then goes to `cem.internal.by-customer`, one `PackEnvelope` per
-partition (pipeline/rekey.py), and its offsets are committed once every message is on the
+partition (pipeline/engine/rekey.py), and its offsets are committed once every message is on the
 broker. A batch forwarded twice (a crash before the commit, a rebalance) is harmless: the
 judge drops what it has already seen.
 
@@ -24,13 +24,13 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from pipeline import kafka_config
-from pipeline.context import Context, where
-from pipeline.decode import Rejected, decode_profile, decode_touchpoint
-from pipeline.failpoints import failpoint
-from pipeline.rekey import pack
-from pipeline.source import BatchSource
-from pipeline.state import end_offsets_of
+from pipeline.engine.batches import BatchSource
+from pipeline.engine.context import Context, where
+from pipeline.engine.decode import Rejected, decode_profile, decode_touchpoint
+from pipeline.engine.failpoints import failpoint
+from pipeline.engine.rekey import pack
+from pipeline.engine.snapshots import end_offsets_of
+from pipeline.kafka import clients
 from processors.identity import profile_fingerprints, resolve
 from processors.model import OTHER_MATTER
 from processors.normalize import to_touch
@@ -57,7 +57,7 @@ class ResolveStage:
         self.profile_wait_s = s.worker.profile_wait_s
         self._crm_indexed: dict[TopicPartition, int] = {}  # CRM partition -> end known to be indexed here
         self.source = BatchSource(
-            kafka_config.group_consumer(s, s.worker.resolve_group),
+            clients.group_consumer(s, s.worker.resolve_group),
             [*self.topics.channels, self.topics.profiles],
             batch_size=s.worker.batch_size,
             on_commit_failure=self._count_commit_failure,
@@ -112,7 +112,7 @@ class ResolveStage:
         with its forward, before its commit), and this worker has read the identity topic to
         the end it had after that. False if `deadline` (monotonic) passes first."""
         # The worker's own clients: a client made for this and stopped after would leave its
-        # cluster metadata as cyclic garbage, which the judge freezes for good (pipeline/memory.py).
+        # cluster metadata as cyclic garbage, which the judge freezes for good (pipeline/engine/memory.py).
         admin = await self.ctx.admin()
         while not await _committed_to(admin, self.ctx.settings.worker.resolve_group, ends):
             if point:

@@ -5,7 +5,7 @@ per partition instead of one message per item: every Kafka message costs the pro
 broker and the consumer about as much as judging a touchpoint. A pack must land where a
 per-customer message would have: on the partition of the customer id under Kafka's default
 partitioner (murmur2, as the Java client and aiokafka compute it), the partition whose
-snapshots hold that customer's state (pipeline/state.py).
+snapshots hold that customer's state (pipeline/engine/snapshots.py).
 """
 
 from __future__ import annotations

@@ -1,21 +1,8 @@
-"""The worker: faust runs it (lifecycle, signals, web server, timers); two stages do the work.
-
-    cem.touchpoints.{web,callcenter,booking} --+                                     +--> ClickHouse cem.timeline,
-    cem.crm.profiles --------------------------+--resolve--> cem.internal.by-customer --judge--+    cem.friction_alerts
-       (stage A: pipeline/resolve.py, reading    (packs per partition:     (stage B: pipeline/judging.py,
-        through pipeline/source.py)               pipeline/rekey.py)        state: pipeline/state.py)
-                                                                                                +--> cem.friction.alerts
-                          bad input -> cem.deadletter (original bytes + reason headers)
-
-Stage A is stateless but for the identity index (identifier fingerprint -> customer id, a
-compacted topic every worker follows whole: pipeline/identity_index.py). It validates,
-resolves the customer and re-keys by customer id, so stage B sees all of a customer's
-messages on one partition, in order. Stage B holds its customers' states in memory and judges
-them with the pure core in processors/.
-
-Both stages read Kafka with aiokafka consumer groups of their own (`<app_id>-resolve`,
-`<app_id>-judge`) and write through one aiokafka producer, in batches: faust's per-message
-streams and its tables cost more than cem's whole work on a touchpoint (docs/architecture.md).
+"""The worker process: faust hosts it (lifecycle, signals, web pages, timers) and two stages
+of pipeline/engine/ do the work, each an aiokafka consumer group of its own:
+stage A (`engine/resolve.py`, `<app_id>-resolve`) validates, resolves and re-keys by customer;
+stage B (`engine/judge_stage.py`, `<app_id>-judge`) judges and writes. Why not faust's streams
+and tables: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -28,11 +15,11 @@ from typing import Any
 import faust
 from faust.app.base import BootStrategy
 
-from pipeline import kafka_config
-from pipeline.context import Context
-from pipeline.judging import JudgeStage
-from pipeline.outputs import make_producer
-from pipeline.resolve import ResolveStage
+from pipeline.engine.context import Context
+from pipeline.engine.judge_stage import JudgeStage
+from pipeline.engine.resolve import ResolveStage
+from pipeline.engine.sends import make_producer
+from pipeline.kafka import clients
 from pipeline.settings import Settings
 
 log = logging.getLogger("cem.pipeline")
@@ -83,8 +70,8 @@ class Pipeline:
         self._main: asyncio.Task[None] | None = None
         self.app = app = App(
             s.worker.app_id,
-            broker=[f"kafka://{h}" for h in kafka_config.servers(s.kafka)],
-            broker_credentials=kafka_config.faust_credentials(s.kafka),
+            broker=[f"kafka://{h}" for h in clients.servers(s.kafka)],
+            broker_credentials=clients.faust_credentials(s.kafka),
             store="memory://",
             broker_session_timeout=s.worker.session_timeout_s,
             broker_heartbeat_interval=max(0.5, s.worker.session_timeout_s / 5),

@@ -72,7 +72,7 @@ def config_check() -> None:
 @topics_app.command("create")
 def topics_create() -> None:
     """Create every topic cem uses (safe to re-run)."""
-    from pipeline.admin import create_topics
+    from pipeline.kafka.admin import create_topics
 
     for name, what in create_topics(settings()):
         console.print(f"  {name:32} {what}")
@@ -118,7 +118,7 @@ def erase(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the receipt.")] = 300.0,
 ) -> None:
     """Erase a customer everywhere (stream state, identity index, ClickHouse) and print the receipt."""
-    from pipeline.erase import default_requester, request_erasure
+    from pipeline.ops.erase import default_requester, request_erasure
 
     s = settings()
     try:
@@ -198,7 +198,7 @@ def dlq_list(reason: Annotated[str | None, typer.Option(help="Only this reason."
     """Dead letters with their reasons, and a count per reason."""
     from collections import Counter
 
-    from pipeline.deadletter import read_dead_letters
+    from pipeline.ops.deadletter import read_dead_letters
 
     letters = read_dead_letters(settings(), reason)
     for x in letters:
@@ -216,7 +216,7 @@ def dlq_export(
 ) -> None:
     """Write dead letters to a file (readable by you only: it holds raw input), one
     {topic, key, value, reason, ...} per line, to fix by hand."""
-    from pipeline.deadletter import export, read_dead_letters
+    from pipeline.ops.deadletter import export, read_dead_letters
 
     n = export(read_dead_letters(settings(), reason), out)
     console.print(escape(f"wrote {n} dead letter(s) to {out} (mode 600)"))
@@ -232,7 +232,7 @@ def dlq_replay(
 ) -> None:
     """Re-feed dead letters to the channel topics: fixed ones from a file, or the originals after
     fixing the cause. Messages for any other topic are refused, all of them, unless --force."""
-    from pipeline.deadletter import ReplayRefused, originals, read_dead_letters, read_fixed, replay
+    from pipeline.ops.deadletter import ReplayRefused, originals, read_dead_letters, read_fixed, replay
 
     s = settings()
     records = read_fixed(file) if file is not None else originals(read_dead_letters(s, reason))
@@ -309,9 +309,9 @@ def worker(
 
     import faust
 
-    from pipeline import memory
-    from pipeline.admin import preflight
-    from pipeline.app import Pipeline
+    from pipeline.engine import memory
+    from pipeline.kafka.admin import preflight
+    from pipeline.worker import Pipeline
     from sinks.clickhouse.client import check_credentials
 
     if web_port is not None:
@@ -342,7 +342,7 @@ def produce(
     ] = False,
 ) -> None:
     """Produce a file of messages to Kafka."""
-    from pipeline.admin import producer, read_jsonl, send_all, wait_until_processed
+    from pipeline.kafka.admin import producer, read_jsonl, send_all, wait_until_processed
 
     s = settings()
     records = list(read_jsonl(file, s))
@@ -364,7 +364,7 @@ def produce(
 @app.command()
 def wait(timeout: Annotated[float, typer.Option(help="Seconds.")] = 600) -> None:
     """Wait until the worker has processed everything on its topics."""
-    from pipeline.admin import wait_until_processed
+    from pipeline.kafka.admin import wait_until_processed
 
     lag = wait_until_processed(settings(), timeout_s=timeout)
     console.print(f"processed (lag {lag.total})")
@@ -434,7 +434,7 @@ def alerts_tail(
         err.print(f"[red]bad filter[/]: {escape(problem)}")
         raise typer.Exit(2) from None
     topic = s.kafka.topics.alerts
-    from pipeline.admin import consumer as kafka_consumer
+    from pipeline.kafka.admin import consumer as kafka_consumer
 
     consumer = kafka_consumer(s)
     tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -509,8 +509,8 @@ def alerts_deliver(
     """Deliver alerts to the routes' destinations (its own consumer group; safe to restart)."""
     import logging
 
+    from pipeline.ops.delivery import run_delivery
     from sinks.delivery.config import DEFAULT_ALERTS_CONFIG, load_alerts_config
-    from sinks.delivery.service import run_delivery
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     s = settings()
@@ -533,7 +533,7 @@ def eraser(
     worker never holds), clean the delivery ledger, write the receipts. Run one beside the workers."""
     import logging
 
-    from pipeline.eraser import run_eraser
+    from pipeline.ops.eraser import run_eraser
     from sinks.clickhouse.client import check_credentials
     from sinks.delivery.config import DEFAULT_ALERTS_CONFIG, load_alerts_config
 
@@ -557,7 +557,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ) -> None:
     """Write a generated workload (profiles + touchpoints with friction injected)."""
-    from pipeline.workload import generate as gen
+    from pipeline.ops.workload import generate as gen
 
     n = 0
     with out.open("w") as fh:
@@ -575,7 +575,7 @@ def demo(
     ),
 ) -> None:
     """End to end: topics, migrations, a worker, the airline story + a workload, a summary."""
-    from pipeline.demo import run_demo
+    from pipeline.ops.demo import run_demo
 
     run_demo(settings(), story, customers, console)
 
@@ -585,7 +585,7 @@ def main() -> None:
 
     from clickhouse_driver.errors import NetworkError
 
-    from pipeline.admin import KafkaUnavailable
+    from pipeline.kafka.admin import KafkaUnavailable
     from sinks.clickhouse.client import ClickHouseUnavailable, tls_problem
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)

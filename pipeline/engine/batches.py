@@ -1,7 +1,7 @@
 """Where touchpoints enter: the channel topics (and the CRM topic) read in batches by a plain
 aiokafka group consumer.
 
-Stage A (pipeline/resolve.py) is stateless, so it does not need Faust's streams, which cost
+Stage A (pipeline/engine/resolve.py) is stateless, so it does not need Faust's streams, which cost
 more per message than the whole of cem's work on it (bench: (a2) against (a)). This consumer
 hands over whole batches and commits a batch's offsets only after the caller has finished it,
 so every touchpoint is forwarded at least once; the judge drops what it has already seen.
@@ -26,7 +26,7 @@ log = logging.getLogger("cem.source")
 class BatchSource:
     def __init__(
         self,
-        consumer_config: dict[str, Any],  # pipeline.kafka_config.group_consumer()
+        consumer_config: dict[str, Any],  # pipeline.kafka.clients.group_consumer()
         topics: list[str],
         *,
         batch_size: int,

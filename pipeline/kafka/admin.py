@@ -18,8 +18,8 @@ from kafka.admin import NewTopic
 from kafka.conn import BrokerConnection
 from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
 
-from pipeline import kafka_config
-from pipeline.outputs import SNAPSHOT_MESSAGE_BYTES
+from pipeline.engine.sends import SNAPSHOT_MESSAGE_BYTES
+from pipeline.kafka import clients
 from pipeline.settings import Settings, Topics
 
 DEFAULT_TOPICS = Topics()
@@ -31,7 +31,7 @@ class KafkaUnavailable(Exception):
 
 def admin_client(settings: Settings) -> KafkaAdminClient:
     with _explained(settings):
-        return KafkaAdminClient(**kafka_config.kafka_python(settings.kafka), request_timeout_ms=10_000)
+        return KafkaAdminClient(**clients.kafka_python(settings.kafka), request_timeout_ms=10_000)
 
 
 def consumer(settings: Settings, **kwargs: Any) -> KafkaConsumer:
@@ -39,7 +39,7 @@ def consumer(settings: Settings, **kwargs: Any) -> KafkaConsumer:
     # default), which one fetch across a few partitions of packs or snapshots easily is
     sizes = {"receive_message_max_bytes": 64 * 2**20, "fetch_max_bytes": 32 * 2**20}
     with _explained(settings):
-        return KafkaConsumer(**kafka_config.kafka_python(settings.kafka), enable_auto_commit=False, **sizes | kwargs)
+        return KafkaConsumer(**clients.kafka_python(settings.kafka), enable_auto_commit=False, **sizes | kwargs)
 
 
 @contextlib.contextmanager
@@ -67,8 +67,8 @@ def diagnose(settings: Settings, timeout_s: float = 10.0) -> str | None:
     reason for a failed handshake only in its log, so the log is where we read it from.
     """
     k = settings.kafka
-    host, _, port = kafka_config.servers(k)[0].rpartition(":")
-    cfg = kafka_config.kafka_python(k)
+    host, _, port = clients.servers(k)[0].rpartition(":")
+    cfg = clients.kafka_python(k)
     cfg.pop("bootstrap_servers")
     capture = _Capture()
     conn_log = logging.getLogger("kafka.conn")
@@ -118,7 +118,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(t.booking, n, rf),
         # the CRM snapshot topic is compacted: the latest profile (or tombstone) per customer
         NewTopic(t.profiles, n, rf, topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}),
-        # the judge's state is rebuilt from this topic after its newest snapshot (pipeline/state.py)
+        # the judge's state is rebuilt from this topic after its newest snapshot (pipeline/engine/snapshots.py)
         NewTopic(t.by_customer, n, rf, topic_configs={"retention.ms": str(k.internal_retention_days * 86_400_000)}),
         NewTopic(t.identity, n, rf, topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}),
         # snapshots of the judge's state: chunks of up to a few MiB; segments roll hourly so
@@ -295,9 +295,7 @@ def read_to_end(settings: Settings, topic: str, timeout_s: float = 60) -> list[A
 
 def producer(settings: Settings) -> KafkaProducer:
     with _explained(settings):
-        return KafkaProducer(
-            **kafka_config.kafka_python(settings.kafka), acks="all", linger_ms=20, batch_size=256 * 1024
-        )
+        return KafkaProducer(**clients.kafka_python(settings.kafka), acks="all", linger_ms=20, batch_size=256 * 1024)
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline import kafka_config
-from pipeline.decode import Rejected
-from pipeline.identity_index import IdentityIndex
-from pipeline.outputs import MESSAGE_BYTES, Sends
+from pipeline.engine.decode import Rejected
+from pipeline.engine.identity_index import IdentityIndex
+from pipeline.engine.metrics import Stats
+from pipeline.engine.sends import MESSAGE_BYTES, Sends
+from pipeline.engine.snapshots import reader
+from pipeline.kafka import clients
 from pipeline.settings import Settings
-from pipeline.state import reader
-from pipeline.stats import Stats
 
 log = logging.getLogger("cem.pipeline")
 
@@ -33,10 +33,10 @@ class Context:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = Stats()
-        fetch = {"fetch_max_wait_ms": settings.worker.fetch_max_wait_ms}  # see kafka_config.group_consumer
-        self.index = IdentityIndex(kafka_config.aiokafka(settings.kafka) | fetch, settings.kafka.topics.identity)
+        fetch = {"fetch_max_wait_ms": settings.worker.fetch_max_wait_ms}  # see clients.group_consumer
+        self.index = IdentityIndex(clients.aiokafka(settings.kafka) | fetch, settings.kafka.topics.identity)
         self.producer: AIOKafkaProducer | None = None  # made in the worker's event loop
-        self.bulk_producer: AIOKafkaProducer | None = None  # for snapshots (pipeline/outputs.py)
+        self.bulk_producer: AIOKafkaProducer | None = None  # for snapshots (pipeline/engine/sends.py)
         self._admin: AIOKafkaAdminClient | None = None
         self._reader: AIOKafkaConsumer | None = None
         self.reading = asyncio.Lock()  # the reader serves one user at a time
@@ -45,19 +45,19 @@ class Context:
 
     # The worker's clients live as long as it does: a client made for one job and stopped
     # after it leaves its cluster metadata as cyclic garbage (megabytes where the cluster has
-    # many topics), which the judge would freeze for good (pipeline/memory.py).
+    # many topics), which the judge would freeze for good (pipeline/engine/memory.py).
     async def admin(self) -> AIOKafkaAdminClient:
         """The worker's admin client, started on first use, for the worker's life."""
         if self._admin is None:
-            self._admin = AIOKafkaAdminClient(**kafka_config.aiokafka(self.settings.kafka))
+            self._admin = AIOKafkaAdminClient(**clients.aiokafka(self.settings.kafka))
             await self._admin.start()
         return self._admin
 
     async def reader(self) -> AIOKafkaConsumer:
-        """The worker's group-less consumer (pipeline/state.py `reader`), started on first use,
+        """The worker's group-less consumer (pipeline/engine/snapshots.py `reader`), started on first use,
         for the worker's life; hold `reading` while using it."""
         if self._reader is None:
-            self._reader = reader(kafka_config.aiokafka(self.settings.kafka))
+            self._reader = reader(clients.aiokafka(self.settings.kafka))
             await self._reader.start()
         return self._reader
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.admin import Record, producer, read_to_end, send_all
+from pipeline.kafka.admin import Record, producer, read_to_end, send_all
 from pipeline.settings import Settings
 
 

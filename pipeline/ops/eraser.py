@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from pipeline import kafka_config
-from pipeline.admin import producer, read_to_end
+from pipeline.kafka import clients
+from pipeline.kafka.admin import producer, read_to_end
 from pipeline.settings import Settings
 from processors.identity import LOOKUP_ORDER, fingerprint
 from schemas.erasure import ErasureJob, ErasureReceipt, Removed
@@ -149,9 +149,7 @@ class Eraser:
 
     async def run(self) -> None:
         s = self.settings
-        consumer = AIOKafkaConsumer(
-            s.kafka.topics.erasures, **kafka_config.group_consumer(s, f"{s.worker.app_id}-eraser")
-        )
+        consumer = AIOKafkaConsumer(s.kafka.topics.erasures, **clients.group_consumer(s, f"{s.worker.app_id}-eraser"))
         await consumer.start()
         try:
             while not self.stopping.is_set():

@@ -16,8 +16,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from pipeline import kafka_config
-from pipeline.rekey import partition_of_key
+from pipeline.engine.rekey import partition_of_key
+from pipeline.kafka import clients
 from pipeline.settings import Settings
 
 #: the largest message the snapshot topic takes (a chunk is ~2 MiB before compression)
@@ -33,9 +33,9 @@ def make_producer(settings: Settings, *, bulk: bool = False) -> AIOKafkaProducer
     """The worker's producer; `bulk`: the one that writes snapshots, so that their megabytes
     never queue in front of the packs and alerts."""
     w = settings.worker
-    request_bytes = SNAPSHOT_MESSAGE_BYTES if bulk else kafka_config.producer_request_bytes(w.producer_batch_bytes)
+    request_bytes = SNAPSHOT_MESSAGE_BYTES if bulk else clients.producer_request_bytes(w.producer_batch_bytes)
     return AIOKafkaProducer(
-        **kafka_config.aiokafka(settings.kafka),
+        **clients.aiokafka(settings.kafka),
         acks="all",
         # No duplicates or reordering when the producer retries after a broker hiccup: the
         # internal topic's order is the order the judge's state is built in.

@@ -3,7 +3,7 @@
 Reads `cem.internal.by-customer` with a plain aiokafka group consumer (`<app_id>-judge`), so
 one customer's touchpoints, profile updates and erasures always come to one worker, in the
 order stage A wrote them. The customers' states are held in memory per partition
-(pipeline/state.py); the detectors are the pure core in processors/.
+(pipeline/engine/snapshots.py); the detectors are the pure core in processors/.
 
 A batch is: apply every message (`judge` for a touchpoint, `apply_profile` for a profile),
 and send the alerts, identity index entries and dead letters it made at once. Its timeline
@@ -34,18 +34,19 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 from pydantic import ValidationError
 
-from pipeline import kafka_config, memory
-from pipeline.context import Context, Stopping, where
-from pipeline.decode import Rejected
-from pipeline.failpoints import failpoint
-from pipeline.outputs import MESSAGE_BYTES, Sends
-from pipeline.state import Partition, Snapshots, load, read_states
+from pipeline.engine import memory
+from pipeline.engine.alerts import to_alert
+from pipeline.engine.context import Context, Stopping, where
+from pipeline.engine.decode import Rejected
+from pipeline.engine.failpoints import failpoint
+from pipeline.engine.sends import MESSAGE_BYTES, Sends
+from pipeline.engine.snapshots import Partition, Snapshots, load, read_states
+from pipeline.kafka import clients
 from processors.judge import AlertVersion, CustomerState, Profile, apply_profile, judge, links
 from processors.model import Touch
 from schemas.alert import AlertContext
 from schemas.erasure import ErasureJob
 from schemas.internal import ITEM, EraseEnvelope, ProfileEnvelope
-from sinks.alerts import to_alert
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.writer import (
     TIMELINE_COLUMNS,
@@ -143,7 +144,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
     # ------------------------------------------------------------------ the loop
     async def run(self) -> None:
         s = self.ctx.settings
-        self.consumer = AIOKafkaConsumer(**kafka_config.group_consumer(s, s.worker.judge_group))
+        self.consumer = AIOKafkaConsumer(**clients.group_consumer(s, s.worker.judge_group))
         await self.consumer.start()
         try:
             self.consumer.subscribe([self.topic], listener=self)
@@ -210,7 +211,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         """Load the partitions' states, and let each go once it is loaded. A partition that
         comes back to this worker untouched by anyone else (its committed offset is not past
         what the worker holds) is not loaded again. The others' snapshots are read together,
-        through the worker's one reader (pipeline/context.py), then decoded one by one."""
+        through the worker's one reader (pipeline/engine/context.py), then decoded one by one."""
         s = self.ctx.settings
         delay = 1.0
         while tps:

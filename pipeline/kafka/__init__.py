@@ -1,0 +1,1 @@
+"""Kafka plumbing: client configurations, topics, reading to the end, lag."""

@@ -1,0 +1,1 @@
+"""What operators run: the `cem` command, the demo, erasure, dead letters, alert delivery."""
