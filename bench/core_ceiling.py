@@ -28,6 +28,7 @@ from pipeline.engine import memory
 from pipeline.engine.decode import Rejected, decode_profile, decode_touchpoint
 from pipeline.engine.judge_stage import read_items
 from pipeline.engine.rekey import pack
+from pipeline.engine.rows import timeline_row
 from pipeline.engine.snapshots import encode_chunk
 from pipeline.kafka import clients
 from pipeline.settings import Settings
@@ -36,7 +37,7 @@ from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import Touch
 from processors.normalize import to_touch
 from schemas.profile import ProfileSnapshot
-from sinks.clickhouse.writer import now_seconds, timeline_row
+from sinks.clickhouse.writer import now_seconds
 
 STEPS = ("decode", "resolve", "rekey", "judge", "rows", "snapshot")
 

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from processors.model import ReEntryRules, RepeatContactRules, Rules
+from sinks.clickhouse.settings import ClickHouseSettings
+from sinks.settings import ConfigError as ConfigError  # the error every settings problem raises
+from sinks.settings import Section, describe_errors, yaml_error
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "cem.yaml"
 FIELD_VOCABULARY = (
@@ -52,11 +55,7 @@ MATTER_VOCABULARY = (
 )
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Topics(_Section):
+class Topics(Section):
     web: str = "cem.touchpoints.web"
     callcenter: str = "cem.touchpoints.callcenter"
     booking: str = "cem.touchpoints.booking"
@@ -82,7 +81,7 @@ class Topics(_Section):
         return {self.web: "web", self.callcenter: "call_center", self.booking: "booking"}.get(topic)
 
 
-class KafkaSecurity(_Section):
+class KafkaSecurity(Section):
     """How every client cem runs (worker, producers, admin, alert delivery) talks to Kafka."""
 
     protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -115,7 +114,7 @@ class KafkaSecurity(_Section):
         return self
 
 
-class KafkaSettings(_Section):
+class KafkaSettings(Section):
     bootstrap_servers: str = "127.0.0.1:19092"
     security: KafkaSecurity = KafkaSecurity()
     partitions: int = Field(8, ge=1, le=1024, description="partitions of every topic cem creates")
@@ -127,63 +126,7 @@ class KafkaSettings(_Section):
     internal_retention_days: int = Field(7, ge=1, description="retention of cem.internal.by-customer")
 
 
-class ClickHouseSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(19000, ge=1, le=65535)
-    database: str = Field("cem", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    # The worker's user: inserts rows, nothing else (`cem clickhouse users` creates it).
-    user: str = "default"
-    password: SecretStr = SecretStr("")
-    # Deletes an erased customer's rows (ALTER ... DELETE); empty: the worker's user.
-    eraser_user: str = ""
-    eraser_password: SecretStr = SecretStr("")
-    # Runs migrations and creates the users; empty: the worker's user.
-    admin_user: str = ""
-    admin_password: SecretStr = SecretStr("")
-    # Reads only (`cem kit`, `cem report`, `cem timeline`); empty: the worker's user.
-    analyst_user: str = ""
-    analyst_password: SecretStr = SecretStr("")
-    # TLS on the native protocol: `port` is then the server's tcp_port_secure (9440 by default)
-    secure: bool = False
-    ca_certs: Path | None = Field(None, description="CA bundle (PEM) that signed the server's certificate")
-    verify: bool = Field(True, description="check the server's certificate and host name (secure only)")
-    certfile: Path | None = Field(None, description="client certificate (PEM), for mutual TLS only")
-    keyfile: Path | None = Field(None, description="client private key (PEM), for mutual TLS only")
-    connect_timeout_s: float = Field(5.0, gt=0)
-    send_receive_timeout_s: float = Field(60.0, gt=0)
-    # 0 keeps rows forever; otherwise timeline and alert rows expire this long after
-    # occurred_at (needs ClickHouse >= 20.1: `cem migrate` reports it when the server is older)
-    retention_days: int = Field(0, ge=0, le=36500)
-
-    @model_validator(mode="after")
-    def _tls(self) -> ClickHouseSettings:
-        for name in ("ca_certs", "certfile", "keyfile"):
-            path = getattr(self, name)
-            if path is None:
-                continue
-            # a CA or certificate given without TLS would be silently ignored: plaintext
-            if not self.secure:
-                raise ValueError(f"{name} is set but secure is false: set secure: true to use TLS")
-            if not Path(path).is_file():
-                raise ValueError(f"{name}: no such file: {path}")
-        if (self.certfile is None) != (self.keyfile is None):
-            raise ValueError("certfile and keyfile go together (mutual TLS)")
-        return self
-
-    def as_role(self, role: Literal["writer", "eraser", "admin", "analyst"]) -> ClickHouseSettings:
-        """These settings with the credentials of one role (falling back to the writer's)."""
-        user, password = {
-            "writer": (self.user, self.password),
-            "eraser": (self.eraser_user, self.eraser_password),
-            "admin": (self.admin_user, self.admin_password),
-            "analyst": (self.analyst_user, self.analyst_password),
-        }[role]
-        if not user:
-            return self
-        return self.model_copy(update={"user": user, "password": password})
-
-
-class WorkerSettings(_Section):
+class WorkerSettings(Section):
     app_id: str = "cem-pipeline"
     web_port: int = Field(6066, ge=1, le=65535)
     batch_size: int = Field(2000, ge=1, le=100_000, description="records stage A takes at most per batch")
@@ -248,7 +191,7 @@ class WorkerSettings(_Section):
         return f"{self.app_id}-judge"
 
 
-class RepeatContactConfig(_Section):
+class RepeatContactConfig(Section):
     window_days: int = Field(7, ge=1, le=365)
     transfer_grace_minutes: int = Field(15, ge=0, le=24 * 60)
     alert_cooldown_minutes: int = Field(
@@ -257,13 +200,13 @@ class RepeatContactConfig(_Section):
     max_evidence: int = Field(50, ge=2, le=1000, description="newest contacts counted and listed per matter")
 
 
-class ReEntryConfig(_Section):
+class ReEntryConfig(Section):
     window_days: int = Field(30, ge=1, le=365)
     alert_threshold: int = Field(3, ge=2, le=1000)
     max_evidence: int = Field(50, ge=2, le=1000, description="newest entries counted and listed per field")
 
 
-class RulesSettings(_Section):
+class RulesSettings(Section):
     repeat_contact: RepeatContactConfig = RepeatContactConfig()
     re_entry: ReEntryConfig = ReEntryConfig()
     vip_tiers: list[str] = ["gold", "platinum"]
@@ -300,7 +243,7 @@ class RulesSettings(_Section):
 DEV_FINGERPRINT_SECRET = "cem-pipeline-dev-secret-change-me"  # noqa: S105
 
 
-class PrivacySettings(_Section):
+class PrivacySettings(Section):
     # Salt of the identifier fingerprints. Change it for production: with the default an
     # attacker who knows an email can test whether it is in the identity index.
     fingerprint_secret: SecretStr = SecretStr(DEV_FINGERPRINT_SECRET)
@@ -331,21 +274,6 @@ class _YamlSource(PydanticBaseSettingsSource):
         if not isinstance(data, dict):
             raise ConfigError(f"{self.path}: top level must be a mapping")
         return data
-
-
-class ConfigError(Exception):
-    """A configuration problem, worded for the person who wrote the config."""
-
-
-def yaml_error(path: Path, e: yaml.YAMLError) -> ConfigError:
-    """What is wrong with a YAML file and where, without the lines around it: PyYAML's own
-    message quotes the offending line, which may hold a password."""
-    if isinstance(e, yaml.MarkedYAMLError):
-        mark = e.problem_mark or e.context_mark
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        what = "; ".join(x for x in (e.context, e.problem) if x)
-        return ConfigError(f"{path}{where}: not valid YAML: {what or 'cannot be parsed'}")
-    return ConfigError(f"{path}: not valid YAML")
 
 
 class Settings(BaseSettings):
@@ -423,49 +351,6 @@ def _loopback(host: str) -> bool:
 
 # Keys whose values are never printed: passwords, secrets, tokens, keys, credentials, and
 # URLs (webhook URLs and DSNs carry tokens and passwords).
-SECRET_LOOKING = re.compile(r"pass|pwd|secr|token|key|cred|auth|salt|private|cert|sign|url|uri|dsn|hook", re.I)
-
-
-def _may_be_secret(err: Any) -> bool:
-    """An unknown key is often a misspelt one (`pasword`, `fingerprint_secrt`), so its value
-    may be secret whatever its name; so may any value under a secret-looking key."""
-    if err["type"] == "extra_forbidden":
-        return True
-    if err["loc"] and str(err["loc"][-1]).endswith("_env"):
-        return False  # it names an environment variable: the name is not the secret, and the error must say it
-    return any(SECRET_LOOKING.search(str(part)) for part in err["loc"])
-
-
-def _shown_input(err: Any) -> str:
-    """' (got <value>)', or '' for a value that may be secret, or that is or stands for a
-    section or list (which may hold one)."""
-    value = err.get("input")
-    if err["type"] in ("missing", "model_type", "model_attributes_type", "dict_type", "list_type"):
-        return ""
-    if _may_be_secret(err) or not isinstance(value, str | int | float):
-        return ""
-    text = repr(value)
-    return f" (got {text})" if len(text) <= 80 else ""
-
-
-def describe_errors(e: ValidationError, title: str = "invalid configuration") -> ConfigError:
-    """One line per problem, each naming the dotted key, for the person who wrote the config.
-    Values are quoted only where they cannot be secret (`_shown_input`)."""
-    problems = []
-    for err in e.errors(include_url=False):
-        name, msg = ".".join(str(p) for p in err["loc"]), err["msg"]
-        got = _shown_input(err)
-        value = err.get("input")
-        if _may_be_secret(err) and isinstance(value, str) and value and value in msg:  # a message quoting it
-            msg = msg.replace(value, "...")
-        if msg.startswith("Value error, "):
-            msg, got = msg.removeprefix("Value error, "), ""
-            if not name:  # validators of the whole settings word their errors "<key>: <why>"
-                name, _, msg = msg.partition(": ")
-        problems.append(f"  {name}: {msg}{got}")
-    return ConfigError(f"{title}:\n" + "\n".join(problems))
-
-
 def load_settings(**overrides: Any) -> Settings:
     """Load and validate; raise ConfigError naming each bad key."""
     try:

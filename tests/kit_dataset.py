@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sinks.clickhouse.writer import ALERT_COLUMNS, TIMELINE_COLUMNS, alert_row, timeline_row
+from pipeline.engine.rows import alert_row, timeline_row
+from sinks.clickhouse.writer import ALERT_COLUMNS, TIMELINE_COLUMNS
 from tests.scenario import load_lines, run_pure
 
 W, CC, BK, CRM = "cem.touchpoints.web", "cem.touchpoints.callcenter", "cem.touchpoints.booking", "cem.crm.profiles"

@@ -39,6 +39,7 @@ from pipeline.engine.alerts import to_alert
 from pipeline.engine.context import Context, Stopping, where
 from pipeline.engine.decode import Rejected
 from pipeline.engine.failpoints import failpoint
+from pipeline.engine.rows import alert_row, timeline_row
 from pipeline.engine.sends import MESSAGE_BYTES, Sends
 from pipeline.engine.snapshots import Partition, Snapshots, load, read_states
 from pipeline.kafka import clients
@@ -48,15 +49,7 @@ from schemas.alert import AlertContext
 from schemas.erasure import ErasureJob
 from schemas.internal import ITEM, EraseEnvelope, ProfileEnvelope
 from sinks.clickhouse.client import connect
-from sinks.clickhouse.writer import (
-    TIMELINE_COLUMNS,
-    ClickHouseSink,
-    Columns,
-    Refused,
-    alert_row,
-    now_seconds,
-    timeline_row,
-)
+from sinks.clickhouse.writer import TIMELINE_COLUMNS, ClickHouseSink, Columns, Refused, now_seconds
 
 log = logging.getLogger("cem.judge")
 

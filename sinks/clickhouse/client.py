@@ -11,7 +11,7 @@ from clickhouse_driver import Client
 from clickhouse_driver.columns import base as _columns
 from clickhouse_driver.errors import Error, NetworkError, ServerException
 
-from pipeline.settings import ClickHouseSettings
+from sinks.clickhouse.settings import ClickHouseSettings
 
 # 192 UNKNOWN_USER, 193 WRONG_PASSWORD, 195 IP_ADDRESS_NOT_ALLOWED, 291 DATABASE_ACCESS_DENIED,
 # 516 AUTHENTICATION_FAILED (20.x+)

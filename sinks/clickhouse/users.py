@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 from xml.sax.saxutils import escape
 
-from pipeline.settings import ClickHouseSettings
+from sinks.clickhouse.settings import ClickHouseSettings
 
 Role = Literal["writer", "eraser", "analyst"]
 ROLES: tuple[Role, ...] = ("writer", "eraser", "analyst")

@@ -38,9 +38,9 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.settings import ConfigError, describe_errors, yaml_error
 from schemas.alert import FrictionAlert
 from sinks.delivery.signing import MIN_SECRET_CHARS, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from sinks.settings import ConfigError, describe_errors, yaml_error
 
 SEVERITY_RANK = {"medium": 1, "high": 2}
 DEFAULT_ALERTS_CONFIG = Path(__file__).resolve().parents[2] / "config" / "alerts.yaml"

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from pipeline.settings import ClickHouseSettings
 from sinks.clickhouse import kit
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import applied, discover, migrate
+from sinks.clickhouse.settings import ClickHouseSettings
 from tests.kit_dataset import EXPECTED, load, normalize
 
 

@@ -9,9 +9,10 @@ from clickhouse_driver.columns.service import get_column_by_spec
 from clickhouse_driver.context import Context
 
 import sinks.clickhouse.client  # noqa: F401  # makes the driver's column back-references weak
+from pipeline.engine.rows import timeline_row
 from processors.judge import CustomerState, judge
 from processors.model import Rules, Touch
-from sinks.clickhouse.writer import TIMELINE_COLUMNS, Columns, timeline_row
+from sinks.clickhouse.writer import TIMELINE_COLUMNS, Columns
 
 
 def cyclic_garbage(make: object) -> list[str]:

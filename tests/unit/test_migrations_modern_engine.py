@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
+from pipeline.engine.rows import alert_row, timeline_row
 from processors.judge import AlertVersion, RowVersion
 from processors.model import Touch
 from sinks.clickhouse.migrate import discover, migrate
-from sinks.clickhouse.writer import ALERT_COLUMNS, TIMELINE_COLUMNS, alert_row, timeline_row
+from sinks.clickhouse.writer import ALERT_COLUMNS, TIMELINE_COLUMNS
 from tests.chdb_client import ChdbClient, literal
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pipeline.engine.decode import decode_touchpoint
+from pipeline.engine.rows import timeline_row
 from pipeline.kafka import clients
 from pipeline.settings import FIELD_VOCABULARY, ConfigError, load_settings
 from processors.judge import RowVersion
@@ -19,7 +20,7 @@ from schemas.erasure import ErasureReceipt, Removed
 from sinks.clickhouse.erasure import ERASABLE, delete_customer, find_receipt, insert_receipt
 from sinks.clickhouse.migrate import migrate
 from sinks.clickhouse.users import PROFILES, UsersError, users_from, users_sql, users_xml
-from sinks.clickhouse.writer import TIMELINE_COLUMNS, timeline_row
+from sinks.clickhouse.writer import TIMELINE_COLUMNS
 from tests.chdb_client import ChdbClient
 
 
