@@ -34,22 +34,22 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 from pydantic import ValidationError
 
-from pipeline.engine import memory
-from pipeline.engine.alerts import to_alert
+from pipeline.engine.alerts import alert_message
+from pipeline.engine.clickhouse_output import ClickHouseOutput
 from pipeline.engine.context import Context, Stopping, where
 from pipeline.engine.decode import Rejected
 from pipeline.engine.failpoints import failpoint
+from pipeline.engine.partitions import Partitions
+from pipeline.engine.rekey import BadItem, read_items
 from pipeline.engine.rows import alert_row, timeline_row
-from pipeline.engine.sends import MESSAGE_BYTES, Sends
-from pipeline.engine.snapshots import Partition, Snapshots, load, read_states
+from pipeline.engine.sends import Sends
+from pipeline.engine.snapshots import Partition, Snapshots
 from pipeline.kafka import clients
-from processors.judge import AlertVersion, CustomerState, Profile, apply_profile, judge, links
+from processors.judge import CustomerState, Profile, apply_profile, judge, links
 from processors.model import Touch
-from schemas.alert import AlertContext
 from schemas.erasure import ErasureJob
-from schemas.internal import ITEM, EraseEnvelope, ProfileEnvelope
-from sinks.clickhouse.client import connect
-from sinks.clickhouse.writer import TIMELINE_COLUMNS, ClickHouseSink, Columns, Refused, now_seconds
+from schemas.internal import EraseEnvelope, ProfileEnvelope
+from sinks.clickhouse.writer import TIMELINE_COLUMNS, Columns, now_seconds
 
 log = logging.getLogger("cem.judge")
 
@@ -57,7 +57,6 @@ log = logging.getLogger("cem.judge")
 MAX_MESSAGES = 64
 SWEEP_BATCH = 5_000  # customers looked at per call (a few ms)
 
-Item = Touch | ProfileEnvelope | EraseEnvelope
 Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]  # topic, key, value, headers
 
 
@@ -102,42 +101,32 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         self.out = Pending()
         self.writing: asyncio.Task[None] | None = None  # the sealed batch being written
         self.writing_out: Pending | None = None  # and what it writes
-        self.parts: dict[int, Partition] = {}  # owned and loaded
-        self.cached: dict[int, Partition] = {}  # revoked by the last rebalance: kept in case they come back
-        self.loading: dict[int, asyncio.Task[None]] = {}
         self.lock = asyncio.Lock()  # a batch, a snapshot step, a rebalance, a loaded partition: one at a time
+        self.partitions = Partitions(ctx, self.topic, self.lock, self.rules.horizon_us)
+        self.clickhouse = ClickHouseOutput(ctx)
         self.snapshots = Snapshots(
             s.kafka.topics.snapshots, lambda: ctx.sends(bulk=True), min_touchpoints=s.worker.snapshot_min_touchpoints,
             interval_s=s.worker.snapshot_interval_s, counters=ctx.stats.counters,
         )  # fmt: skip
         self.consumer: Any = None  # AIOKafkaConsumer, made in the worker's event loop
-        self.joined = False
-        self.generation = 0  # of assignments: counts rebalances, so that a stale load is dropped
-        self._sink: ClickHouseSink | None = None
         self._capped: set[str] = set()  # customers whose cap was logged lately
-        self._sweep_queue: list[tuple[int, str]] = []  # (partition, customer) still to look at this round
-        self.sweep_s = s.worker.idle_sweep_s
-        self._sweep_at = time.monotonic() + self.sweep_s
+
+    @property
+    def parts(self) -> dict[int, Partition]:
+        return self.partitions.parts
 
     @property
     def ready(self) -> bool:
-        """Joined the group, every partition loaded and caught up with what was committed."""
-        return self.joined and not self.loading and not any(p.replaying for p in self.parts.values())
+        return self.partitions.ready
 
     def lag(self) -> dict[str, int]:
         """Messages not yet committed on this worker's partitions (see BatchSource.lag)."""
-        if self.consumer is None:
-            return {}
-        behind = 0
-        for p in self.parts:
-            high = self.consumer.highwater(TopicPartition(self.topic, p))
-            behind += max(0, (high or 0) - self.parts[p].committed)
-        return {self.topic: behind}
+        return {self.topic: self.partitions.lag()} if self.consumer is not None else {}
 
     # ------------------------------------------------------------------ the loop
     async def run(self) -> None:
         s = self.ctx.settings
-        self.consumer = AIOKafkaConsumer(**clients.group_consumer(s, s.worker.judge_group))
+        self.consumer = self.partitions.consumer = AIOKafkaConsumer(**clients.group_consumer(s, s.worker.judge_group))
         await self.consumer.start()
         try:
             self.consumer.subscribe([self.topic], listener=self)
@@ -152,19 +141,18 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                         await self._seal()
                     if self.snapshots.wanted(self.parts):
                         await self.snapshots.step(self.parts, self._unwritten, self._drain)
-                    self._sweep()
+                    self.partitions.sweep(self._unlink_idle)
             async with self.lock:
                 await self._drain()
         except Stopping:
             log.warning("stopped before a batch could be written: it is judged again after the restart")
         finally:
-            for task in self.loading.values():
-                task.cancel()
+            self.partitions.stop()
             await self.consumer.stop()
 
     # ------------------------------------------------------------------ rebalances
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.generation += 1  # a load still under way belongs to an assignment that is over
+        self.partitions.generation += 1  # a load still under way belongs to an assignment that is over
         gone = {tp.partition for tp in revoked}
         async with self.lock:  # the batch in hand is written and committed first
             drained = False
@@ -175,89 +163,10 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 # aiokafka swallows an error raised here: whatever happened, the partitions are
                 # no longer ours, and one held on would be judged from a stale state if it came back
                 self.snapshots.abandon(gone)
-                for p in gone:
-                    task = self.loading.pop(p, None)
-                    if task is not None:
-                        task.cancel()
-                    part = self.parts.pop(p, None)
-                    if drained and part is not None and not part.replaying:
-                        self.cached[p] = part
+                self.partitions.revoked(gone, drained)
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Fast on purpose: the consumer sends no heartbeats until this returns. The new
-        partitions stay paused while their state loads beside the batches."""
-        self.joined = True
-        self.generation += 1
-        mine = {tp.partition for tp in assigned}
-        for p in set(self.cached) - mine:
-            del self.cached[p]  # another worker has it now: what we held goes stale
-        for p in set(self.parts) - mine:  # not expected: a revocation moves them to `cached`
-            log.warning("partition %d was held without being assigned: dropped", p)
-            del self.parts[p]
-        new = [tp for tp in assigned if tp.partition not in self.parts and tp.partition not in self.loading]
-        if new:
-            self.consumer.pause(*new)
-            task = asyncio.create_task(self._load(new, self.generation), name="load partitions")
-            self.loading.update(dict.fromkeys((tp.partition for tp in new), task))
-
-    async def _load(self, tps: list[TopicPartition], generation: int) -> None:
-        """Load the partitions' states, and let each go once it is loaded. A partition that
-        comes back to this worker untouched by anyone else (its committed offset is not past
-        what the worker holds) is not loaded again. The others' snapshots are read together,
-        through the worker's one reader (pipeline/engine/context.py), then decoded one by one."""
-        s = self.ctx.settings
-        delay = 1.0
-        while tps:
-            try:
-                started = time.monotonic()
-                committed = {tp: await self.consumer.committed(tp) for tp in tps}
-                to_read = []
-                for tp in tps:
-                    cached = self.cached.pop(tp.partition, None)
-                    done = committed[tp]
-                    if cached is not None and done is not None and done <= cached.next_offset:
-                        await self._loaded(tp, generation, cached, done, "memory", started)
-                    else:
-                        to_read.append(tp)
-                tps = to_read
-                if not tps:
-                    return
-                starts = await self.consumer.beginning_offsets(tps)
-                async with self.ctx.reading:
-                    found = await read_states(
-                        await self.ctx.reader(), s.kafka.topics.snapshots, [tp.partition for tp in tps]
-                    )
-                while tps:
-                    tp = tps[0]
-                    loaded = await load(found[tp.partition], committed[tp], starts[tp])
-                    self.ctx.stats.observe_gc(memory.settle())  # millions of objects that stay
-                    await self._loaded(tp, generation, loaded.part, committed[tp], loaded.source, started)
-                    tps.pop(0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # the broker away: try again, the partitions stay paused
-                log.warning("loading %s failed (%s); retrying in %.0fs", [tp.partition for tp in tps], e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
-    async def _loaded(
-        self, tp: TopicPartition, generation: int, part: Partition, committed: int | None, source: str, started: float
-    ) -> None:
-        async with self.lock:
-            if generation != self.generation:
-                return  # revoked while loading (its task may have missed the cancellation)
-            self.parts[tp.partition] = part
-            part.committed = committed or 0
-            self.consumer.seek(tp, part.next_offset)
-            self.consumer.resume(tp)
-            self.loading.pop(tp.partition, None)
-        failpoint("judge.loaded")
-        self.ctx.stats.counters["partitions_loaded"] += 1
-        log.info(
-            "%s[%d] loaded from %s in %.1fs: %d customers; reading from offset %d (silently up to %d)",
-            tp.topic, tp.partition, source, time.monotonic() - started, len(part.customers),
-            part.next_offset, part.replay_until,
-        )  # fmt: skip
+        self.partitions.assigned(assigned)
 
     # ------------------------------------------------------------------ a batch
     async def _batch(self, got: dict[TopicPartition, list[Any]]) -> None:
@@ -410,51 +319,16 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
 
         await self.ctx.retrying("hand the erasure to the eraser", hand_over)
 
+    def _unlink_idle(self, cid: str, fingerprints: tuple[str, ...]) -> None:
+        """An idle customer let go (`Partitions.sweep`): their links go with the next seal."""
+        self._unlink(self.out, cid, fingerprints)
+        self.out.touched()
+
     def _unlink(self, out: Pending, cid: str, fingerprints: tuple[str, ...]) -> None:
         """Anonymous ids the customer's kept events no longer carry: their links to the
         customer go (a link another login moved elsewhere stays)."""
         index = self.ctx.index
         self._index(out, {fp: None for fp in fingerprints if index.get(fp) == cid})
-
-    def _sweep(self) -> None:
-        """Let go of customers idle for longer than the kept history (window + allowed
-        lateness) behind their partition's newest event: an anonymous visitor or an unknown
-        customer whole, a CRM customer's events and alerts (the profile stays). A few
-        thousand customers per call, a round every `worker.idle_sweep_s`."""
-        now = time.monotonic()
-        if now < self._sweep_at:
-            return
-        if not self._sweep_queue:
-            self._sweep_queue = [(p, cid) for p, part in self.parts.items() for cid in part.customers]
-            if not self._sweep_queue:
-                self._sweep_at = now + self.sweep_s
-                return
-        batch, self._sweep_queue = self._sweep_queue[:SWEEP_BATCH], self._sweep_queue[SWEEP_BATCH:]
-        if not self._sweep_queue:
-            self._sweep_at = now + self.sweep_s
-        horizon = self.rules.horizon_us
-        dropped = 0
-        for p, cid in batch:
-            part = self.parts.get(p)
-            state = part.customers.get(cid) if part is not None and not part.replaying else None
-            if part is None or state is None or state.max_t is None or not state.events:
-                continue
-            if state.max_t >= part.stream_t - horizon:
-                continue
-            gone = links(state.events)
-            if gone:
-                self._unlink(self.out, cid, tuple(sorted(gone)))
-                self.out.touched()  # sent and acknowledged with the next seal
-            if state.profile is None:
-                del part.customers[cid]
-            else:
-                state.events.clear()
-                state.alerts.clear()
-                state.seen = None
-            dropped += 1
-        if dropped:
-            self.ctx.stats.counters["idle_customers_dropped"] += dropped
-            log.info("%d customers idle for longer than the kept history let go", dropped)
 
     def _index(self, out: Pending, entries: dict[str, str | None]) -> None:
         """Identity index entries (fingerprint -> customer, or None: removed). Written through:
@@ -533,11 +407,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
     async def _write(self, out: Pending) -> None:
         """ClickHouse, then the acknowledgements of what was sent, then the offsets."""
         if len(out.timeline) or out.alert_rows:
-            refused: list[Refused] = []
-            await self.ctx.retrying("ClickHouse write", self._write_once, out.timeline, out.alert_rows, refused)
-            if refused:
-                await self.ctx.retrying("dead-letter the rows ClickHouse refused", self._park_refused, refused)
-            self.ctx.stats.observe_gc(memory.settle())  # what is held now stays
+            await self.clickhouse.write(out.timeline, out.alert_rows)
         if out.sends is not None:
             try:
                 await out.sends.done()
@@ -578,89 +448,3 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         for tp, offset in offsets.items():
             if tp.partition in self.parts:
                 self.parts[tp.partition].committed = offset
-
-    async def _park_refused(self, refused: list[Refused]) -> None:
-        """Rows ClickHouse will never take go to the dead-letter topic, under the position of
-        the message they came from, so that the partition goes on."""
-        sends = self.ctx.sends()
-        for r in refused:
-            row = orjson.dumps(dict(zip(r.columns, r.row, strict=True)))
-            source = _Source(r.value("_topic"), r.value("_partition"), r.value("_offset"),
-                             str(r.value("customer_id")).encode(), row)  # fmt: skip
-            key, value, headers = self.ctx.dead_letter(source, Rejected("clickhouse_refused", r.table, r.reason))
-            await sends.send(self.topics.deadletter, value, key=key, headers=headers)
-        await sends.done()
-        self.ctx.stats.counters["clickhouse_rows_refused"] += len(refused)
-
-    async def _write_once(self, timeline: Columns, alerts: list[tuple[Any, ...]], refused: list[Refused]) -> None:
-        sink = self._sink or self._connect_sink()
-        started = time.monotonic()
-        try:
-            refused[:] = await asyncio.to_thread(sink.write, timeline, alerts)
-        except Exception:
-            self.ctx.stats.counters["clickhouse_errors"] += 1
-            sink.client.disconnect()  # a fresh connection for the retry
-            self._sink = None
-            raise
-        stats = self.ctx.stats
-        stats.observe_write(len(timeline) + len(alerts), time.monotonic() - started)
-        stats.counters["timeline_rows_written"] += len(timeline)
-        stats.counters["alert_rows_written"] += len(alerts)
-
-    def _connect_sink(self) -> ClickHouseSink:
-        cfg = self.ctx.settings.clickhouse
-        self._sink = ClickHouseSink(connect(cfg, cfg.database), cfg.database)
-        return self._sink
-
-
-@dataclass
-class _Source:
-    """Where a dead letter comes from, as `Context.dead_letter` reads it off a record."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-@dataclass
-class BadItem:
-    """An item of a pack that does not decode: parked alone, the others are judged."""
-
-    raw: bytes
-    error: str
-
-
-def alert_message(a: AlertVersion) -> bytes:
-    """The alert as published. The rules' caps keep it far below the limit; past it, the
-    parts that can grow lose their tail, since a message that cannot be sent stops the partition."""
-    alert = to_alert(a)
-    payload = alert.model_dump_json().encode()
-    if len(payload) > MESSAGE_BYTES:
-        log.warning("alert %s is %d bytes: its context and evidence are cut", a.alert_id, len(payload))
-        cut = {"context": AlertContext(), "evidence": alert.evidence[:100], "summary": alert.summary[:1000],
-               "places": alert.places[:100], "channels": alert.channels[:10]}  # fmt: skip
-        payload = alert.model_copy(update=cut).model_dump_json().encode()
-    return payload
-
-
-def read_items(value: bytes | None) -> list[Item | BadItem]:
-    """The items of a message of the internal topic, in order. A pack's touch rows are read
-    without pydantic: they are most of the traffic."""
-    data = orjson.loads(value or b"null")  # orjson.JSONDecodeError is a ValueError
-    if not (isinstance(data, dict) and data.get("kind") == "pack"):
-        raise ValueError("kind: a message of the internal topic is a pack")
-    items = data.get("items")
-    if not isinstance(items, list):
-        raise ValueError("items: a pack holds a list of items")
-    return [_item(item) for item in items]
-
-
-def _item(item: Any) -> Item | BadItem:
-    try:
-        if isinstance(item, dict) and item.get("kind") in ("profile", "erase"):
-            return ITEM.validate_python(item)
-        return Touch.from_row(item)
-    except (TypeError, ValueError, KeyError, ValidationError) as e:
-        return BadItem(orjson.dumps(item), f"an item of the message: {e!r}"[:500])

@@ -11,9 +11,16 @@ snapshots hold that customer's state (pipeline/engine/snapshots.py).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
+import orjson
 from aiokafka.partitioner import murmur2
+from pydantic import ValidationError
+
+from processors.model import Touch
+from schemas.internal import ITEM, EraseEnvelope, ProfileEnvelope
 
 # Well under Kafka's default 1 MB message limit (broker `message.max.bytes`) and the
 # producer's request size, and big enough that a batch of 2,000 needs only a few messages.
@@ -55,3 +62,35 @@ def pack(
             size += len(item) + 1
         out.append((partition, _HEAD + b",".join(chunk) + _TAIL))
     return out
+
+
+Item = Touch | ProfileEnvelope | EraseEnvelope
+
+
+@dataclass
+class BadItem:
+    """An item of a pack that does not decode: parked alone, the others are judged."""
+
+    raw: bytes
+    error: str
+
+
+def read_items(value: bytes | None) -> list[Item | BadItem]:
+    """The items of a message of the internal topic, in order. A pack's touch rows are read
+    without pydantic: they are most of the traffic."""
+    data = orjson.loads(value or b"null")  # orjson.JSONDecodeError is a ValueError
+    if not (isinstance(data, dict) and data.get("kind") == "pack"):
+        raise ValueError("kind: a message of the internal topic is a pack")
+    items = data.get("items")
+    if not isinstance(items, list):
+        raise ValueError("items: a pack holds a list of items")
+    return [_item(item) for item in items]
+
+
+def _item(item: Any) -> Item | BadItem:
+    try:
+        if isinstance(item, dict) and item.get("kind") in ("profile", "erase"):
+            return ITEM.validate_python(item)
+        return Touch.from_row(item)
+    except (TypeError, ValueError, KeyError, ValidationError) as e:
+        return BadItem(orjson.dumps(item), f"an item of the message: {e!r}"[:500])
