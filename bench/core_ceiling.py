@@ -26,8 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.engine import memory
 from pipeline.engine.decode import Rejected, decode_profile, decode_touchpoint
-from pipeline.engine.judge_stage import read_items
-from pipeline.engine.rekey import pack
+from pipeline.engine.rekey import pack, read_items
 from pipeline.engine.rows import timeline_row
 from pipeline.engine.snapshots import encode_chunk
 from pipeline.kafka import clients

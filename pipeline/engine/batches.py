@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
+
+from pipeline.kafka.reading import commit
 
 log = logging.getLogger("cem.source")
 
@@ -121,16 +122,11 @@ class BatchSource:
             tp = TopicPartition(r.topic, r.partition)
             offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
         self._uncommitted = {}
-        try:
-            await self.consumer.commit(offsets)
+        done = await commit(self.consumer, offsets, self.on_commit_failure)
+        if done == "yes":
             self.committed.update(offsets)
-        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as e:
-            self.on_commit_failure()
-            log.info("commit of a finished batch failed after a rebalance (%s); it may be forwarded again", e)
-        except KafkaError as e:
-            self.on_commit_failure()
+        elif done == "later":
             self._uncommitted = offsets
-            log.warning("commit of a finished batch failed (%s); retrying with the next one", e)
 
 
 class _Joined(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped

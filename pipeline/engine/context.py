@@ -17,8 +17,8 @@ from pipeline.engine.decode import Rejected
 from pipeline.engine.identity_index import IdentityIndex
 from pipeline.engine.metrics import Stats
 from pipeline.engine.sends import MESSAGE_BYTES, Sends
-from pipeline.engine.snapshots import reader
 from pipeline.kafka import clients
+from pipeline.kafka.reading import reader
 from pipeline.settings import Settings
 
 log = logging.getLogger("cem.pipeline")

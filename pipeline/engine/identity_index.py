@@ -16,7 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.engine.failpoints import failpoint
-from pipeline.engine.snapshots import end_offsets_of
+from pipeline.kafka.reading import end_offsets_of
 
 log = logging.getLogger("cem.identity")
 

@@ -31,7 +31,6 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 from pydantic import ValidationError
 
 from pipeline.engine.alerts import alert_message
@@ -45,6 +44,7 @@ from pipeline.engine.rows import alert_row, timeline_row
 from pipeline.engine.sends import Sends
 from pipeline.engine.snapshots import Partition, Snapshots
 from pipeline.kafka import clients
+from pipeline.kafka.reading import commit
 from processors.judge import CustomerState, Profile, apply_profile, judge, links
 from processors.model import Touch
 from schemas.erasure import ErasureJob
@@ -429,20 +429,12 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         await self._send_messages(sends, messages)
         await sends.done()
 
+    def _count_commit_failure(self) -> None:
+        self.ctx.stats.counters["source_commit_failures"] += 1
+
     async def _commit(self, sealed: dict[int, int]) -> None:
         offsets = {TopicPartition(self.topic, p): offset for p, offset in sealed.items()}
-        if not offsets:
-            return
-        try:
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as e:
-            # The partitions may have moved: the new owner writes the same rows again.
-            self.ctx.stats.counters["source_commit_failures"] += 1
-            log.info("commit failed after a rebalance (%s); the batch may be judged again", e)
-            return
-        except KafkaError as e:  # the broker away: committed with the next batch
-            self.ctx.stats.counters["source_commit_failures"] += 1
-            log.warning("commit failed (%s); retrying with the next batch", e)
+        if not offsets or await commit(self.consumer, offsets, self._count_commit_failure) != "yes":
             return
         failpoint("judge.committed")
         for tp, offset in offsets.items():

@@ -29,8 +29,8 @@ from pipeline.engine.context import Context, where
 from pipeline.engine.decode import Rejected, decode_profile, decode_touchpoint
 from pipeline.engine.failpoints import failpoint
 from pipeline.engine.rekey import pack
-from pipeline.engine.snapshots import end_offsets_of
 from pipeline.kafka import clients
+from pipeline.kafka.reading import end_offsets_of
 from processors.identity import profile_fingerprints, resolve
 from processors.model import OTHER_MATTER
 from processors.normalize import to_touch
