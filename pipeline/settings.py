@@ -17,7 +17,13 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    YamlConfigSettingsSource,
+)
 
 from processors.model import ReEntryRules, RepeatContactRules, Rules
 from sinks.clickhouse.settings import ClickHouseSettings
@@ -254,26 +260,20 @@ class PrivacySettings(Section):
         return self.fingerprint_secret.get_secret_value() == DEV_FINGERPRINT_SECRET
 
 
-class _YamlSource(PydanticBaseSettingsSource):
+class _YamlSource(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source (below the environment: `CEM_...` wins), with cem's
+    rules: a config file named but missing is an error, the default one may be absent, and a
+    YAML error says where without quoting the line (it may hold a password)."""
+
     def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
-        super().__init__(settings_cls)
-        self.path = path
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        if not self.path.exists():
-            if self.path != DEFAULT_CONFIG:
-                raise ConfigError(f"config file not found: {self.path}")
-            return {}
+        if not path.exists() and path != DEFAULT_CONFIG:
+            raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(self.path.read_text()) or {}
+            super().__init__(settings_cls, yaml_file=path)
         except yaml.YAMLError as e:
-            raise yaml_error(self.path, e) from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{self.path}: top level must be a mapping")
-        return data
+            raise yaml_error(path, e) from None
+        if not isinstance(self.yaml_data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
 
 
 class Settings(BaseSettings):
