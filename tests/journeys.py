@@ -21,18 +21,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bench.workload import MATTERS, PLACES, PROFILES, REENTRY_FIELDS, TOPIC
+
 START = datetime(2026, 3, 1, tzinfo=UTC)
 DAYS = 30
-TOPIC = {
-    "web": "cem.touchpoints.web",
-    "call_center": "cem.touchpoints.callcenter",
-    "booking": "cem.touchpoints.booking",
-}
-PROFILES = "cem.crm.profiles"
-MATTERS = ("baggage_allowance", "refund_status", "seat_selection", "flight_change", "lost_luggage", "miles_credit")
-REENTRY_FIELDS = ("passport_number", "date_of_birth", "address", "phone")
-PLACES = (("web", "checkin/passenger-details"), ("web", "profile/edit"), ("booking", "checkin/apis"),
-          ("booking", "manage-booking/passenger"))  # fmt: skip
 TIERS = ("none", "none", "silver", "gold", "platinum")
 Label = tuple[str, str, str]  # (kind, customer_id, matter or field)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from prometheus_client import Counter, Gauge, start_http_server
 from pydantic import ValidationError
 
 from pipeline.kafka import clients
+from pipeline.ops.signals import run_until_signalled
 from pipeline.settings import Settings
 from schemas.alert import FrictionAlert
 from sinks.delivery.config import AlertsConfig, KafkaDestination, LogDestination, Route, WebhookDestination
@@ -482,11 +482,5 @@ class DeliveryService:
 
 
 def run_delivery(settings: Settings, config: AlertsConfig) -> None:
-    async def main() -> None:
-        service = DeliveryService(settings, config)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, service.stop)
-        await service.run()
-
-    asyncio.run(main())
+    service = DeliveryService(settings, config)
+    run_until_signalled(service.run, service.stop)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +28,7 @@ from aiokafka import AIOKafkaConsumer
 
 from pipeline.kafka import clients
 from pipeline.kafka.admin import producer, read_to_end
+from pipeline.ops.signals import run_until_signalled
 from pipeline.settings import Settings
 from processors.identity import LOOKUP_ORDER, fingerprint
 from schemas.erasure import ErasureJob, ErasureReceipt, Removed
@@ -195,11 +195,5 @@ class Eraser:
 
 
 def run_eraser(settings: Settings, ledger_topic: str = LEDGER_TOPIC) -> None:
-    async def main() -> None:
-        eraser = Eraser(settings, ledger_topic)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, eraser.stop)
-        await eraser.run()
-
-    asyncio.run(main())
+    eraser = Eraser(settings, ledger_topic)
+    run_until_signalled(eraser.run, eraser.stop)

@@ -26,10 +26,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from pipeline.kafka.admin import Record, producer, send_all, wait_until_processed
-from pipeline.kafka.admin import read_to_end as read_topic
-from schemas.alert import FrictionAlert
 from tests.integration.conftest import Namespace
-from tests.integration.test_faults import records, wait_until
+from tests.integration.test_faults import open_on_the_topic, records, wait_until
 from tests.journeys import Journeys, generate
 from tests.scenario import PureResult, run_pure
 
@@ -243,12 +241,7 @@ def verify(space: Namespace, exp: Expected) -> None:
     precision, recall = tp / max(1, len(flagged)), tp / max(1, len(exp.journeys.labels))
     print(f"  precision {precision:.3f}, recall {recall:.3f} ({tp} of {len(exp.journeys.labels)} labels)")
     assert precision == recall == 1.0
-    latest: dict[str, FrictionAlert] = {}
-    for rec in read_topic(space.settings, space.settings.kafka.topics.alerts, timeout_s=120):
-        a = FrictionAlert.model_validate_json(rec.value)
-        if a.alert_id not in latest or a.revision >= latest[a.alert_id].revision:
-            latest[a.alert_id] = a
-    assert {i for i, a in latest.items() if a.status == "open"} == exp.open_alerts
+    assert open_on_the_topic(space) == exp.open_alerts
 
 
 def kill_anywhere(space: Namespace, exp: Expected, kills: list[Kill], others: int = 0) -> None:
