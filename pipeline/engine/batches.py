@@ -1,5 +1,5 @@
-"""Where touchpoints enter: the channel topics (and the CRM topic) read in batches by a plain
-aiokafka group consumer.
+"""Stage A's consumer: the channel topics and the CRM topic read in batches by a plain aiokafka
+group consumer, committed once the caller has finished a batch.
 
 Stage A (pipeline/engine/resolve.py) is stateless, so it does not need Faust's streams, which cost
 more per message than the whole of cem's work on it (bench: (a2) against (a)). This consumer

@@ -1,4 +1,4 @@
-"""Stage A: where an event enters. Validate, resolve the customer, re-key by customer.
+"""Stage A: validate (engine/decode.py), resolve the customer, re-key by customer.
 
 Reads the channel topics and the CRM profile topic in batches (pipeline/engine/batches.py, consumer
 group `<app_id>-resolve`). Each touchpoint is validated (pipeline/engine/decode.py: a bad one goes to
