@@ -55,13 +55,17 @@ def erase(settings: Settings, job: ErasureJob, ledger_topic: str = LEDGER_TOPIC)
     try:
         related = related_ids(job)
         ids = [job.customer_id, *related]
-        keys_with_rows = {
-            r[0]
-            for r in client.execute(
-                f"SELECT DISTINCT customer_id FROM {cfg.database}.timeline_versions WHERE customer_id IN %(c)s",
-                {"c": tuple(related)},
-            )
-        }
+        keys_with_rows = (
+            {
+                r[0]
+                for r in client.execute(
+                    f"SELECT DISTINCT customer_id FROM {cfg.database}.timeline_versions WHERE customer_id IN %(c)s",
+                    {"c": tuple(related)},
+                )
+            }
+            if related  # `IN ()` is a syntax error; a job done again may know no identifier any more
+            else set()
+        )
         before = delete_customer(client, cfg.database, ids)
         ledger = _forget_in_ledger(settings, ledger_topic, set(ids))
         dead = _dead_letters_of(settings, job)

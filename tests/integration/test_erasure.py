@@ -10,7 +10,7 @@ from kafka.admin import NewTopic
 
 from pipeline.kafka.admin import Record, ensure_topics, producer, read_to_end, send_all, wait_until_processed
 from processors.identity import fingerprint
-from schemas.erasure import ErasureReceipt
+from schemas.erasure import ErasureJob, ErasureReceipt
 from tests.integration.conftest import Namespace
 
 
@@ -67,3 +67,13 @@ def test_erasure_reaches_anonymous_and_unresolved_keys_the_ledger_and_dead_lette
         assert ch.execute(f"SELECT count() FROM {db}.timeline_versions WHERE customer_id = %(c)s", {"c": key}) == [(0,)]
     latest = {rec.key: rec.value for rec in read_to_end(s, ledger)}
     assert latest[b"log/a1"] is None and latest[b"log/a2"] is not None
+    # A job done again after a crash may know no identifier any more: it still completes.
+    again = ErasureJob(request_id="again-1", customer_id=cid, requested_by="test", requested_at=receipt.requested_at,
+                       fingerprints=[], customer_state=0, identity_entries=0)  # fmt: skip
+    prod = producer(s)
+    send_all(prod, [Record(t.erasures, b"again-1", again.model_dump_json().encode())])
+    prod.close()
+    deadline = time.monotonic() + 120
+    while not any(rec.key == b"again-1" for rec in read_to_end(s, t.erasure_receipts)):
+        assert time.monotonic() < deadline, space.tmp.joinpath("eraser.log").read_text()[-2000:]
+        time.sleep(0.5)
