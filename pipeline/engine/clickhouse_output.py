@@ -33,21 +33,24 @@ class ClickHouseOutput:
         refused: list[Refused] = []
         await self.ctx.retrying("ClickHouse write", self._write_once, timeline, alerts, refused)
         if refused:
-            await self.ctx.retrying("dead-letter the rows ClickHouse refused", self._park_refused, refused)
+            letters = [self._dead_letter(r) for r in refused]
+            await self.ctx.retrying("dead-letter the rows ClickHouse refused", self._send_letters, letters)
+            self.ctx.stats.counters["clickhouse_rows_refused"] += len(refused)
         self.ctx.stats.observe_gc(memory.settle())  # what is held now stays
 
-    async def _park_refused(self, refused: list[Refused]) -> None:
-        """Rows ClickHouse will never take go to the dead-letter topic, under the position of
-        the message they came from, so that the partition goes on."""
+    def _dead_letter(self, r: Refused) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+        """A row ClickHouse will never take, for the dead-letter topic under the position of
+        the message it came from, so that the partition goes on."""
+        row = orjson.dumps(dict(zip(r.columns, r.row, strict=True)))
+        source = _Source(r.value("_topic"), r.value("_partition"), r.value("_offset"),
+                         str(r.value("customer_id")).encode(), row)  # fmt: skip
+        return self.ctx.dead_letter(source, Rejected("clickhouse_refused", r.table, r.reason))
+
+    async def _send_letters(self, letters: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> None:
         sends = self.ctx.sends()
-        for r in refused:
-            row = orjson.dumps(dict(zip(r.columns, r.row, strict=True)))
-            source = _Source(r.value("_topic"), r.value("_partition"), r.value("_offset"),
-                             str(r.value("customer_id")).encode(), row)  # fmt: skip
-            key, value, headers = self.ctx.dead_letter(source, Rejected("clickhouse_refused", r.table, r.reason))
+        for key, value, headers in letters:
             await sends.send(self.ctx.settings.kafka.topics.deadletter, value, key=key, headers=headers)
         await sends.done()
-        self.ctx.stats.counters["clickhouse_rows_refused"] += len(refused)
 
     async def _write_once(self, timeline: Columns, alerts: list[tuple[Any, ...]], refused: list[Refused]) -> None:
         sink = self._sink or self._connect_sink()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +42,7 @@ class Partitions:
         self.joined = False
         self.generation = 0  # of assignments: counts rebalances, so that a stale load is dropped
         self.sweep_s = ctx.settings.worker.idle_sweep_s
-        self._sweep_queue: list[tuple[int, str]] = []  # (partition, customer) still to look at this round
+        self._sweep_queue: deque[tuple[int, str]] = deque()  # (partition, customer) still to look at this round
         self._sweep_at = time.monotonic() + self.sweep_s
 
     @property
@@ -157,13 +158,14 @@ class Partitions:
         now = time.monotonic()
         if now < self._sweep_at:
             return
-        if not self._sweep_queue:
-            self._sweep_queue = [(p, cid) for p, part in self.parts.items() for cid in part.customers]
-            if not self._sweep_queue:
+        queue = self._sweep_queue
+        if not queue:
+            queue.extend((p, cid) for p, part in self.parts.items() for cid in part.customers)
+            if not queue:
                 self._sweep_at = now + self.sweep_s
                 return
-        batch, self._sweep_queue = self._sweep_queue[:SWEEP_BATCH], self._sweep_queue[SWEEP_BATCH:]
-        if not self._sweep_queue:
+        batch = [queue.popleft() for _ in range(min(SWEEP_BATCH, len(queue)))]
+        if not queue:
             self._sweep_at = now + self.sweep_s
         horizon = self.horizon_us
         dropped = 0

@@ -132,6 +132,8 @@ class ResolveStage:
         for the CRM profiles that other workers' CRM partitions held when the batch was read
         to be in this worker's index. Costs one request when no profile came meanwhile."""
         mine = {tp.partition for tp in self.source.assigned(self.topics.profiles)}
+        if mine >= (self.source.consumer.partitions_for_topic(self.topics.profiles) or set()):
+            return  # this worker reads every CRM partition: `catch_up` covered them, no request
         ends = {tp: end for tp, end in (await self._end_offsets(self.topics.profiles)).items()
                 if tp.partition not in mine and end > self._crm_indexed.get(tp, 0)}  # fmt: skip
         if not ends:

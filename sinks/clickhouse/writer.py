@@ -128,8 +128,8 @@ class ClickHouseSink:
 
 def _describe(e: BaseException) -> str:
     code = getattr(e, "code", None)
-    text = (getattr(e, "message", None) or str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return (f"code {code}: " if code else "") + text[:300]
+    lines = (getattr(e, "message", None) or str(e)).strip().splitlines()
+    return (f"code {code}: " if code else "") + (lines[0] if lines else type(e).__name__)[:300]
 
 
 def now_seconds() -> int:
