@@ -31,6 +31,8 @@ def _parse(spec: str) -> dict[str, int]:
         name, _, count = item.partition(":")
         if name not in POINTS:
             raise ValueError(f"CEM_FAILPOINTS: unknown failpoint {name!r} (known: {', '.join(sorted(POINTS))})")
+        if count and not count.isdigit():
+            raise ValueError(f"CEM_FAILPOINTS: {item!r}: the pass to kill at is a number, as in {name}:3")
         armed[name] = int(count or 1)
     return armed
 
