@@ -70,5 +70,6 @@ check: lint typecheck ## lint + type-check
 clean: ## remove caches (keeps .venv and .local)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
 
-wipe: down ## stop the stack and delete its data
+wipe: down ## stop the stack and delete its data (and the local worker's state, which belongs to it)
 	$(STACK) wipe
+	rm -rf .local/worker

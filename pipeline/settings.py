@@ -197,6 +197,30 @@ class WorkerSettings(Section):
         return f"{self.app_id}-judge"
 
 
+class StateSettings(Section):
+    """The judge's state on local disk (RocksDB) and what of it is held in memory. The
+    defaults fit a worker of 2 cores and 4 GiB with 8 partitions (docs/operations.md)."""
+
+    dir: Path | None = Field(None, description="where the databases live; default: <worker.data_dir>/state")
+    cache_customers: int = Field(
+        20_000, ge=100, le=10_000_000, description="customers' states kept decoded in memory (most recently used)"
+    )
+    block_cache_mib: int = Field(64, ge=8, le=65_536, description="RocksDB block cache, shared by every database")
+    write_buffer_mib: int = Field(
+        64, ge=8, le=65_536, description="RocksDB memtables of every database together (write buffer manager)"
+    )
+    identity_cache_entries: int = Field(
+        100_000, ge=0, le=50_000_000, description="identity index entries kept in memory (most recently used)"
+    )
+    compression: Literal["lz4", "zstd", "none"] = "lz4"
+    # Compaction may remove a tombstone of the identity topic this long after it was written
+    # (the topic's delete.retention.ms, 24 h by default): an index on disk older than this
+    # could have missed a removal, so it is read again whole.
+    identity_resume_hours: float = Field(
+        20.0, ge=0, le=24 * 365, description="an identity index on disk older than this is rebuilt from Kafka"
+    )
+
+
 class RepeatContactConfig(Section):
     window_days: int = Field(7, ge=1, le=365)
     transfer_grace_minutes: int = Field(15, ge=0, le=24 * 60)
@@ -282,6 +306,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     worker: WorkerSettings = WorkerSettings()
+    state: StateSettings = StateSettings()
     rules: RulesSettings = RulesSettings()
     privacy: PrivacySettings = PrivacySettings()
 
@@ -300,6 +325,11 @@ class Settings(BaseSettings):
     @cached_property
     def rules_obj(self) -> Rules:
         return self.rules.to_rules()
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the worker's RocksDB databases live."""
+        return self.state.dir if self.state.dir is not None else self.worker.data_dir / "state"
 
     @property
     def secret(self) -> bytes:
