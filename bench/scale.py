@@ -4,8 +4,9 @@ One worker on the local stack (8 partitions). Customers are added in steps (defa
 100k -> 1M -> 3M in all), each new customer with a CRM profile and a few touchpoints; after
 each step: the worker's RSS, its disk, touchpoints/s over the step, and recovery after a
 SIGKILL with its disk kept (a small backlog produced, the worker killed while it works on it,
-restarted: seconds until everything is processed) and, at the last step, with its data
-directory deleted (rebuilt from the snapshots in Kafka).
+restarted) and, at the last step, with its data directory deleted (rebuilt from the
+snapshots in Kafka). Each step is produced while the worker is stopped, then judged, so
+that touchpoints/s is the worker's own.
 
     python -m bench.scale [--steps 100000,1000000,3000000] [--chunk 50000]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import signal
 import time
@@ -28,6 +30,7 @@ from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 
 TOUCHPOINTS_PER_CUSTOMER = 3
+Procs = list[tuple[Watched, int]]
 
 
 def disk_bytes(path: Path) -> int:
@@ -59,13 +62,16 @@ def processed(run: Run, worker: Watched, timeout_s: float = 7200) -> float:
     return time.monotonic() - started
 
 
-def recovery(
-    run: Run, procs: list[tuple[Watched, int]], wipe: bool, label: str
-) -> tuple[list[tuple[Watched, int]], float]:
-    """A backlog of 20,000 touchpoints of existing customers, the worker killed while it works
-    on it, restarted (with its data directory deleted first if `wipe`): seconds from the
-    restart until everything is processed."""
-    worker, port = procs[0]
+LOADED = re.compile(r"loaded from (\w+)[^:]* in ([0-9.]+)s:")
+
+
+def recovery(run: Run, procs: Procs, wipe: bool, label: str) -> tuple[Procs, dict[str, Any]]:
+    """A backlog of 20,000 touchpoints of 5,000 new customers, the worker killed while it
+    works on it, restarted (with its data directory deleted first if `wipe`). Returns: the
+    slowest partition's load (its state ready to judge), the worker ready (includes joining
+    the group, which waits for the dead member's session to time out), everything processed;
+    seconds from the restart."""
+    worker, _ = procs[0]
     wl = generate(20_000, 5_000, seed=7, prefix=f"R{label}")
     produce(run, wl.profiles)
     produce(run, wl.touchpoints)
@@ -75,8 +81,13 @@ def recovery(
         shutil.rmtree(Path(run.env["CEM_WORKER__DATA_DIR"]), ignore_errors=True)
     started = time.monotonic()
     procs = start_workers(run, 1, f"restart-{label}")
+    ready_s = time.monotonic() - started
     processed(run, procs[0][0])
-    return procs, time.monotonic() - started
+    loads = LOADED.findall(procs[0][0].log.read_text(errors="replace"))
+    return procs, {
+        "from": sorted({src for src, _ in loads}), "load_s": max((float(t) for _, t in loads), default=0.0),
+        "ready_s": round(ready_s, 1), "caught_up_s": round(time.monotonic() - started, 1),
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -91,42 +102,46 @@ def main() -> None:
     migrate(connect(run.settings.clickhouse, "default"), run.settings.clickhouse.database)
     data_dir = Path(run.env["CEM_WORKER__DATA_DIR"])
     step(f"bench-scale: steps {steps}, {TOUCHPOINTS_PER_CUSTOMER} touchpoints per customer, one worker, 8 partitions")
-    procs = start_workers(run, 1, "scale")
+    procs: Procs = []
     rows = []
     held = 0
     for k, total in enumerate(steps):
         new = total - held
-        step(f"step {k + 1}: adding {new:,} customers")
-        started = time.monotonic()
+        for w, _ in procs:  # the step is produced first, and then judged: touchpoints/s is the worker's
+            w.stop()
+        step(f"step {k + 1}: producing {new:,} customers, a profile and about {TOUCHPOINTS_PER_CUSTOMER} "
+             "touchpoints each")  # fmt: skip
         sent = add_customers(run, held, new, args.chunk, f"S{k}")
+        held = total
+        started = time.monotonic()
+        procs = start_workers(run, 1, f"step{k}")
         processed(run, procs[0][0])
         secs = time.monotonic() - started
-        held = total
         worker, port = procs[0]
         rss = worker.sample()
         customers = stats(port)["customers"]
-        last = k == len(steps) - 1
-        procs, kept_s = recovery(run, procs, wipe=False, label=f"{k}k")
-        lost_s = None
-        if last:
-            procs, lost_s = recovery(run, procs, wipe=True, label=f"{k}w")
+        procs, kept = recovery(run, procs, wipe=False, label=f"{k}k")
+        lost = None
+        if k == len(steps) - 1:
+            procs, lost = recovery(run, procs, wipe=True, label=f"{k}w")
         row = {
             "customers": total, "customers_held": customers, "touchpoints": sent,
             "touchpoints_per_s": round(sent / secs), "worker_rss_mib": rss >> 20,
-            "disk_mib": disk_bytes(data_dir) >> 20, "recovery_disk_kept_s": round(kept_s, 1),
-            "recovery_disk_lost_s": None if lost_s is None else round(lost_s, 1),
+            "peak_rss_mib": worker.peak_rss >> 20, "disk_mib": disk_bytes(data_dir) >> 20,
+            "after_sigkill_disk_kept": kept, "after_sigkill_disk_lost": lost,
         }  # fmt: skip
         rows.append(row)
         step(json.dumps(row))
     for w, _ in procs:
         w.stop()
 
-    print("\n| customers | worker RSS | disk | touchpoints/s | recovery, disk kept | recovery, disk lost |")
+    print("\n| customers | worker RSS (peak) | disk | touchpoints/s | SIGKILL, disk kept: state loaded / ready / "
+          "caught up | SIGKILL, disk lost: the same |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        lost = "-" if r["recovery_disk_lost_s"] is None else f"{r['recovery_disk_lost_s']} s"
-        print(f"| {r['customers']:,} | {r['worker_rss_mib']} MiB | {r['disk_mib']} MiB | {r['touchpoints_per_s']:,} "
-              f"| {r['recovery_disk_kept_s']} s | {lost} |")  # fmt: skip
+        print(f"| {r['customers']:,} | {r['worker_rss_mib']} MiB ({r['peak_rss_mib']}) | {r['disk_mib']} MiB "
+              f"| {r['touchpoints_per_s']:,} | {_recovery(r['after_sigkill_disk_kept'])} "
+              f"| {_recovery(r['after_sigkill_disk_lost'])} |")  # fmt: skip
     if len(rows) > 1:
         growth = rows[-1]["worker_rss_mib"] / max(1, rows[-2]["worker_rss_mib"]) - 1
         print(f"\nRSS growth from {rows[-2]['customers']:,} to {rows[-1]['customers']:,} customers: {growth:+.0%}")
@@ -134,6 +149,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"steps": rows}, indent=2))
     print(f"results: {out}")
+
+
+def _recovery(r: dict[str, Any] | None) -> str:
+    return "-" if r is None else f"{r['load_s']:.1f} s / {r['ready_s']} s / {r['caught_up_s']} s"
 
 
 if __name__ == "__main__":

@@ -167,10 +167,14 @@ class WorkerSettings(Section):
     idle_sweep_s: float = Field(
         60.0, ge=0.1, le=3600, description="how often the judge looks for customers idle longer than the kept history"
     )
+    # Long enough for a busy worker (one loading its partitions after a rebalance) to forward
+    # its profiles: a batch resolved without them files a touchpoint under `anon:`/`unresolved:`,
+    # and if this worker then dies before its commit, the batch is resolved again with them, so
+    # the touchpoint shows under two customers. It only waits while profiles are on their way.
     profile_wait_s: float = Field(
-        2.0,
+        30.0,
         ge=0,
-        le=60,
+        le=600,
         description="longest a batch of touchpoints waits for CRM profiles other workers are forwarding",
     )
     # 5 s: after an outage, the worker resumes at most this long after ClickHouse is back

@@ -101,6 +101,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         self.rules = s.rules_obj
         self.insert_rows = s.worker.insert_rows
         self.within_s = s.worker.batch_within_s
+        self.max_dirty = s.state.cache_customers
         self.out = Pending()
         self.writing: asyncio.Task[None] | None = None  # the sealed batch being written
         self.writing_out: Pending | None = None  # and what it writes
@@ -190,7 +191,9 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 part.next_offset = record.offset + 1
                 if part.replaying:
                     failpoint("judge.replaying")
-                if len(self.out.timeline) >= self.insert_rows:  # bound inserts and memory
+                # bound inserts and memory: changed states wait in memory until they are sealed,
+                # and a replay after a rebuild seals nothing else
+                if len(self.out.timeline) >= self.insert_rows or len(part.customers.dirty) >= self.max_dirty:
                     await self._seal()
                 # A pack's alerts leave as soon as it is judged, and stage A and the heartbeats
                 # get the loop between packs: a batch of 64 packs after a hiccup is 300 ms of work.

@@ -104,11 +104,9 @@ class Namespace:
         log = (self.tmp / "worker.log").open("ab")
         own = env or {}
         env = {**self.env, **own}
-        # Each worker alive at a time has a disk of its own, as on separate machines; one started
-        # after another died takes the first free one: a restart finds its disk as it was left.
-        slot = min(i for i in range(len(self.disks) + 1) if i not in self.disks or self.disks[i].poll() is not None)
-        if slot and "CEM_WORKER__DATA_DIR" not in own:
-            env["CEM_WORKER__DATA_DIR"] = f"{self.env['CEM_WORKER__DATA_DIR']}-{slot}"
+        slot = self._free_disk()
+        if "CEM_WORKER__DATA_DIR" not in own:
+            env["CEM_WORKER__DATA_DIR"] = self.next_data_dir()
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.ops.cli", "worker", "--loglevel", "info", "--web-port", str(port)],
             env=env,
@@ -133,6 +131,18 @@ class Namespace:
             assert proc.poll() is None, f"worker exited:\n{self.worker_log()[-4000:]}"
             assert time.monotonic() < deadline, f"worker not ready:\n{self.worker_log()[-4000:]}"
             time.sleep(0.3)
+
+    def _free_disk(self) -> int:
+        """Each worker alive at a time has a disk of its own, as on separate machines; one
+        started after another died takes the first free one: a restart finds its disk as it
+        was left."""
+        return min(i for i in range(len(self.disks) + 1) if i not in self.disks or self.disks[i].poll() is not None)
+
+    def next_data_dir(self) -> str:
+        """The data directory the next worker started will have."""
+        slot = self._free_disk()
+        base = self.env["CEM_WORKER__DATA_DIR"]
+        return f"{base}-{slot}" if slot else base
 
     def start_eraser(self, env: dict[str, str] | None = None, *args: str) -> subprocess.Popen[bytes]:
         """Start `cem eraser` (erasures are finished there, with the eraser role); logs to eraser.log."""
