@@ -217,11 +217,17 @@ class StateSettings(Section):
         100_000, ge=0, le=50_000_000, description="identity index entries kept in memory (most recently used)"
     )
     compression: Literal["lz4", "zstd", "none"] = "lz4"
-    # Compaction may remove a tombstone of the identity topic this long after it was written
-    # (the topic's delete.retention.ms, 24 h by default): an index on disk older than this
-    # could have missed a removal, so it is read again whole.
+    cleanup_delay_s: float = Field(
+        600.0,
+        ge=0,
+        le=7 * 86_400,
+        description="a partition's copy on disk is deleted this long after another worker got it",
+    )
+    # Compaction may remove a tombstone of the identity topic a day after it was written (the
+    # topic's delete.retention.ms, set by cem): an index on disk older than that could have
+    # missed a removal, so one older than this is read again whole.
     identity_resume_hours: float = Field(
-        20.0, ge=0, le=24 * 365, description="an identity index on disk older than this is rebuilt from Kafka"
+        20.0, ge=0, lt=24, description="an identity index on disk older than this is rebuilt from Kafka"
     )
 
 

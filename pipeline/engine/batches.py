@@ -74,10 +74,11 @@ class BatchSource:
         """This consumer's partitions of `topic`."""
         return [tp for tp in self.consumer.assignment() if tp.topic == topic] if self.consumer is not None else []
 
-    async def catch_up(self, topic: str, timeout_s: float) -> list[Any]:
+    async def catch_up(self, topic: str, timeout_s: float, limit: int) -> tuple[list[Any], bool]:
         """The records of `topic` (on this consumer's partitions) that were on the broker when
         the last fetch returned and are not read yet: read them now, before the batch in hand
-        is processed. They belong to that batch, and are committed with it."""
+        is processed. They belong to that batch, and are committed with it. At most about
+        `limit` of them: the second value says whether there are more."""
         tps = self.assigned(topic)
         target = {tp: self.consumer.highwater(tp) for tp in tps}
         unknown = [tp for tp, high in target.items() if high is None]  # not fetched yet: ask
@@ -89,9 +90,11 @@ class BatchSource:
             behind = [tp for tp in tps if target[tp] > await self.consumer.position(tp)]
             if not behind:
                 break
+            if len(out) >= limit:
+                return out, True
             got = await self.consumer.getmany(*behind, timeout_ms=100, max_records=self.batch_size)
             out.extend(r for records in got.values() for r in records)
-        return out
+        return out, False
 
     async def _next(self) -> list[Any]:
         got = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_size)

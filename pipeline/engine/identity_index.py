@@ -10,14 +10,16 @@ writing worker sees them at once. We use this instead of faust's GlobalTable: wi
 workers, that table lost entries written on the other worker (tests/integration/test_faults.py,
 two workers).
 
-Keys: `f/<fingerprint>` -> customer id; `r/<customer id>\\0<fingerprint>` (a customer's
-entries, for an erasure; checked against `f/` when read, so a moved entry's old reverse key
-does no harm); `\\0positions` -> {partition: next offset, "at": unix time}.
+Keys: `f/<fingerprint>` -> customer id; `r/<keyed hash of the customer id><fingerprint>`
+(a customer's entries, for an erasure: deleted with the entry; hashed, so that an erased
+customer's id does not stay in RocksDB's file boundaries); `\\0positions` -> {partition:
+next offset, "at": unix time}.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -28,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from rocksdict import Rdict, ReadOptions, WriteBatch
 
 from pipeline.engine.failpoints import failpoint
-from pipeline.engine.state_store import Disk
+from pipeline.engine.state_store import Disk, after
 from pipeline.kafka.reading import end_offsets_of
 
 log = logging.getLogger("cem.identity")
@@ -36,6 +38,7 @@ log = logging.getLogger("cem.identity")
 FORWARD = b"f/"
 REVERSE = b"r/"
 POSITIONS = b"\x00positions"
+UNREAD_S = 600.0  # longest a write of this worker's is in force here without coming back
 POSITIONS_EVERY_S = 300.0  # stored this often even when nothing comes, so that their age tells
 
 
@@ -52,9 +55,12 @@ class IdentityIndex:
         self._cache: OrderedDict[str, str | None] = OrderedDict()  # None: known to be absent
         self.loaded = asyncio.Event()  # the topic was read up to its end offsets at start-up
         self.positions: dict[int, int] = {}  # partition -> next offset to read
-        # Written here and not read back from the topic yet: records of these keys read before
-        # ours come back are older than ours, and must not put the old value back meanwhile.
-        self._unread: dict[str, str | None] = {}
+        # Written here and not read back from the topic yet: in force here over what the
+        # database holds (records of these keys read before ours come back are older). An
+        # entry whose record never comes back (its send failed, and was not made again) goes
+        # after UNREAD_S.
+        self._unread: dict[str, tuple[str | None, float]] = {}
+        self._unread_swept = time.monotonic()
 
     def holds(self, ends: dict[int, int]) -> bool:
         """Whether everything up to these end offsets (partition -> offset) has been read."""
@@ -62,7 +68,7 @@ class IdentityIndex:
 
     def get(self, fingerprint: str) -> str | None:
         if fingerprint in self._unread:
-            return self._unread[fingerprint]
+            return self._unread[fingerprint][0]
         cache = self._cache
         if fingerprint in cache:
             cache.move_to_end(fingerprint)
@@ -79,15 +85,15 @@ class IdentityIndex:
 
     def apply(self, fingerprint: str, customer_id: str | None) -> None:
         """A write of this worker's (sent to the topic by the caller): in force at once."""
-        self._unread[fingerprint] = customer_id
+        self._unread[fingerprint] = (customer_id, time.monotonic())
 
     def owned_by(self, customer_id: str) -> set[str]:
         """The fingerprints that resolve to this customer now."""
-        found = {fp for fp, owner in self._unread.items() if owner == customer_id}
+        found = {fp for fp, (owner, _) in self._unread.items() if owner == customer_id}
         if self.db is not None:
-            prefix = REVERSE + customer_id.encode() + b"\0"
+            prefix = self._reverse(customer_id)
             opts = ReadOptions()
-            opts.set_iterate_upper_bound(prefix[:-1] + b"\1")
+            opts.set_iterate_upper_bound(after(prefix))
             it = self.db.iter(opts)
             it.seek(prefix)
             candidates = []
@@ -104,25 +110,47 @@ class IdentityIndex:
             return 0
         return int(self.db.property_int_value("rocksdb.estimate-num-keys") or 0) // 2
 
-    def _read(self, batch: WriteBatch, fingerprint: str, customer_id: str | None) -> None:
-        """A record read from the topic."""
-        if fingerprint in self._unread:
-            if self._unread[fingerprint] != customer_id:
-                return  # older than this worker's own write, which is still to come
+    def _reverse(self, customer_id: str) -> bytes:
+        return REVERSE + hashlib.blake2b(customer_id.encode(), digest_size=16, key=self.disk.secret).digest()
+
+    def _read(
+        self, batch: WriteBatch, fingerprint: str, customer_id: str | None, owners: dict[str, str | None]
+    ) -> None:
+        """A record read from the topic, into the database (`owners`: what this batch has set
+        so far). A write of this worker's still to come back stays in force over it."""
+        unread = self._unread.get(fingerprint)
+        if unread is not None and unread[0] == customer_id:
             del self._unread[fingerprint]
         key = FORWARD + fingerprint.encode()
+        if fingerprint in owners:
+            old = owners[fingerprint]
+        else:
+            assert self.db is not None
+            value = self.db.get(key)
+            old = None if value is None else value.decode()
+        if old is not None and old != customer_id:
+            batch.delete(self._reverse(old) + fingerprint.encode())
         if customer_id is None:
             batch.delete(key)
         else:
             batch.put(key, customer_id.encode())
-            batch.put(REVERSE + customer_id.encode() + b"\0" + fingerprint.encode(), b"")
+            batch.put(self._reverse(customer_id) + fingerprint.encode(), b"")
+        owners[fingerprint] = customer_id
         if fingerprint in self._cache:
             self._cache[fingerprint] = customer_id
 
-    def _open(self) -> dict[int, int]:
+    def _sweep_unread(self) -> None:
+        now = time.monotonic()
+        if now - self._unread_swept < UNREAD_S / 10:
+            return
+        self._unread_swept = now
+        for fp in [fp for fp, (_, at) in self._unread.items() if now - at > UNREAD_S]:
+            del self._unread[fp]
+
+    async def _open(self) -> dict[int, int]:
         """The database, and the positions it holds; none (and emptied) if it is too old to
         be followed on from: compaction may have removed removals it never saw."""
-        db = self.db = self.disk.open("identity")
+        db = self.db = await self.disk.open("identity")
         raw = db.get(POSITIONS)
         stored = orjson.loads(raw) if raw is not None else None
         if stored is not None and time.time() - stored.pop("at", 0) <= self.resume_s:
@@ -138,7 +166,7 @@ class IdentityIndex:
         consumer = AIOKafkaConsumer(**self.client_config, enable_auto_commit=False)
         await consumer.start()
         try:
-            stored = self._open()
+            stored = await self._open()
             ends: dict[TopicPartition, int] = {}
             while not ends:  # metadata may take a moment after start
                 ends = await end_offsets_of(consumer, self.topic)  # before assigning (see there)
@@ -160,19 +188,25 @@ class IdentityIndex:
             log.info("identity index: reading %s", "what came since the last run" if stored else "the whole topic")
             while True:
                 got = await consumer.getmany(timeout_ms=200, max_records=10_000)
+                # From here to the write, no await: a write of this worker's that came back is
+                # no longer in `_unread`, and must be in the database when stage A next looks.
                 batch = WriteBatch(raw_mode=True)
-                for records in got.values():
+                owners: dict[str, str | None] = {}
+                for tp, records in got.items():
                     for rec in records:
-                        self._read(batch, rec.key.decode(), None if rec.value is None else rec.value.decode())
-                for tp in tps:
-                    self.positions[tp.partition] = await consumer.position(tp)
+                        self._read(batch, rec.key.decode(), None if rec.value is None else rec.value.decode(), owners)
+                    if records:
+                        self.positions[tp.partition] = max(self.positions.get(tp.partition, 0), records[-1].offset + 1)
+                self._sweep_unread()
                 if got or time.monotonic() - written_at > POSITIONS_EVERY_S:
                     written_at = time.monotonic()
                     positions: dict[str, int | float] = {str(p): o for p, o in self.positions.items()}
                     positions["at"] = time.time()
                     batch.put(POSITIONS, orjson.dumps(positions))
-                    assert self.db is not None
-                    self.db.write(batch)
+                assert self.db is not None
+                self.db.write(batch)
+                for tp in tps:  # past the end of a compacted tail too: `holds` compares with end offsets
+                    self.positions[tp.partition] = await consumer.position(tp)
                 if not self.loaded.is_set():
                     failpoint("index.loading")
                     behind = [tp for tp in tps if await consumer.position(tp) < ends[tp]]

@@ -56,9 +56,14 @@ from sinks.clickhouse.writer import TIMELINE_COLUMNS, Columns, now_seconds
 
 log = logging.getLogger("cem.judge")
 
+
+class WriteFailed(Exception):
+    """A sealed batch could not be written (not a server away: that is retried). What was
+    applied after it cannot be written either; the worker stops and restarts from its disk."""
+
+
 #: messages (packs: a resolve batch's share of one partition) taken per batch
 MAX_MESSAGES = 64
-SWEEP_BATCH = 5_000  # customers looked at per call (a few ms)
 
 Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]  # topic, key, value, headers
 
@@ -113,6 +118,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             interval_s=s.worker.snapshot_interval_s, counters=ctx.stats.counters, live_keys=self._snapshot_keys,
         )  # fmt: skip
         self.consumer: Any = None  # AIOKafkaConsumer, made in the worker's event loop
+        self.broken: BaseException | None = None  # a write failed during a rebalance: stop
         self._capped: set[str] = set()  # customers whose cap was logged lately
 
     @property
@@ -138,6 +144,8 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 first = self.out.first_at
                 wait_s = 0.1 if first is None else max(0.0, first + self.within_s - time.monotonic())
                 got = await self.consumer.getmany(timeout_ms=int(wait_s * 1000), max_records=MAX_MESSAGES)
+                if self.broken is not None:
+                    raise WriteFailed(repr(self.broken)) from self.broken
                 async with self.lock:
                     if got:
                         await self._batch(got)
@@ -145,7 +153,8 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                         await self._seal()
                     if self.snapshots.wanted(self.parts):
                         self.snapshots.step(self.parts)
-                    self.partitions.sweep(self._unlink_idle)
+                    if self.partitions.sweep(self._unlink_idle):
+                        self.out.touched()  # what it changed is sealed soon
             async with self.lock:
                 await self._drain()
         except Stopping:
@@ -164,6 +173,13 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         async with self.lock:  # the batch in hand is written and committed first
             try:
                 await self._drain()
+            except Stopping:
+                raise
+            except Exception as e:
+                # The partitions kept hold states whose output was not written: judging on
+                # from them would lose it. The worker stops, and restarts from its disk.
+                self.broken = e
+                raise
             finally:
                 # aiokafka swallows an error raised here: whatever happened, the partitions are
                 # no longer ours; their databases hold what was written, and nothing else
@@ -225,6 +241,8 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                     self._profile(out, part, item, silent)
                 else:
                     await self._erasure(out, part, item, silent)
+            except (Stopping, WriteFailed):
+                raise  # not this item's fault: what was applied is written by nobody, so stop
             except Exception as e:  # a bug: park this item, judge the others
                 log.exception("judge failed at %s", where(record))
                 if not silent:
@@ -298,6 +316,9 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         state = part.customers.pop(cid, erasure=True)
         if silent:
             return
+        # A snapshot being made of this partition holds a RocksDB snapshot, which keeps the old
+        # value in the files, and would publish it: it is abandoned; the next one comes at once.
+        self.snapshots.abandon({part.number})
         # the partition's next snapshot replaces those that still hold the customer: soon
         part.touches_since += 1
         part.snapshot_at = 0.0
@@ -404,7 +425,12 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
     async def _wait_written(self) -> None:
         if self.writing is not None:
             writing, self.writing = self.writing, None
-            await writing
+            try:
+                await writing
+            except Stopping:
+                raise
+            except Exception as e:
+                raise WriteFailed(repr(e)) from e
             self.writing_out = None
 
     async def _write(self, out: Pending) -> None:

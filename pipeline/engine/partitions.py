@@ -46,6 +46,8 @@ class Partitions:
         self.joined = False
         self.generation = 0  # of assignments: counts rebalances, so that a stale load is dropped
         self.sweep_s = ctx.settings.worker.idle_sweep_s
+        self.cleanup_s = ctx.settings.state.cleanup_delay_s
+        self._orphans: dict[int, float] = {}  # databases of partitions not ours -> when they go (monotonic)
         self._sweep_queue: deque[int] = deque()  # partitions still to look at this round
         self._sweep_from = PREFIX  # the key the partition in hand is looked at from
         self._sweep_at = time.monotonic() + self.sweep_s
@@ -84,6 +86,11 @@ class Partitions:
         for p in set(self.parts) - mine:  # not expected: a revocation closes them
             log.warning("partition %d was held without being assigned: dropped", p)
             self.parts.pop(p).customers.close()
+        # Copies of partitions another worker has now go after a while, unless they come back:
+        # they would keep what their new owner erases, and their disk.
+        at = time.monotonic() + self.cleanup_s
+        on_disk = {int(n) for n in self.ctx.disk.names(self.topic) if n.isdigit()}
+        self._orphans = {p: self._orphans.get(p, at) for p in on_disk - mine}
         new = [tp for tp in assigned if tp.partition not in self.parts and tp.partition not in self.loading]
         if new:
             self.consumer.pause(*new)
@@ -113,13 +120,16 @@ class Partitions:
                 ends = await self.consumer.end_offsets(tps)
                 while tps:
                     tp = tps[0]
-                    part = self._open(tp.partition)
+                    if generation != self.generation:
+                        return  # revoked meanwhile: a new assignment has its own load
+                    part = await self._open(tp.partition)
+                    handed = False
                     try:
                         source = await self._state(part, tp, committed[tp], starts[tp], ends[tp])
-                    except BaseException:
-                        part.customers.close()
-                        raise
-                    await self._loaded(tp, generation, part, committed[tp], source, started)
+                        handed = await self._loaded(tp, generation, part, committed[tp], source, started)
+                    finally:
+                        if not handed:
+                            part.customers.close()
                     tps.pop(0)
             except asyncio.CancelledError:
                 raise
@@ -148,18 +158,20 @@ class Partitions:
         self.ctx.stats.observe_gc(memory.settle())
         return source
 
-    def _open(self, number: int) -> Partition:
+    async def _open(self, number: int) -> Partition:
         """The partition's database, opened (created if it is not there)."""
         disk = self.ctx.disk
-        return Partition(number, Customers(number, disk.open(f"{self.topic}/{number}"), self.decoded, disk.secret))
+        self._orphans.pop(number, None)
+        db = await disk.open(f"{self.topic}/{number}")
+        return Partition(number, Customers(number, db, self.decoded, disk.secret, disk.key_id))
 
     async def _loaded(
         self, tp: TopicPartition, generation: int, part: Partition, committed: int | None, source: str, started: float
-    ) -> None:
+    ) -> bool:
+        """Hand the loaded partition to the judge; False if it was revoked meanwhile."""
         async with self.lock:
             if generation != self.generation:
-                part.customers.close()
-                return  # revoked while loading (its task may have missed the cancellation)
+                return False  # revoked while loading (its task may have missed the cancellation)
             self.parts[tp.partition] = part
             part.committed = committed or 0
             self.consumer.seek(tp, part.next_offset)
@@ -173,8 +185,18 @@ class Partitions:
             tp.topic, tp.partition, source, time.monotonic() - started, part.customers.count(),
             part.next_offset, part.replay_until,
         )  # fmt: skip
+        return True
 
-    def sweep(self, unlink: Callable[[str, tuple[str, ...]], None]) -> None:
+    def remove_orphans(self) -> None:
+        """Delete the copies of partitions other workers have had for `state.cleanup_delay_s`."""
+        now = time.monotonic()
+        for p, at in list(self._orphans.items()):
+            if at <= now and p not in self.parts and p not in self.loading:
+                del self._orphans[p]
+                self.ctx.disk.remove(f"{self.topic}/{p}")
+                log.info("%s[%d]: the copy on disk of a partition another worker has was deleted", self.topic, p)
+
+    def sweep(self, unlink: Callable[[str, tuple[str, ...]], None]) -> int:
         """Let go of customers idle for longer than the kept history (window + allowed
         lateness) behind their partition's newest event: an anonymous visitor or an unknown
         customer whole, a CRM customer's events and alerts (the profile stays). A few
@@ -182,14 +204,15 @@ class Partitions:
         over every partition every `worker.idle_sweep_s`."""
         now = time.monotonic()
         if now < self._sweep_at:
-            return
+            return 0
         queue = self._sweep_queue
         if not queue:
+            self.remove_orphans()
             queue.extend(sorted(self.parts))
             self._sweep_from = PREFIX
             if not queue:
                 self._sweep_at = now + self.sweep_s
-                return
+                return 0
         part = self.parts.get(queue[0])
         idle: list[str] = []
         looked = 0
@@ -212,7 +235,7 @@ class Partitions:
             if not queue:
                 self._sweep_at = now + self.sweep_s
         if part is None or not idle:
-            return
+            return 0
         dropped = 0
         for cid in idle:
             state = part.customers.get(cid)  # as it is now, which may be newer than on disk
@@ -232,3 +255,4 @@ class Partitions:
         if dropped:
             self.ctx.stats.counters["idle_customers_dropped"] += dropped
             log.info("%d customers idle for longer than the kept history let go", dropped)
+        return dropped

@@ -75,7 +75,7 @@ class ResolveStage:
                 # The CRM profiles on the broker before these touchpoints were read are in the
                 # identity index before they are resolved: this worker's own CRM partitions
                 # read up to where the fetch found them, the others' forwarded by their workers.
-                batch.extend(await self.source.catch_up(self.topics.profiles, self.profile_wait_s))
+                batch = await self._with_profiles_before(batch)
                 if any(r.topic != self.topics.profiles for r in batch):
                     await self._others_indexed()
                 await self.resolve_batch(batch)
@@ -83,6 +83,21 @@ class ResolveStage:
                 await self.source.commit(batch)
         finally:
             bootstrap.cancel()
+
+    async def _with_profiles_before(self, batch: list[Any]) -> list[Any]:
+        """The batch, with the CRM profiles of this worker's partitions that were on the broker
+        when it was read. More of them than a batch holds (a backlog of profiles): those are
+        forwarded and committed on their own first, a batch at a time, so that neither memory
+        nor the time between two awaits grows with the backlog."""
+        profiles = self.topics.profiles
+        while True:
+            more, full = await self.source.catch_up(profiles, self.profile_wait_s, self.source.batch_size)
+            if not full:
+                return batch + more
+            crm = [r for r in batch if r.topic == profiles] + more
+            batch = [r for r in batch if r.topic != profiles]
+            await self.resolve_batch(crm)
+            await self.source.commit(crm)
 
     async def _bootstrap(self) -> None:
         """Hold the touchpoints back until every CRM profile there was at start-up is in this

@@ -211,8 +211,12 @@ class Snapshots:
         gone = set(partitions)
         for walk in {id(w): w for w in (self.walk, self.sending) if w is not None}.values():
             if walk.part.number in gone:
-                log.info("snapshot of partition %d abandoned (partition revoked)", walk.part.number)
+                log.info("snapshot of partition %d abandoned", walk.part.number)
                 walk.close()
+                # its manifest may be on the broker already, and not in `snapshot_keys`: the
+                # next snapshot reads what is there before it deletes the others
+                walk.part.snapshot_keys = None
+                walk.part.snapshot_at = 0.0
                 if walk.sender is not None:
                     walk.sender.cancel()
                 if self.walk is walk:

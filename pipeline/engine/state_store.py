@@ -18,6 +18,7 @@ snapshot chunk is the values joined, without decoding either.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import shutil
@@ -86,6 +87,9 @@ class Disk:
         self.root = root
         self.settings = settings
         self.secret = hashlib.blake2b(secret, digest_size=32).digest()  # blake2b takes keys of 64 bytes at most
+        # stored with each partition's offset: keys made with another secret are not found
+        # (a rotated privacy.fingerprint_secret), so such a database is rebuilt, not used
+        self.key_id = hashlib.blake2b(b"cem state keys", digest_size=8, key=self.secret).hexdigest()
         self._cache = Cache(settings.block_cache_mib * MiB)
         self._buffers = WriteBufferManager(settings.write_buffer_mib * MiB, False)
 
@@ -111,19 +115,34 @@ class Disk:
         opts.set_compression_type(compression)
         return opts
 
-    def open(self, name: str) -> Rdict:
+    async def open(self, name: str) -> Rdict:
         """Open (or create) a database. Its lock may still be held for a moment by a process
-        that is exiting, or by this one while an iterator over it is let go: try again."""
+        that is exiting, or by this one while an iterator over it is let go: try again. One
+        that cannot be opened otherwise (damaged files) is deleted and made anew: what it
+        held is rebuilt from Kafka."""
         path = self.root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + OPEN_RETRY_S
+        removed = False
         while True:
             try:
                 return Rdict(str(path), self.options(), access_type=AccessType.read_write())
             except Exception as e:
-                if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                if "lock" in str(e).lower():
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+                elif removed:
                     raise
-                time.sleep(0.1)
+                else:
+                    log.error("state database %s cannot be opened (%s): deleted, to be rebuilt from Kafka", path, e)
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed = True
+
+    def names(self, parent: str) -> list[str]:
+        """The databases under `parent` (e.g. a topic's partitions)."""
+        folder = self.root / parent
+        return sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.exists() else []
 
     def remove(self, name: str) -> None:
         shutil.rmtree(self.root / name, ignore_errors=True)
@@ -165,10 +184,11 @@ class Customers:
     """One partition's customers: in its database, the ones in use decoded in the shared
     cache, the ones changed since the last seal held here until they are sealed."""
 
-    def __init__(self, number: int, db: Rdict, decoded: Decoded, secret: bytes) -> None:
+    def __init__(self, number: int, db: Rdict, decoded: Decoded, secret: bytes, key_id: str = "") -> None:
         self.number = number
         self.db = db
         self.secret = secret
+        self.key_id = key_id
         self.decoded = decoded
         self.dirty: dict[str, CustomerState | None] = {}  # changed since the last seal; None: erased
         self.sealed: dict[str, bytes | None] = {}  # sealed, not yet in the database
@@ -225,9 +245,11 @@ class Customers:
     # ---------------------------------------------------------------- to disk
     def seal(self, next_offset: int, stream_t: int) -> None:
         """Encode what changed, as it is now, to be persisted with this offset once its
-        output is written (`persist`). A seal whose write never finished (the worker was
-        stopping) is still held: this one is added to it."""
-        self.sealed.update({cid: None if s is None else encode(s) for cid, s in self.dirty.items()})
+        output is written (`persist`). The previous seal must be persisted: one whose output
+        was never written must not reach the disk with a later offset."""
+        if self.sealed_offset is not None:
+            raise RuntimeError(f"partition {self.number}: sealed again before the previous seal was persisted")
+        self.sealed = {cid: None if s is None else encode(s) for cid, s in self.dirty.items()}
         self.erased |= self.erasing
         self.erasing = set()
         self.sealed_offset, self.sealed_stream_t = next_offset, stream_t
@@ -246,7 +268,7 @@ class Customers:
                 batch.delete(self.key_of(cid))
             else:
                 batch.put(self.key_of(cid), value)
-        batch.put(OFFSET_KEY, _meta(offset, self.sealed_stream_t, self.held + self._sealed_delta))
+        batch.put(OFFSET_KEY, self._meta(offset, self.sealed_stream_t, self.held + self._sealed_delta))
         self.db.write(batch)
         self.held += self._sealed_delta
         self.sealed, self.sealed_offset, self._sealed_delta = {}, None, 0
@@ -258,10 +280,9 @@ class Customers:
     def purge(self, keys: list[bytes]) -> None:
         """Erased customers' old values leave the files now, not at some later compaction:
         flush the memtable (and so retire the write-ahead log that held them) and rewrite
-        the files that hold their keys."""
+        the files that hold their keys (one range: erasures are rare, and come one by one)."""
         self.db.flush()
-        for key in keys:
-            self.db.compact_range(key, key)
+        self.db.compact_range(min(keys), max(keys))
 
     def stored(self) -> tuple[int, int] | None:
         """(next input offset, newest event time) of what the database holds; None: nothing
@@ -272,6 +293,9 @@ class Customers:
         if value is None:
             return None
         meta = orjson.loads(value)
+        if meta.get("keys") != self.key_id:
+            log.warning("partition %d: the state on disk was keyed with another secret: rebuilt", self.number)
+            return None
         self.held = int(meta["customers"])
         return int(meta["offset"]), int(meta["stream_t"])
 
@@ -304,7 +328,7 @@ class Customers:
 
     def built(self, next_offset: int, stream_t: int) -> None:
         batch = WriteBatch(raw_mode=True)
-        batch.put(OFFSET_KEY, _meta(next_offset, stream_t, self.held))
+        batch.put(OFFSET_KEY, self._meta(next_offset, stream_t, self.held))
         batch.delete(BUILDING_KEY)
         self.db.write(batch)
 
@@ -327,11 +351,16 @@ class Customers:
         """Customers in the database."""
         return self.held
 
+    def _meta(self, offset: int, stream_t: int, customers: int) -> bytes:
+        return orjson.dumps({"offset": offset, "stream_t": stream_t, "customers": customers, "keys": self.key_id})
+
     def close(self) -> None:
         self.closed = True
         self.decoded.drop_partition(self.number)
         self.db.close()
 
 
-def _meta(offset: int, stream_t: int, customers: int) -> bytes:
-    return orjson.dumps({"offset": offset, "stream_t": stream_t, "customers": customers})
+def after(prefix: bytes) -> bytes:
+    """The first key after every key that starts with `prefix` (an iterator's upper bound)."""
+    trimmed = prefix.rstrip(b"\xff")
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])

@@ -120,7 +120,18 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(t.profiles, n, rf, topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}),
         # the judge's state is rebuilt from this topic after its newest snapshot (pipeline/engine/snapshots.py)
         NewTopic(t.by_customer, n, rf, topic_configs={"retention.ms": str(k.internal_retention_days * 86_400_000)}),
-        NewTopic(t.identity, n, rf, topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}),
+        # A removal's tombstone stays a day: a worker whose index on disk is younger than
+        # state.identity_resume_hours reads on from it, and sees every removal since
+        NewTopic(
+            t.identity,
+            n,
+            rf,
+            topic_configs={
+                "cleanup.policy": "compact",
+                "min.cleanable.dirty.ratio": "0.1",
+                "delete.retention.ms": "86400000",
+            },
+        ),  # fmt: skip
         # snapshots of the judge's state: chunks of up to a few MiB; segments roll hourly so
         # that compaction can reclaim the snapshots each new one replaces
         NewTopic(

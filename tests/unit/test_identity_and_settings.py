@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -108,11 +109,11 @@ def test_the_index_keeps_its_own_writes_over_older_records_read_after_them(tmp_p
     from pipeline.settings import StateSettings
 
     index = IdentityIndex({}, "identity", Disk(tmp_path, StateSettings(), b"k"), cache_entries=10, resume_hours=1)
-    index._open()  # noqa: SLF001 - what the follower does first
+    asyncio.run(index._open())  # noqa: SLF001 - what the follower does first
 
     def read(fp: str, owner: str | None) -> None:  # the follower's path, driven by hand
         batch = WriteBatch(raw_mode=True)
-        index._read(batch, fp, owner)  # noqa: SLF001
+        index._read(batch, fp, owner, {})  # noqa: SLF001
         assert index.db is not None
         index.db.write(batch)
 
@@ -122,12 +123,17 @@ def test_the_index_keeps_its_own_writes_over_older_records_read_after_them(tmp_p
     read("fp", None)  # an older removal, read after the write
     read("fp", "C-other")  # an older owner
     assert index.get("fp") == "C-new" and index.owned_by("C-new") == {"fp"}
+    assert index.owned_by("C-other") == set()  # in the database, overruled by the write to come
     read("fp", "C-new")  # the write comes back
     read("fp", "C-later")  # a newer record of another worker's
     assert index.get("fp") == "C-later"
     assert index.owned_by("C-later") == {"fp"} and index.owned_by("C-new") == set() == index.owned_by("C-old")
     read("fp", None)
     assert index.get("fp") is None and index.owned_by("C-later") == set()
+    # nothing of a customer's is left in the keys once their entries are gone
+    assert index.db is not None
+    keys = list(index.db.keys())  # noqa: SIM118 - an Rdict, not a dict
+    assert [k for k in keys if not k.startswith(b"\0")] == [] and not any(b"C-" in k for k in keys)
 
 
 def test_an_anonymous_id_never_becomes_a_customer_id_raw() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +32,7 @@ from pipeline.engine.snapshots import (
     manifest_key,
     newest_complete,
 )
-from pipeline.engine.state_store import Customers, Decoded, Disk
+from pipeline.engine.state_store import Customers, Decoded, Disk, after
 from pipeline.settings import StateSettings
 from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import MICROS_PER_DAY, Rules, Touch
@@ -176,7 +177,7 @@ async def _no_keys(partition: int) -> set[bytes]:
 def store(tmp_path: Path, capacity: int = 1_000) -> Customers:
     settings = StateSettings(compression="none")
     disk = Disk(tmp_path, settings, b"test-secret")
-    return Customers(0, disk.open("p0"), Decoded(capacity), disk.secret)
+    return Customers(0, asyncio.run(disk.open("p0")), Decoded(capacity), disk.secret, disk.key_id)
 
 
 class FakeSends:
@@ -270,7 +271,7 @@ def test_state_on_disk_is_what_was_persisted_with_its_offset(tmp_path: Path) -> 
     written: a crash before it leaves the disk at the previous batch, states and offset."""
     settings = StateSettings(compression="none")
     disk = Disk(tmp_path, settings, b"test-secret")
-    customers = Customers(0, disk.open("p0"), Decoded(10), disk.secret)
+    customers = Customers(0, asyncio.run(disk.open("p0")), Decoded(10), disk.secret, disk.key_id)
     judged(customers, "C-1")
     customers.seal(5, T0)
     assert customers.persist() == 5
@@ -279,12 +280,17 @@ def test_state_on_disk_is_what_was_persisted_with_its_offset(tmp_path: Path) -> 
     customers.seal(9, T0 + 1)  # its output never written: a crash
     customers.close()
 
-    again = Customers(0, disk.open("p0"), Decoded(10), disk.secret)
+    again = Customers(0, asyncio.run(disk.open("p0")), Decoded(10), disk.secret, disk.key_id)
     assert again.stored() == (5, T0) and again.count() == 1
     one = again.get("C-1")
     assert one is not None and [e.touch.event_id for e in one.events] == ["C-1-e0"]
     assert again.get("C-2") is None
     again.close()
+    # keyed with another secret (privacy.fingerprint_secret rotated): not found, so not used
+    other = Disk(tmp_path, settings, b"another-secret")
+    rotated = Customers(0, asyncio.run(other.open("p0")), Decoded(10), other.secret, other.key_id)
+    assert rotated.stored() is None
+    rotated.close()
 
 
 def test_the_decoded_cache_is_bounded_and_a_state_let_go_is_read_back(tmp_path: Path) -> None:
@@ -352,3 +358,49 @@ def test_a_chunk_never_exceeds_the_message_limit_and_a_large_customer_is_joined_
             add_loaded(loaded, state)
     assert [s.touch.event_id for s in loaded["C-big"].events] == [s.touch.event_id for s in big.events]
     assert loaded["C-big"].alerts == big.alerts and "C-small" in loaded
+
+
+def test_a_seal_whose_write_never_finished_is_never_persisted_with_a_later_offset(tmp_path: Path) -> None:
+    """Its output was not written: putting its states on disk with the next batch's offset
+    would make a restart drop their events as already seen."""
+    customers = store(tmp_path)
+    judged(customers, "C-1")
+    customers.seal(3, T0)  # its write fails
+    judged(customers, "C-1", 1)
+    with pytest.raises(RuntimeError, match="sealed again"):
+        customers.seal(4, T0)
+
+
+def test_an_erasure_during_a_snapshot_ends_it_and_leaves_the_files(tmp_path: Path) -> None:
+    """A snapshot being made pins the customer's old value in RocksDB and would publish it."""
+    customers = store(tmp_path)
+    part = Partition(0, customers, touches_since=5)
+    for cid in ("C-keep", "C-gone-4711"):
+        judged(customers, cid)
+    customers.seal(2, T0)
+    part.persisted_offset = customers.persist() or 0
+    customers.db.flush()
+    snaps = Snapshots(
+        "t", lambda: FakeSends(), min_touchpoints=1, interval_s=300, counters=Counter(), live_keys=_no_keys
+    )  # type: ignore[arg-type, return-value]
+
+    async def run() -> None:
+        snaps.step({0: part})  # a walk holds a RocksDB snapshot now
+        assert snaps.sending is not None
+        snaps.abandon({0})  # what the judge does on an erasure
+        customers.pop("C-gone-4711", erasure=True)
+        customers.seal(3, T0)
+        customers.persist()
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert (
+        part.snapshot_keys is None and part.snapshot_at == 0.0
+    )  # the next snapshot comes at once, and reads the topic
+    leftovers = [f.name for f in (tmp_path / "p0").iterdir() if f.is_file() and b"C-gone-4711" in f.read_bytes()]
+    assert leftovers == []
+
+
+def test_after_bounds_every_key_with_the_prefix() -> None:
+    assert after(b"r/a") == b"r/b" and after(b"r/a\xff\xff") == b"r/b"
+    assert after(b"c/") == b"c0"
