@@ -18,12 +18,13 @@ import json
 import re
 import shutil
 import signal
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.run import ROOT, Run, Watched, create_bench_topics, namespace, produce, start_workers, stats, step
+from bench.run import ROOT, Run, Watched, create_bench_topics, namespace, produce, stats, step
 from bench.workload import generate
 from pipeline.kafka.admin import wait_until_processed
 from sinks.clickhouse.client import connect
@@ -48,6 +49,27 @@ def add_customers(run: Run, first: int, count: int, chunk: int, label: str) -> i
         produce(run, wl.touchpoints)
         sent += len(wl.touchpoints)
     return sent
+
+
+def start_worker(run: Run, label: str, timeout_s: float = 3600) -> Procs:
+    """One worker, once ready (a start on a backlog of profiles indexes them all first)."""
+    port = 6200
+    w = Watched(
+        [sys.executable, "-m", "pipeline.ops.cli", "worker", "--loglevel", "info", "--web-port", str(port)],
+        run.env,
+        ROOT / ".local" / "bench" / run.tag / f"{label}-worker.log",
+    )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if stats(port)["ready"]:
+                return [(w, port)]
+        except OSError:
+            pass
+        w.sample()
+        if w.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker did not become ready, see {w.log}")
+        time.sleep(0.3)
 
 
 def processed(run: Run, worker: Watched, timeout_s: float = 7200) -> float:
@@ -80,7 +102,7 @@ def recovery(run: Run, procs: Procs, wipe: bool, label: str) -> tuple[Procs, dic
     if wipe:
         shutil.rmtree(Path(run.env["CEM_WORKER__DATA_DIR"]), ignore_errors=True)
     started = time.monotonic()
-    procs = start_workers(run, 1, f"restart-{label}")
+    procs = start_worker(run, f"restart-{label}")
     ready_s = time.monotonic() - started
     processed(run, procs[0][0])
     loads = LOADED.findall(procs[0][0].log.read_text(errors="replace"))
@@ -114,7 +136,7 @@ def main() -> None:
         sent = add_customers(run, held, new, args.chunk, f"S{k}")
         held = total
         started = time.monotonic()
-        procs = start_workers(run, 1, f"step{k}")
+        procs = start_worker(run, f"step{k}")
         processed(run, procs[0][0])
         secs = time.monotonic() - started
         worker, port = procs[0]

@@ -412,6 +412,8 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         await self._send(out)
         await self._wait_written()
         for part in out.persist:  # as they are now: the next batches change them while this is written
+            for _ in part.customers.encoding():
+                await asyncio.sleep(0)  # stage A and the heartbeats meanwhile; the judge holds its lock
             part.customers.seal(part.next_offset, part.stream_t)
         self.out = Pending()
         self.writing_out = out
