@@ -161,6 +161,7 @@ case "${1:-}" in
   install) install ;;
   up)
     install; mkdir -p "$DIR"; start_zookeeper
+    wait_ready  # ZooKeeper first: a server that finds none at start fails its first DDL
     for n in "${NODES[@]}"; do start_node "$n"; done
     wait_ready "${NODES[@]}" ;;
   down) for n in "${NODES[@]}"; do stop_pid "node$n"; done; stop_pid zookeeper ;;
