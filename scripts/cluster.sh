@@ -44,7 +44,9 @@ install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper clickhouse-server clickhouse-client >/dev/null
 }
 
-zk_ready() { [ "$( (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && echo ruok >&3 && timeout 2 cat <&3) 2>/dev/null)" = imok ]; }
+# `ruok` answers as soon as the process runs; `srvr` names the mode only once it serves
+# requests. A clickhouse-server 18.16 whose first ZooKeeper handshake fails can crash later.
+zk_ready() { (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && echo srvr >&3 && timeout 2 cat <&3) 2>/dev/null | grep -q '^Mode: standalone'; }
 
 start_zookeeper() {
   if alive "$(pid_of zookeeper)"; then return; fi
@@ -125,7 +127,11 @@ XML
   echo $! > "$DIR/node$n.pid"
 }
 
-node_ready() { curl -fsS "http://127.0.0.1:$((HTTP_BASE + $1))/ping" >/dev/null 2>&1; }
+# up, and talking to ZooKeeper (replicated tables and ON CLUSTER need it)
+node_ready() {
+  curl -fsS "http://127.0.0.1:$((HTTP_BASE + $1))/ping" >/dev/null 2>&1 &&
+    curl -fsS "http://127.0.0.1:$((HTTP_BASE + $1))/" --data-binary "SELECT count() FROM system.zookeeper WHERE path = '/'" >/dev/null 2>&1
+}
 
 wait_ready() {
   local deadline=$((SECONDS + ${CEM_CLUSTER_TIMEOUT:-90})) n

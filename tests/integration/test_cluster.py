@@ -5,8 +5,8 @@ tables `cem migrate` makes for `clickhouse.cluster`. Kafka is the test session's
 * the airline story gives its exact results, each customer's rows on one shard, and the SQL
   kit, `cem timeline` and `cem report` read them as on one server;
 * a labelled workload keeps precision and recall at 1.0 while one replica is stopped and
-  started again, then while a whole shard is: no row lost, none visible twice, and the
-  replicas agree; the figures (docs/operations.md) are printed;
+  started again, then a whole shard: no row lost, none visible twice, and the replicas
+  agree; the figures (docs/operations.md) are printed;
 * erasure by the least-privilege eraser leaves nothing on any server: each server's local
   tables are asked directly.
 """
@@ -170,9 +170,10 @@ def expected() -> Expected:
 def test_replica_and_shard_outages_while_the_worker_writes(
     stack: dict[str, str], cluster: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expected: Expected
 ) -> None:
-    """The worker writes through node 2 (shard 2). Node 3, the other replica of shard 2, is
-    stopped for a third of the stream; then node 1, the only replica of shard 1."""
-    space = cluster_space(stack, tmp_path, monkeypatch, entry=2)
+    """The worker writes through node 1 (shard 1). Node 2, a replica of shard 2, is stopped for
+    a third of the stream: node 1 must send shard 2's rows to node 3. Then all of shard 2
+    (nodes 2 and 3) is stopped for a while, and started again."""
+    space = cluster_space(stack, tmp_path, monkeypatch, entry=1)
     db = space.db
     try:
         recs = records(space, expected.journeys.lines)
@@ -186,22 +187,23 @@ def test_replica_and_shard_outages_while_the_worker_writes(
         wait_until_processed(space.settings, timeout_s=300)
         healthy_s = time.monotonic() - started
 
-        # one replica of shard 2 away: shard 2's writes go to the other one
-        cluster_sh("stop-node", "3")
+        # one replica of shard 2 away: shard 2's rows go to the other one
+        cluster_sh("stop-node", "2")
         started = time.monotonic()
         send_all(prod, thirds[1])
         wait_until_processed(space.settings, timeout_s=300)
         replica_down_s = time.monotonic() - started
         errors_replica = space.stats()["clickhouse_errors"]
-        on_2 = local_rows(2, db, "timeline_versions")[0][0]
-        cluster_sh("start-node", "3")
+        on_3 = local_rows(3, db, "timeline_versions")[0][0]
+        cluster_sh("start-node", "2")
         started = time.monotonic()
-        wait_until(lambda: local_rows(3, db, "timeline_versions")[0][0] >= on_2, 120, "node 3 to catch up")
+        wait_until(lambda: local_rows(2, db, "timeline_versions")[0][0] >= on_3, 120, "node 2 to catch up")
         catch_up_s = time.monotonic() - started
 
-        # shard 1 away: every write that has rows for it fails and is retried; nothing is
+        # shard 2 away: every write with rows for it fails and is retried; nothing is
         # committed meanwhile, and the worker goes on once the shard is back
-        cluster_sh("stop-node", "1")
+        cluster_sh("stop-node", "2")
+        cluster_sh("stop-node", "3")
         outage_started = time.monotonic()
         send_all(prod, thirds[2])
         prod.close()
@@ -210,7 +212,8 @@ def test_replica_and_shard_outages_while_the_worker_writes(
         stalled_written = space.stats()["timeline_rows_written"]
         time.sleep(2)
         assert space.stats()["timeline_rows_written"] == stalled_written, "rows written while a shard was away"
-        cluster_sh("start-node", "1")
+        cluster_sh("start-node", "2")
+        cluster_sh("start-node", "3")
         back = time.monotonic()
         wait_until_processed(space.settings, timeout_s=300)
         shard_outage_s, resume_s = back - outage_started, time.monotonic() - back
@@ -223,18 +226,18 @@ def test_replica_and_shard_outages_while_the_worker_writes(
             assert a == b, (table, a, b)  # the replicas of shard 2 hold the same rows
         verify(space, expected)  # exact results: none lost, none twice, precision and recall 1.0
         print(
-            f"\n  cluster outage figures ({len(touches)} touchpoints, {CUSTOMERS} customers):"
-            f"\n    healthy: first third in {healthy_s:.1f}s"
-            f"\n    replica ch3 stopped: second third in {replica_down_s:.1f}s, {errors_replica} failed writes;"
-            f" ch3 caught up {catch_up_s:.1f}s after its start"
-            f"\n    shard 01 stopped {shard_outage_s:.1f}s: {stats['clickhouse_errors'] - errors_replica} failed writes"
+            f"\n  cluster outage figures ({len(touches)} touchpoints, {CUSTOMERS} customers, worker on node 1):"
+            f"\n    healthy: profiles and the first third in {healthy_s:.1f}s"
+            f"\n    replica ch2 stopped: second third in {replica_down_s:.1f}s, {errors_replica} failed writes;"
+            f" ch2 caught up {catch_up_s:.1f}s after its start"
+            f"\n    shard 02 stopped {shard_outage_s:.1f}s: {stats['clickhouse_errors'] - errors_replica} failed writes"
             f" (retried), no row written meanwhile; lag cleared {resume_s:.1f}s after the shard was back"
         )
     finally:
         for proc in space.procs:
             space.stop_worker(proc)
-        cluster_sh("start-node", "1")
-        cluster_sh("start-node", "3")
+        for n in ("2", "3"):
+            cluster_sh("start-node", n)
 
 
 def test_least_privilege_users_and_erasure_leave_nothing_on_any_server(
