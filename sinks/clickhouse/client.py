@@ -71,6 +71,8 @@ def _settings(cfg: ClickHouseSettings) -> dict[str, int]:
         # default it queues them on the receiving server and returns at once): the worker
         # commits Kafka offsets after a write, so the write must have reached the shards.
         out["insert_distributed_sync"] = 1
+        # ... and gives up on a shard that does not answer (0, the default, waits for ever)
+        out["insert_distributed_timeout"] = int(cfg.send_receive_timeout_s)
     return out
 
 

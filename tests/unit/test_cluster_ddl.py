@@ -4,11 +4,15 @@ they are. tests/integration_cluster runs it on a real cluster."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
 from sinks.clickhouse import cluster
+from sinks.clickhouse.client import connect
+from sinks.clickhouse.erasure import ERASABLE, ErasureIncomplete, delete_customer
 from sinks.clickhouse.migrate import discover
+from sinks.clickhouse.settings import ClickHouseSettings
 
 # Recorded in every database's schema_migrations: an applied migration never changes.
 APPLIED_CHECKSUMS = {
@@ -73,3 +77,46 @@ def test_an_alter_changes_the_local_tables_and_rebuilds_the_distributed_one() ->
 def test_a_statement_without_a_known_cluster_form_is_refused(statement: str) -> None:
     with pytest.raises(cluster.NotForCluster):
         cluster.rewrite(statement, "cem", "c1")
+
+
+def test_on_a_cluster_a_write_returns_only_once_the_shards_have_it() -> None:
+    one = connect(ClickHouseSettings())
+    assert "insert_distributed_sync" not in one.settings  # one server: as before
+    many = connect(ClickHouseSettings(cluster="c1", send_receive_timeout_s=30))
+    assert many.settings["insert_distributed_sync"] == 1 and many.settings["insert_distributed_timeout"] == 30
+
+
+class FakeServer:
+    """Answers the erasure's queries like a server holding `rows` rows of the customer until an
+    ALTER ... ON CLUSTER reaches it (`done`: shared by every server of the fake cluster)."""
+
+    def __init__(self, rows: int, done: list[bool], lagging: bool = False) -> None:
+        self.rows, self.done, self.lagging = rows, done, lagging
+        self.sql: list[str] = []
+
+    def execute(self, query: str, params: Any = None) -> Any:
+        self.sql.append(query)
+        if query.startswith("ALTER"):
+            self.done[0] = True
+        if "system.mutations" in query:
+            return [(0,)]
+        return [(self.rows if self.lagging or not self.done[0] else 0,)]
+
+
+def test_erasure_on_a_cluster_deletes_on_every_shard_and_checks_every_server() -> None:
+    done = [False]
+    entry, servers = FakeServer(4, done), [FakeServer(4, done), FakeServer(0, done), FakeServer(0, done)]
+    before = delete_customer(entry, "cem", "C-1", timeout_s=5, cluster="c1", servers=servers)
+    assert before == {"timeline_versions": 4, "friction_alert_versions": 4}
+    deletes = [q for q in entry.sql if q.startswith("ALTER")]
+    assert deletes == [f"ALTER TABLE cem.{t}_local ON CLUSTER c1 DELETE WHERE customer_id IN %(c)s" for t in ERASABLE]
+    # the wait asked each server about its own tables, not the Distributed ones
+    for server in servers:
+        asked = " ".join(server.sql)
+        assert "cem.timeline_versions_local" in asked and "cem.friction_alert_versions_local" in asked
+        assert "FROM cem.timeline_versions " not in asked
+    # a replica that has not run the mutation yet holds the erasure up
+    done = [False]
+    with pytest.raises(ErasureIncomplete):
+        delete_customer(FakeServer(1, done), "cem", "C-1", timeout_s=0.5, cluster="c1",
+                        servers=[FakeServer(0, done), FakeServer(1, done, lagging=True)])  # fmt: skip
