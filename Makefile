@@ -46,7 +46,7 @@ test-faults: setup ## fault injection: SIGKILL before and after snapshots and at
 test-scaleout: setup ## two workers on 8 partitions: one killed mid-stream; one killed at 13 moments while the other runs (about 4 min)
 	$(BIN)/pytest tests/integration/test_faults.py tests/integration/test_kill_anywhere.py -m scaleout -s
 
-test-cluster: setup ## cem on a ClickHouse cluster: ZooKeeper + 2 shards, one with 2 replicas (3 servers), outages (about 4 min)
+test-cluster: setup ## cem on a ClickHouse cluster: ZooKeeper + 2 shards, one with 2 replicas (3 servers), outages (about 3 min)
 	scripts/cluster.sh install
 	$(BIN)/pytest tests/integration/test_cluster.py -m cluster -s
 

@@ -85,8 +85,11 @@ def server_version(client: Executor) -> tuple[int, ...]:
 
 def _ensure_ledger(client: Executor, db: str, cluster: str = "") -> None:
     if cluster:
-        for statement in on_cluster.ledger_ddl(db, cluster):
-            client.execute(statement)
+        # ON CLUSTER waits for every server: only when this one has no ledger yet, so that
+        # `cem migrate --status` still answers while a server is away
+        if client.execute(f"EXISTS TABLE {db}.schema_migrations") != [(1,)]:
+            for statement in on_cluster.ledger_ddl(db, cluster):
+                client.execute(statement)
         return
     client.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
     client.execute(
