@@ -224,9 +224,15 @@ def test_replica_and_shard_outages_while_the_worker_writes(
             a = local_rows(2, db, table, "count(), uniqExact(*)")
             b = local_rows(3, db, table, "count(), uniqExact(*)")
             assert a == b, (table, a, b)  # the replicas of shard 2 hold the same rows
+        # sharded by customer: every customer's rows on one shard, and both shards in use
+        shard_1, shard_2 = (
+            {c for (c,) in local_rows(n, db, "timeline_versions", "DISTINCT customer_id")} for n in (1, 2)
+        )
+        assert shard_1 and shard_2 and not shard_1 & shard_2, (len(shard_1), len(shard_2), len(shard_1 & shard_2))
         verify(space, expected)  # exact results: none lost, none twice, precision and recall 1.0
         print(
-            f"\n  cluster outage figures ({len(touches)} touchpoints, {CUSTOMERS} customers, worker on node 1):"
+            f"\n  cluster outage figures ({len(touches)} touchpoints, {CUSTOMERS} customers, worker on node 1;"
+            f" customer keys on shard 01: {len(shard_1)}, on shard 02: {len(shard_2)}):"
             f"\n    healthy: profiles and the first third in {healthy_s:.1f}s"
             f"\n    replica ch2 stopped: second third in {replica_down_s:.1f}s, {errors_replica} failed writes;"
             f" ch2 caught up {catch_up_s:.1f}s after its start"
