@@ -11,6 +11,7 @@
 #   scripts/cluster.sh up                  # start ZooKeeper and the three servers (idempotent), wait for them
 #   scripts/cluster.sh down                # stop everything
 #   scripts/cluster.sh stop-node N         # stop one server (outage tests); start-node N brings it back
+#   scripts/cluster.sh stop-zookeeper      # ZooKeeper away (outage tests); start-zookeeper brings it back
 #   scripts/cluster.sh status | wipe
 #
 # Everything binds 127.0.0.1. Ports and the data directory come from the environment:
@@ -173,6 +174,8 @@ case "${1:-}" in
   down) for n in "${NODES[@]}"; do stop_pid "node$n"; done; stop_pid zookeeper ;;
   stop-node) stop_pid "node$(node_arg "${2:-}")" ;;
   start-node) n=$(node_arg "${2:-}"); mkdir -p "$DIR"; start_node "$n"; wait_ready "$n" ;;
+  stop-zookeeper) stop_pid zookeeper ;;
+  start-zookeeper) mkdir -p "$DIR"; start_zookeeper; wait_ready "${NODES[@]}" ;;
   status)
     if alive "$(pid_of zookeeper)"; then echo "zookeeper  running  pid $(pid_of zookeeper)  127.0.0.1:$ZK_PORT"; else echo "zookeeper  stopped"; fi
     for n in "${NODES[@]}"; do
@@ -180,5 +183,5 @@ case "${1:-}" in
       echo "node $n     $state  shard $(shard_of "$n") replica ch$n  127.0.0.1:$((TCP_BASE + n)) http:$((HTTP_BASE + n))"
     done ;;
   wipe) "$0" down; rm -rf "$DIR" ;;
-  *) echo "usage: $0 install|up|down|status|wipe|stop-node N|start-node N" >&2; exit 2 ;;
+  *) echo "usage: $0 install|up|down|status|wipe|stop-node N|start-node N|stop-zookeeper|start-zookeeper" >&2; exit 2 ;;
 esac

@@ -5,8 +5,8 @@ tables `cem migrate` makes for `clickhouse.cluster`. Kafka is the test session's
 * the airline story gives its exact results, each customer's rows on one shard, and the SQL
   kit, `cem timeline` and `cem report` read them as on one server;
 * a labelled workload keeps precision and recall at 1.0 while one replica is stopped and
-  started again, then a whole shard: no row lost, none visible twice, and the replicas
-  agree; the figures (docs/operations.md) are printed;
+  started again, then a whole shard, then ZooKeeper: no row lost, none visible twice, and
+  the replicas agree; the figures (docs/operations.md) are printed;
 * erasure by the least-privilege eraser leaves nothing on any server: each server's local
   tables are asked directly.
 """
@@ -171,26 +171,26 @@ def test_replica_and_shard_outages_while_the_worker_writes(
     stack: dict[str, str], cluster: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expected: Expected
 ) -> None:
     """The worker writes through node 1 (shard 1). Node 2, a replica of shard 2, is stopped for
-    a third of the stream: node 1 must send shard 2's rows to node 3. Then all of shard 2
-    (nodes 2 and 3) is stopped for a while, and started again."""
+    a quarter of the stream: node 1 must send shard 2's rows to node 3. Then all of shard 2
+    (nodes 2 and 3) is stopped for a while and started again; then ZooKeeper."""
     space = cluster_space(stack, tmp_path, monkeypatch, entry=1)
     db = space.db
     try:
         recs = records(space, expected.journeys.lines)
         profiles = [r for r in recs if r.topic == space.settings.kafka.topics.profiles]
         touches = [r for r in recs if r.topic != space.settings.kafka.topics.profiles]
-        thirds = [touches[k * len(touches) // 3 : (k + 1) * len(touches) // 3] for k in range(3)]
+        parts = [touches[k * len(touches) // 4 : (k + 1) * len(touches) // 4] for k in range(4)]
         space.start_worker()
         prod = producer(space.settings)
         started = time.monotonic()
-        send_all(prod, profiles + thirds[0])
+        send_all(prod, profiles + parts[0])
         wait_until_processed(space.settings, timeout_s=300)
         healthy_s = time.monotonic() - started
 
         # one replica of shard 2 away: shard 2's rows go to the other one
         cluster_sh("stop-node", "2")
         started = time.monotonic()
-        send_all(prod, thirds[1])
+        send_all(prod, parts[1])
         wait_until_processed(space.settings, timeout_s=300)
         replica_down_s = time.monotonic() - started
         errors_replica = space.stats()["clickhouse_errors"]
@@ -205,18 +205,26 @@ def test_replica_and_shard_outages_while_the_worker_writes(
         cluster_sh("stop-node", "2")
         cluster_sh("stop-node", "3")
         outage_started = time.monotonic()
-        send_all(prod, thirds[2])
-        prod.close()
-        wait_until(lambda: space.stats()["clickhouse_errors"] > errors_replica, 60, "a failed write")
-        time.sleep(10)
-        stalled_written = space.stats()["timeline_rows_written"]
-        time.sleep(2)
-        assert space.stats()["timeline_rows_written"] == stalled_written, "rows written while a shard was away"
+        send_all(prod, parts[2])
+        stall(space, errors_replica, "a shard was away")
         cluster_sh("start-node", "2")
         cluster_sh("start-node", "3")
         back = time.monotonic()
         wait_until_processed(space.settings, timeout_s=300)
         shard_outage_s, resume_s = back - outage_started, time.monotonic() - back
+        errors_shard = space.stats()["clickhouse_errors"]
+
+        # ZooKeeper away: the replicated tables turn read-only, inserts fail (code 242) and are
+        # retried; the servers take new sessions once it is back
+        cluster_sh("stop-zookeeper")
+        outage_started = time.monotonic()
+        send_all(prod, parts[3])
+        prod.close()
+        stall(space, errors_shard, "ZooKeeper was away")
+        cluster_sh("start-zookeeper")
+        back = time.monotonic()
+        wait_until_processed(space.settings, timeout_s=300)
+        zk_outage_s, zk_resume_s = back - outage_started, time.monotonic() - back
         stats = space.stats()
 
         sync_replicas(db)
@@ -233,17 +241,29 @@ def test_replica_and_shard_outages_while_the_worker_writes(
         print(
             f"\n  cluster outage figures ({len(touches)} touchpoints, {CUSTOMERS} customers, worker on node 1;"
             f" customer keys on shard 01: {len(shard_1)}, on shard 02: {len(shard_2)}):"
-            f"\n    healthy: profiles and the first third in {healthy_s:.1f}s"
-            f"\n    replica ch2 stopped: second third in {replica_down_s:.1f}s, {errors_replica} failed writes;"
+            f"\n    healthy: profiles and the first quarter in {healthy_s:.1f}s"
+            f"\n    replica ch2 stopped: second quarter in {replica_down_s:.1f}s, {errors_replica} failed writes;"
             f" ch2 caught up {catch_up_s:.1f}s after its start"
-            f"\n    shard 02 stopped {shard_outage_s:.1f}s: {stats['clickhouse_errors'] - errors_replica} failed writes"
+            f"\n    shard 02 stopped {shard_outage_s:.1f}s: {errors_shard - errors_replica} failed writes"
             f" (retried), no row written meanwhile; lag cleared {resume_s:.1f}s after the shard was back"
+            f"\n    ZooKeeper stopped {zk_outage_s:.1f}s: {stats['clickhouse_errors'] - errors_shard} failed writes"
+            f" (retried), no row written meanwhile; lag cleared {zk_resume_s:.1f}s after it was back"
         )
     finally:
         for proc in space.procs:
             space.stop_worker(proc)
+        cluster_sh("start-zookeeper")
         for n in ("2", "3"):
             cluster_sh("start-node", n)
+
+
+def stall(space: Namespace, errors_before: int, what: str) -> None:
+    """Wait for a failed write, then check that nothing is written for a while."""
+    wait_until(lambda: space.stats()["clickhouse_errors"] > errors_before, 60, "a failed write")
+    time.sleep(10)
+    written = space.stats()["timeline_rows_written"]
+    time.sleep(2)
+    assert space.stats()["timeline_rows_written"] == written, f"rows written while {what}"
 
 
 def test_least_privilege_users_and_erasure_leave_nothing_on_any_server(
