@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,9 +75,7 @@ def cluster_space(
     stack: dict[str, str], tmp: Path, mp: pytest.MonkeyPatch, entry: int = 1, extra: dict[str, str] | None = None
 ) -> Namespace:
     env = {"CEM_CLICKHOUSE__PORT": str(TCP[entry]), "CEM_CLICKHOUSE__CLUSTER": NAME, **(extra or {})}
-    space = make_space(stack, tmp, mp, 4, env)
-    space.env.update(env)
-    return space
+    return make_space(stack, tmp, mp, 4, env)
 
 
 @pytest.fixture
@@ -285,7 +284,7 @@ def test_least_privilege_users_and_erasure_leave_nothing_on_any_server(
     try:
         for n, users_d in zip((1, 2, 3), users_dirs, strict=True):  # the same users on every server
             made = subprocess.run(
-                [*space_cli(), "clickhouse", "users", "--xml-dir", str(users_d)],
+                [sys.executable, "-m", "pipeline.ops.cli", "clickhouse", "users", "--xml-dir", str(users_d)],
                 env={**space.env, "CEM_CLICKHOUSE__PORT": str(TCP[n])}, text=True, capture_output=True, check=False,
             )  # fmt: skip
             assert made.returncode == 0 and made.stdout.count("can log in") == 3, made.stdout + made.stderr
@@ -327,9 +326,3 @@ def test_least_privilege_users_and_erasure_leave_nothing_on_any_server(
             space.stop_worker(proc)
         for users_d in users_dirs:
             (users_d / "cem-users.xml").unlink(missing_ok=True)
-
-
-def space_cli() -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "pipeline.ops.cli"]
