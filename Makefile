@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := scripts/stack.sh
 
-.PHONY: help setup stack-install up down status demo test test-fuzz test-faults test-scaleout test-cluster bench bench-quick test-unit test-integration lint typecheck check clean wipe
+.PHONY: help setup stack-install up down status demo test test-fuzz test-faults test-scaleout test-cluster bench bench-quick bench-scale test-unit test-integration lint typecheck check clean wipe
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -40,8 +40,8 @@ test: setup check ## lint, type-check, unit and integration tests (starts its ow
 test-fuzz: setup ## 10,000 malformed messages among valid ones: all in the DLQ with reasons, no restart (CI)
 	$(BIN)/pytest tests/integration/test_fuzz_deadletter.py -m faults -s
 
-test-faults: setup ## fault injection: SIGKILL before and after snapshots and at 15 moments of one run, SIGTERM, broker restart, ClickHouse outage (about 7 min)
-	$(BIN)/pytest tests/integration/test_faults.py tests/integration/test_kill_anywhere.py -m "faults and not scaleout" -s
+test-faults: setup ## fault injection: SIGKILL before and after snapshots and at 15 moments of one run, disk kept and lost, a partition moved and back, SIGTERM, broker restart, ClickHouse outage (about 9 min)
+	$(BIN)/pytest tests/integration/test_faults.py tests/integration/test_kill_anywhere.py tests/integration/test_state_on_disk.py -m "faults and not scaleout" -s
 
 test-scaleout: setup ## two workers on 8 partitions: one killed mid-stream; one killed at 13 moments while the other runs (about 4 min)
 	$(BIN)/pytest tests/integration/test_faults.py tests/integration/test_kill_anywhere.py -m scaleout -s
@@ -55,6 +55,9 @@ bench: up ## the benchmark: 1M touchpoints, ceiling vs baseline vs cem-pipeline 
 
 bench-quick: up ## the benchmark at 55k touchpoints (about a minute), for everyday use
 	$(BIN)/python -m bench.run --quick
+
+bench-scale: up ## the state as customers grow, 100k -> 1M -> 3M in one run: RSS, disk, touchpoints/s, recovery after SIGKILL (an hour or more)
+	$(BIN)/python -m bench.scale $(if $(STEPS),--steps $(STEPS))
 
 test-unit: setup ## pure tests only: no services
 	$(BIN)/pytest tests/unit
@@ -74,5 +77,6 @@ check: lint typecheck ## lint + type-check
 clean: ## remove caches (keeps .venv and .local)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
 
-wipe: down ## stop the stack and delete its data
+wipe: down ## stop the stack and delete its data (and the local worker's state, which belongs to it)
 	$(STACK) wipe
+	rm -rf .local/worker

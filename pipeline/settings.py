@@ -167,10 +167,14 @@ class WorkerSettings(Section):
     idle_sweep_s: float = Field(
         60.0, ge=0.1, le=3600, description="how often the judge looks for customers idle longer than the kept history"
     )
+    # Long enough for a busy worker (one loading its partitions after a rebalance) to forward
+    # its profiles: a batch resolved without them files a touchpoint under `anon:`/`unresolved:`,
+    # and if this worker then dies before its commit, the batch is resolved again with them, so
+    # the touchpoint shows under two customers. It only waits while profiles are on their way.
     profile_wait_s: float = Field(
-        2.0,
+        30.0,
         ge=0,
-        le=60,
+        le=600,
         description="longest a batch of touchpoints waits for CRM profiles other workers are forwarding",
     )
     # 5 s: after an outage, the worker resumes at most this long after ClickHouse is back
@@ -195,6 +199,30 @@ class WorkerSettings(Section):
     def judge_group(self) -> str:
         """The consumer group that reads the internal by-customer topic (stage B)."""
         return f"{self.app_id}-judge"
+
+
+class StateSettings(Section):
+    """The judge's state on local disk (RocksDB) and what of it is held in memory. The
+    defaults fit a worker of 2 cores and 4 GiB with 8 partitions (docs/operations.md)."""
+
+    dir: Path | None = Field(None, description="where the databases live; default: <worker.data_dir>/state")
+    cache_customers: int = Field(
+        20_000, ge=100, le=10_000_000, description="customers' states kept decoded in memory (most recently used)"
+    )
+    block_cache_mib: int = Field(64, ge=8, le=65_536, description="RocksDB block cache, shared by every database")
+    write_buffer_mib: int = Field(
+        64, ge=8, le=65_536, description="RocksDB memtables of every database together (write buffer manager)"
+    )
+    identity_cache_entries: int = Field(
+        100_000, ge=0, le=50_000_000, description="identity index entries kept in memory (most recently used)"
+    )
+    compression: Literal["lz4", "zstd", "none"] = "lz4"
+    # Compaction may remove a tombstone of the identity topic this long after it was written
+    # (the topic's delete.retention.ms, 24 h by default): an index on disk older than this
+    # could have missed a removal, so it is read again whole.
+    identity_resume_hours: float = Field(
+        20.0, ge=0, le=24 * 365, description="an identity index on disk older than this is rebuilt from Kafka"
+    )
 
 
 class RepeatContactConfig(Section):
@@ -282,6 +310,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     worker: WorkerSettings = WorkerSettings()
+    state: StateSettings = StateSettings()
     rules: RulesSettings = RulesSettings()
     privacy: PrivacySettings = PrivacySettings()
 
@@ -300,6 +329,11 @@ class Settings(BaseSettings):
     @cached_property
     def rules_obj(self) -> Rules:
         return self.rules.to_rules()
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the worker's RocksDB databases live."""
+        return self.state.dir if self.state.dir is not None else self.worker.data_dir / "state"
 
     @property
     def secret(self) -> bytes:

@@ -155,8 +155,8 @@ class Pipeline:
         groups, every partition's state loaded and caught up."""
         source = self.resolve.source
         self.stats.ready = self.ctx.index.loaded.is_set() and source.joined and not source.held and self.judge.ready
-        self.stats.identity_entries = len(self.ctx.index.data)
-        self.stats.customers = sum(len(p.customers) for p in self.judge.parts.values())
+        self.stats.identity_entries = self.ctx.index.count()
+        self.stats.customers = sum(p.customers.count() for p in self.judge.parts.values())
         self.stats.partitions = sorted(self.judge.parts)
 
     async def _refresh_health(self) -> None:

@@ -1,4 +1,4 @@
-"""What both stages of a worker share: settings, counters, the producer, the identity index,
+"""What both stages of a worker share: settings, counters, the producer, the disk, the identity index,
 the stop signal, and the two things every stage does the same way (retrying a step until it
 succeeds, and parking a bad message in the dead-letter topic)."""
 
@@ -17,6 +17,7 @@ from pipeline.engine.decode import Rejected
 from pipeline.engine.identity_index import IdentityIndex
 from pipeline.engine.metrics import Stats
 from pipeline.engine.sends import MESSAGE_BYTES, Sends
+from pipeline.engine.state_store import Disk
 from pipeline.kafka import clients
 from pipeline.kafka.reading import reader
 from pipeline.settings import Settings
@@ -34,7 +35,11 @@ class Context:
         self.settings = settings
         self.stats = Stats()
         fetch = {"fetch_max_wait_ms": settings.worker.fetch_max_wait_ms}  # see clients.group_consumer
-        self.index = IdentityIndex(clients.aiokafka(settings.kafka) | fetch, settings.kafka.topics.identity)
+        self.disk = Disk(settings.state_dir, settings.state, settings.secret)  # every RocksDB database of the worker
+        self.index = IdentityIndex(
+            clients.aiokafka(settings.kafka) | fetch, settings.kafka.topics.identity, self.disk,
+            cache_entries=settings.state.identity_cache_entries, resume_hours=settings.state.identity_resume_hours,
+        )  # fmt: skip
         self.producer: AIOKafkaProducer | None = None  # made in the worker's event loop
         self.bulk_producer: AIOKafkaProducer | None = None  # for snapshots (pipeline/engine/sends.py)
         self._admin: AIOKafkaAdminClient | None = None

@@ -1,31 +1,55 @@
 """The identity index, replicated to every worker: identifier fingerprint -> customer id.
 
 A compacted topic (`cem.internal.identity`) holds the index. Every worker reads all of its
-partitions from the beginning and keeps following it with a group-less consumer, the way
-Kafka Streams' GlobalKTable works. Writes go through the producer, and the writing worker
-sees them at once. We use this instead of faust's GlobalTable: with two workers, that table
-lost entries written on the other worker (tests/integration/test_faults.py, two workers).
+partitions and keeps following it with a group-less consumer, the way Kafka Streams'
+GlobalKTable works, into a RocksDB database on its disk (`<state.dir>/identity`), so that
+its memory does not grow with the number of CRM profiles; the entries in use are kept in a
+bounded cache. The positions read are stored with the entries (one atomic write per batch),
+so a restarted worker reads only what came since. Writes go through the producer, and the
+writing worker sees them at once. We use this instead of faust's GlobalTable: with two
+workers, that table lost entries written on the other worker (tests/integration/test_faults.py,
+two workers).
+
+Keys: `f/<fingerprint>` -> customer id; `r/<customer id>\\0<fingerprint>` (a customer's
+entries, for an erasure; checked against `f/` when read, so a moved entry's old reverse key
+does no harm); `\\0positions` -> {partition: next offset, "at": unix time}.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from rocksdict import Rdict, ReadOptions, WriteBatch
 
 from pipeline.engine.failpoints import failpoint
+from pipeline.engine.state_store import Disk
 from pipeline.kafka.reading import end_offsets_of
 
 log = logging.getLogger("cem.identity")
 
+FORWARD = b"f/"
+REVERSE = b"r/"
+POSITIONS = b"\x00positions"
+POSITIONS_EVERY_S = 300.0  # stored this often even when nothing comes, so that their age tells
+
 
 class IdentityIndex:
-    def __init__(self, client_config: dict[str, Any], topic: str) -> None:
+    def __init__(
+        self, client_config: dict[str, Any], topic: str, disk: Disk, *, cache_entries: int, resume_hours: float
+    ) -> None:
         self.client_config = client_config  # pipeline.kafka.clients.aiokafka()
         self.topic = topic
-        self.data: dict[str, str] = {}
+        self.disk = disk
+        self.cache_entries = cache_entries
+        self.resume_s = resume_hours * 3600
+        self.db: Rdict | None = None  # opened by `follow`
+        self._cache: OrderedDict[str, str | None] = OrderedDict()  # None: known to be absent
         self.loaded = asyncio.Event()  # the topic was read up to its end offsets at start-up
         self.positions: dict[int, int] = {}  # partition -> next offset to read
         # Written here and not read back from the topic yet: records of these keys read before
@@ -37,32 +61,84 @@ class IdentityIndex:
         return all(self.positions.get(p, 0) >= end for p, end in ends.items())
 
     def get(self, fingerprint: str) -> str | None:
-        return self.data.get(fingerprint)
+        if fingerprint in self._unread:
+            return self._unread[fingerprint]
+        cache = self._cache
+        if fingerprint in cache:
+            cache.move_to_end(fingerprint)
+            return cache[fingerprint]
+        if self.db is None:
+            return None
+        value = self.db.get(FORWARD + fingerprint.encode())
+        owner = None if value is None else value.decode()
+        if self.cache_entries:
+            cache[fingerprint] = owner
+            if len(cache) > self.cache_entries:
+                cache.popitem(last=False)
+        return owner
 
     def apply(self, fingerprint: str, customer_id: str | None) -> None:
         """A write of this worker's (sent to the topic by the caller): in force at once."""
         self._unread[fingerprint] = customer_id
-        self._set(fingerprint, customer_id)
 
-    def _read(self, fingerprint: str, customer_id: str | None) -> None:
+    def owned_by(self, customer_id: str) -> set[str]:
+        """The fingerprints that resolve to this customer now."""
+        found = {fp for fp, owner in self._unread.items() if owner == customer_id}
+        if self.db is not None:
+            prefix = REVERSE + customer_id.encode() + b"\0"
+            opts = ReadOptions()
+            opts.set_iterate_upper_bound(prefix[:-1] + b"\1")
+            it = self.db.iter(opts)
+            it.seek(prefix)
+            candidates = []
+            while it.valid():
+                candidates.append(it.key()[len(prefix) :].decode())
+                it.next()
+            del it
+            found |= {fp for fp in candidates if self.get(fp) == customer_id}
+        return found
+
+    def count(self) -> int:
+        """Entries held (RocksDB's estimate: forward and reverse keys, so about twice)."""
+        if self.db is None:
+            return 0
+        return int(self.db.property_int_value("rocksdb.estimate-num-keys") or 0) // 2
+
+    def _read(self, batch: WriteBatch, fingerprint: str, customer_id: str | None) -> None:
         """A record read from the topic."""
         if fingerprint in self._unread:
             if self._unread[fingerprint] != customer_id:
                 return  # older than this worker's own write, which is still to come
             del self._unread[fingerprint]
-        self._set(fingerprint, customer_id)
-
-    def _set(self, fingerprint: str, customer_id: str | None) -> None:
+        key = FORWARD + fingerprint.encode()
         if customer_id is None:
-            self.data.pop(fingerprint, None)
+            batch.delete(key)
         else:
-            self.data[fingerprint] = customer_id
+            batch.put(key, customer_id.encode())
+            batch.put(REVERSE + customer_id.encode() + b"\0" + fingerprint.encode(), b"")
+        if fingerprint in self._cache:
+            self._cache[fingerprint] = customer_id
+
+    def _open(self) -> dict[int, int]:
+        """The database, and the positions it holds; none (and emptied) if it is too old to
+        be followed on from: compaction may have removed removals it never saw."""
+        db = self.db = self.disk.open("identity")
+        raw = db.get(POSITIONS)
+        stored = orjson.loads(raw) if raw is not None else None
+        if stored is not None and time.time() - stored.pop("at", 0) <= self.resume_s:
+            return {int(p): int(o) for p, o in stored.items()}
+        if stored is not None:
+            log.info("identity index on disk older than state.identity_resume_hours: read again from Kafka")
+        db.delete_range(b"\0", b"\xff")
+        return {}
 
     async def follow(self) -> None:
-        """Load the whole topic, then follow it for as long as the worker runs."""
+        """Load the topic (from the positions on disk, else whole), then follow it for as long
+        as the worker runs."""
         consumer = AIOKafkaConsumer(**self.client_config, enable_auto_commit=False)
         await consumer.start()
         try:
+            stored = self._open()
             ends: dict[TopicPartition, int] = {}
             while not ends:  # metadata may take a moment after start
                 ends = await end_offsets_of(consumer, self.topic)  # before assigning (see there)
@@ -70,19 +146,41 @@ class IdentityIndex:
                     await asyncio.sleep(0.2)
             tps = list(ends)
             consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+            starts = await consumer.beginning_offsets(tps)
+            if any(not starts[tp] <= stored.get(tp.partition, -1) <= ends[tp] for tp in tps):
+                stored = {}  # not this topic's positions (recreated, or behind its retention)
+                assert self.db is not None
+                self.db.delete_range(b"\0", b"\xff")
+            for tp in tps:
+                if tp.partition in stored:
+                    consumer.seek(tp, stored[tp.partition])
+                else:
+                    await consumer.seek_to_beginning(tp)
+            written_at = time.monotonic()
+            log.info("identity index: reading %s", "what came since the last run" if stored else "the whole topic")
             while True:
-                batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
-                for records in batch.values():
+                got = await consumer.getmany(timeout_ms=200, max_records=10_000)
+                batch = WriteBatch(raw_mode=True)
+                for records in got.values():
                     for rec in records:
-                        self._read(rec.key.decode(), None if rec.value is None else rec.value.decode())
+                        self._read(batch, rec.key.decode(), None if rec.value is None else rec.value.decode())
                 for tp in tps:
                     self.positions[tp.partition] = await consumer.position(tp)
+                if got or time.monotonic() - written_at > POSITIONS_EVERY_S:
+                    written_at = time.monotonic()
+                    positions: dict[str, int | float] = {str(p): o for p, o in self.positions.items()}
+                    positions["at"] = time.time()
+                    batch.put(POSITIONS, orjson.dumps(positions))
+                    assert self.db is not None
+                    self.db.write(batch)
                 if not self.loaded.is_set():
                     failpoint("index.loading")
                     behind = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
                     if not behind:
-                        log.info("identity index loaded: %d entries", len(self.data))
+                        log.info("identity index loaded: about %d entries", self.count())
                         self.loaded.set()
         finally:
             await consumer.stop()
+            if self.db is not None:
+                self.db.close()
+                self.db = None

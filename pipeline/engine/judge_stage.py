@@ -2,27 +2,30 @@
 
 Reads `cem.internal.by-customer` with a plain aiokafka group consumer (`<app_id>-judge`), so
 one customer's touchpoints, profile updates and erasures always come to one worker, in the
-order stage A wrote them. The customers' states are held in memory per partition
-(pipeline/engine/snapshots.py); the detectors are the pure core in processors/.
+order stage A wrote them. The customers' states are kept on local disk per partition, the
+ones in use decoded in memory (pipeline/engine/state_store.py); the detectors are the pure
+core in processors/.
 
 A batch is: apply every message (`judge` for a touchpoint, `apply_profile` for a profile),
 and send the alerts, identity index entries and dead letters it made at once. Its timeline
 rows and alert revisions wait until `worker.insert_rows` are pending or the oldest has waited
 `worker.batch_within_s`; then they are written to ClickHouse (one INSERT per table, retried
 with backoff while ClickHouse is away) while the next batches are judged. Once the insert is
-in and the broker has acknowledged what was sent, the offsets are committed. A crash replays
-from the committed offsets, and the replay writes identical rows, which the
-ReplacingMergeTree tables and their FINAL views collapse. Between batches, the next chunk of
-a snapshot is written when one is due.
+in and the broker has acknowledged what was sent, the states the batch changed go to disk
+with the partition's offset (one atomic write), and the offsets are committed. A crash
+resumes from the offsets on disk; what was judged after them is judged again, and writes
+identical rows, which the ReplacingMergeTree tables and their FINAL views collapse. Between
+batches, the next chunk of a snapshot is written when one is due.
 
-When a partition is assigned it is paused until its state is loaded (a snapshot, then the
-log read again from the snapshot's offset: silently up to the committed offset). The loading
-runs beside the batches, not in the rebalance callback, which holds back heartbeats.
+When a partition is assigned it is paused until its state is in (its database on disk, or
+rebuilt from a snapshot in Kafka: pipeline/engine/partitions.py). That runs beside the
+batches, not in the rebalance callback, which holds back heartbeats.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -44,7 +47,7 @@ from pipeline.engine.rows import alert_row, timeline_row
 from pipeline.engine.sends import Sends
 from pipeline.engine.snapshots import Partition, Snapshots
 from pipeline.kafka import clients
-from pipeline.kafka.reading import commit
+from pipeline.kafka.reading import commit, read_compacted
 from processors.judge import CustomerState, Profile, apply_profile, judge, links
 from processors.model import Touch
 from schemas.erasure import ErasureJob
@@ -76,8 +79,8 @@ class Pending:
     sends: Sends | None = None
     send_failed: bool = False  # some of `sent` may never have left: they are all sent again
     first_at: float | None = None  # monotonic time of the first thing applied since the seal
-    customers: set[str] = field(default_factory=set)  # whose state holds what this will write
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> offset to commit, set when sealed
+    persist: list[Partition] = field(default_factory=list)  # whose sealed states go to disk once written
 
     def touched(self) -> None:
         if self.first_at is None:
@@ -98,6 +101,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         self.rules = s.rules_obj
         self.insert_rows = s.worker.insert_rows
         self.within_s = s.worker.batch_within_s
+        self.max_dirty = s.state.cache_customers
         self.out = Pending()
         self.writing: asyncio.Task[None] | None = None  # the sealed batch being written
         self.writing_out: Pending | None = None  # and what it writes
@@ -106,7 +110,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         self.clickhouse = ClickHouseOutput(ctx)
         self.snapshots = Snapshots(
             s.kafka.topics.snapshots, lambda: ctx.sends(bulk=True), min_touchpoints=s.worker.snapshot_min_touchpoints,
-            interval_s=s.worker.snapshot_interval_s, counters=ctx.stats.counters,
+            interval_s=s.worker.snapshot_interval_s, counters=ctx.stats.counters, live_keys=self._snapshot_keys,
         )  # fmt: skip
         self.consumer: Any = None  # AIOKafkaConsumer, made in the worker's event loop
         self._capped: set[str] = set()  # customers whose cap was logged lately
@@ -140,7 +144,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                     if self.out.due(self.insert_rows, self.within_s):
                         await self._seal()
                     if self.snapshots.wanted(self.parts):
-                        await self.snapshots.step(self.parts, self._unwritten, self._drain)
+                        self.snapshots.step(self.parts)
                     self.partitions.sweep(self._unlink_idle)
             async with self.lock:
                 await self._drain()
@@ -148,6 +152,9 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             log.warning("stopped before a batch could be written: it is judged again after the restart")
         finally:
             self.partitions.stop()
+            await self._stop_writing()
+            self.snapshots.abandon(list(self.parts))
+            self.partitions.close()
             await self.consumer.stop()
 
     # ------------------------------------------------------------------ rebalances
@@ -155,15 +162,14 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         self.partitions.generation += 1  # a load still under way belongs to an assignment that is over
         gone = {tp.partition for tp in revoked}
         async with self.lock:  # the batch in hand is written and committed first
-            drained = False
             try:
                 await self._drain()
-                drained = True
             finally:
                 # aiokafka swallows an error raised here: whatever happened, the partitions are
-                # no longer ours, and one held on would be judged from a stale state if it came back
+                # no longer ours; their databases hold what was written, and nothing else
+                await self._stop_writing()
                 self.snapshots.abandon(gone)
-                self.partitions.revoked(gone, drained)
+                self.partitions.revoked(gone)
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.partitions.assigned(assigned)
@@ -185,7 +191,9 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 part.next_offset = record.offset + 1
                 if part.replaying:
                     failpoint("judge.replaying")
-                if len(self.out.timeline) >= self.insert_rows:  # bound inserts and memory
+                # bound inserts and memory: changed states wait in memory until they are sealed,
+                # and a replay after a rebuild seals nothing else
+                if len(self.out.timeline) >= self.insert_rows or len(part.customers.dirty) >= self.max_dirty:
                     await self._seal()
                 # A pack's alerts leave as soon as it is judged, and stage A and the heartbeats
                 # get the loop between packs: a batch of 64 packs after a hiccup is 300 ms of work.
@@ -226,13 +234,11 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
 
     def _judge(self, out: Pending, part: Partition, touch: Touch, now: int, now_us: int, silent: bool) -> None:
         cid = touch.customer_id
-        state = part.customers.get(cid)
-        if state is None:
-            state = part.customers[cid] = CustomerState(cid)
+        state = part.customers.get(cid) or CustomerState(cid)
         state, verdict = judge(state, touch, self.rules, now_us)
+        part.customers.put(state)
         part.touches_since += 1
         part.stream_t = max(part.stream_t, touch.t)
-        out.customers.add(cid)
         if verdict.unlinked and not silent:
             self._unlink(out, cid, verdict.unlinked)
         counters = self.ctx.stats.counters
@@ -263,13 +269,11 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
 
     def _profile(self, out: Pending, part: Partition, env: ProfileEnvelope, silent: bool) -> None:
         cid = env.customer_id
-        state = part.customers.get(cid)
-        if state is None:
-            state = part.customers[cid] = CustomerState(cid)
+        state = part.customers.get(cid) or CustomerState(cid)
         old = set(state.profile.fingerprints) if state.profile else set()
         profile = Profile(env.version, env.loyalty_tier, tuple(env.known_fields), tuple(env.fingerprints))
         state, accepted = apply_profile(state, profile)
-        out.customers.add(cid)
+        part.customers.put(state)
         if silent:
             return
         self.ctx.stats.profiles["held" if accepted else "ignored_older"] += 1
@@ -291,13 +295,13 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         credentials for it. What came before it is written first, so that the deletion covers
         it; what comes after is not deleted."""
         cid = env.customer_id
-        state = part.customers.pop(cid, None)
+        state = part.customers.pop(cid, erasure=True)
         if silent:
             return
         # the partition's next snapshot replaces those that still hold the customer: soon
         part.touches_since += 1
         part.snapshot_at = 0.0
-        owned = {fp for fp, owner in self.ctx.index.data.items() if owner == cid}
+        owned = self.ctx.index.owned_by(cid)
         fingerprints = set(owned)
         if state is not None:
             fingerprints |= links(state.events) | set(state.profile.fingerprints if state.profile else ())
@@ -378,11 +382,16 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             for p, part in self.parts.items()
             if not part.replaying and part.next_offset > part.committed
         }
-        if not (len(out.timeline) or out.alert_rows or out.messages or out.sent or out.offsets):
+        out.persist = [
+            part for part in self.parts.values() if part.customers.dirty or part.next_offset > part.persisted_offset
+        ]
+        if not (len(out.timeline) or out.alert_rows or out.messages or out.sent or out.offsets or out.persist):
             out.first_at = None
             return
         await self._send(out)
         await self._wait_written()
+        for part in out.persist:  # as they are now: the next batches change them while this is written
+            part.customers.seal(part.next_offset, part.stream_t)
         self.out = Pending()
         self.writing_out = out
         self.writing = asyncio.create_task(self._write(out), name="judge write")
@@ -398,12 +407,6 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             await writing
             self.writing_out = None
 
-    def _unwritten(self, customer_id: str) -> bool:
-        """Whether the customer's state holds something not written yet: a snapshot that held
-        it, loaded after a crash, would make the judge drop it as already seen."""
-        writing = self.writing_out
-        return customer_id in self.out.customers or (writing is not None and customer_id in writing.customers)
-
     async def _write(self, out: Pending) -> None:
         """ClickHouse, then the acknowledgements of what was sent, then the offsets."""
         if len(out.timeline) or out.alert_rows:
@@ -418,9 +421,30 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             await self.ctx.retrying("publish alerts and index entries", self._resend, out.sent)
         if out.offsets:
             failpoint("judge.written")
+        for part in out.persist:
+            stored = part.customers.persist()
+            if stored is not None:
+                part.persisted_offset = stored
+        if out.persist:
+            failpoint("judge.persisted")
         await self._commit(out.offsets)
         if self.writing_out is out:
-            self.writing_out = None  # all written: a snapshot may take its customers
+            self.writing_out = None
+
+    async def _stop_writing(self) -> None:
+        """The write under way, if any, is not waited for (it failed, or the worker stops):
+        what it would have written is judged again by whoever reads these partitions next."""
+        if self.writing is not None and not self.writing.done():
+            self.writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # its own failure is logged where it happened
+                await self.writing
+        self.writing = self.writing_out = None
+
+    async def _snapshot_keys(self, partition: int) -> set[bytes]:
+        """The live keys of a partition of the snapshot topic (their values are let go)."""
+        async with self.ctx.reading:
+            found = await read_compacted(await self.ctx.reader(), self.topics.snapshots, [partition])
+        return set(found[partition])
 
     async def _resend(self, messages: list[Message]) -> None:
         """Idempotent, so it can be retried whole: readers keep the latest revision of an

@@ -7,7 +7,8 @@ Metric names (all prefixed `cem_`), see docs/operations.md:
   late_events_total, duplicates_total, row_rewrites_total (corrections), profiles_total{outcome},
   touchpoints_judged_total, timeline_rows_written_total, alert_rows_written_total,
   clickhouse_errors_total, clickhouse_rows_refused_total, source_commit_failures_total, touchpoints_replayed_total,
-  partitions_loaded_total, snapshots_written_total, snapshot_bytes_total, snapshot_us_total,
+  partitions_loaded_total (_from_disk, _from_snapshot, _from_empty), snapshots_written_total,
+  snapshot_bytes_total, snapshot_us_total,
   snapshot_failures_total, erasures_completed_total, retried_steps_total, profile_wait_timeouts_total,
   clickhouse_batch_rows (summary), clickhouse_write_seconds (summary),
   consumer_lag{topic} (gauge), customers (gauge), identity_entries (gauge), ready (gauge)
@@ -38,6 +39,9 @@ _PLAIN = {
     "touchpoints_replayed": "touchpoints applied again to rebuild state after a restart or rebalance "
     "(written before it; nothing is written for them)",
     "partitions_loaded": "partitions of the internal topic whose state this worker loaded",
+    "partitions_loaded_from_disk": "partitions opened from this worker's disk (read on from the offset stored there)",
+    "partitions_loaded_from_snapshot": "partitions rebuilt from a snapshot in Kafka (no usable copy on disk)",
+    "partitions_loaded_from_empty": "partitions rebuilt from the start of the log (no snapshot yet)",
     "snapshots_written": "snapshots of a partition's state written",
     "snapshot_bytes": "bytes of snapshots written (compressed)",
     "snapshot_us": "microseconds spent encoding snapshots",

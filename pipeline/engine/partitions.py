@@ -1,10 +1,13 @@
-"""The partitions of the internal topic a judge owns: loaded when assigned (each paused until
-its state is in), dropped when revoked (kept aside in case they come back untouched), and
-rid of customers idle for longer than the kept history.
+"""The partitions of the internal topic a judge owns: opened when assigned (each paused until
+its state is in), closed when revoked, and rid of customers idle for longer than the kept
+history.
 
-Loading: the newest complete snapshot, then the log read again from its offset, silently up
-to the group's committed offset (pipeline/engine/snapshots.py). It runs beside the batches,
-never in the rebalance callback, which holds back heartbeats.
+Opening: the partition's database on this worker's disk, if it is there and its stored
+offset is still in the log; the judge reads the log from that offset, silently up to the
+group's committed offset (another worker may have gone further meanwhile). Else the database
+is rebuilt from the newest snapshot in Kafka, and the log read again from the snapshot's
+offset (pipeline/engine/snapshots.py). It runs beside the batches, never in the rebalance
+callback, which holds back heartbeats.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from pipeline.engine import memory
 from pipeline.engine.context import Context
 from pipeline.engine.failpoints import failpoint
 from pipeline.engine.snapshots import Partition, load, read_states
+from pipeline.engine.state_store import PREFIX, Customers, Decoded, decode, max_t_of
 from processors.judge import links
 
 log = logging.getLogger("cem.judge")
 
-SWEEP_BATCH = 5_000  # customers looked at per sweep call (a few ms)
+SWEEP_BATCH = 2_000  # stored customers looked at per sweep call (a few ms: their values are not decoded)
 
 
 class Partitions:
@@ -37,12 +41,13 @@ class Partitions:
         self.horizon_us = horizon_us
         self.consumer: Any = None  # the judge's AIOKafkaConsumer, set when it starts
         self.parts: dict[int, Partition] = {}  # owned and loaded
-        self.cached: dict[int, Partition] = {}  # revoked by the last rebalance: kept in case they come back
         self.loading: dict[int, asyncio.Task[None]] = {}
+        self.decoded = Decoded(ctx.settings.state.cache_customers)
         self.joined = False
         self.generation = 0  # of assignments: counts rebalances, so that a stale load is dropped
         self.sweep_s = ctx.settings.worker.idle_sweep_s
-        self._sweep_queue: deque[tuple[int, str]] = deque()  # (partition, customer) still to look at this round
+        self._sweep_queue: deque[int] = deque()  # partitions still to look at this round
+        self._sweep_from = PREFIX  # the key the partition in hand is looked at from
         self._sweep_at = time.monotonic() + self.sweep_s
 
     @property
@@ -59,16 +64,16 @@ class Partitions:
             for p, part in self.parts.items()
         )
 
-    def revoked(self, gone: set[int], drained: bool) -> None:
-        """No longer ours. Kept aside, if what the worker holds was all written (`drained`), in
-        case they come back untouched; a load under way is dropped."""
+    def revoked(self, gone: set[int]) -> None:
+        """No longer ours: closed (their databases hold what was written; what was judged and
+        not written is judged again by their next owner); a load under way is dropped."""
         for p in gone:
             task = self.loading.pop(p, None)
             if task is not None:
                 task.cancel()
             part = self.parts.pop(p, None)
-            if drained and part is not None and not part.replaying:
-                self.cached[p] = part
+            if part is not None:
+                part.customers.close()
 
     def assigned(self, assigned: set[TopicPartition]) -> None:
         """Fast on purpose: the consumer sends no heartbeats until the rebalance callback
@@ -76,11 +81,9 @@ class Partitions:
         self.joined = True
         self.generation += 1
         mine = {tp.partition for tp in assigned}
-        for p in set(self.cached) - mine:
-            del self.cached[p]  # another worker has it now: what we held goes stale
-        for p in set(self.parts) - mine:  # not expected: a revocation moves them to `cached`
+        for p in set(self.parts) - mine:  # not expected: a revocation closes them
             log.warning("partition %d was held without being assigned: dropped", p)
-            del self.parts[p]
+            self.parts.pop(p).customers.close()
         new = [tp for tp in assigned if tp.partition not in self.parts and tp.partition not in self.loading]
         if new:
             self.consumer.pause(*new)
@@ -91,38 +94,32 @@ class Partitions:
         for task in self.loading.values():
             task.cancel()
 
+    def close(self) -> None:
+        for part in self.parts.values():
+            part.customers.close()
+        self.parts.clear()
+
     async def _load(self, tps: list[TopicPartition], generation: int) -> None:
-        """Load the partitions' states, and let each go once it is loaded. A partition that
-        comes back to this worker untouched by anyone else (its committed offset is not past
-        what the worker holds) is not loaded again. The others' snapshots are read together,
-        through the worker's one reader (pipeline/engine/context.py), then decoded one by one."""
-        s = self.ctx.settings
+        """Open the partitions' databases and let each go once it is in. One whose stored
+        offset is still in the log resumes from it; the others are rebuilt from Kafka, one
+        at a time (a snapshot is read whole), through the worker's one reader
+        (pipeline/engine/context.py)."""
         delay = 1.0
         while tps:
             try:
                 started = time.monotonic()
                 committed = {tp: await self.consumer.committed(tp) for tp in tps}
-                to_read = []
-                for tp in tps:
-                    cached = self.cached.pop(tp.partition, None)
-                    done = committed[tp]
-                    if cached is not None and done is not None and done <= cached.next_offset:
-                        await self._loaded(tp, generation, cached, done, "memory", started)
-                    else:
-                        to_read.append(tp)
-                tps = to_read
-                if not tps:
-                    return
                 starts = await self.consumer.beginning_offsets(tps)
-                async with self.ctx.reading:
-                    found = await read_states(
-                        await self.ctx.reader(), s.kafka.topics.snapshots, [tp.partition for tp in tps]
-                    )
+                ends = await self.consumer.end_offsets(tps)
                 while tps:
                     tp = tps[0]
-                    loaded = await load(found[tp.partition], committed[tp], starts[tp])
-                    self.ctx.stats.observe_gc(memory.settle())  # millions of objects that stay
-                    await self._loaded(tp, generation, loaded.part, committed[tp], loaded.source, started)
+                    part = self._open(tp.partition)
+                    try:
+                        source = await self._state(part, tp, committed[tp], starts[tp], ends[tp])
+                    except BaseException:
+                        part.customers.close()
+                        raise
+                    await self._loaded(tp, generation, part, committed[tp], source, started)
                     tps.pop(0)
             except asyncio.CancelledError:
                 raise
@@ -131,11 +128,37 @@ class Partitions:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
+    async def _state(self, part: Partition, tp: TopicPartition, committed: int | None, start: int, end: int) -> str:
+        """Where the partition's state comes from: its database, if the offset it holds is in
+        the log; else rebuilt from Kafka."""
+        stored = part.customers.stored()
+        if stored is not None and start <= stored[0] <= end:
+            part.next_offset = part.persisted_offset = stored[0]
+            part.stream_t = stored[1]
+            part.held = part.customers.count()
+            part.replay_until = committed or 0
+            return "disk"
+        if stored is not None:
+            log.warning("%s[%d]: the state on disk is at offset %d, outside the log (%d..%d): rebuilt from Kafka",
+                        tp.topic, tp.partition, stored[0], start, end)  # fmt: skip
+        async with self.ctx.reading:
+            found = await read_states(await self.ctx.reader(), self.ctx.settings.kafka.topics.snapshots, [part.number])
+        source = await load(part, found[part.number], committed, start)
+        del found
+        self.ctx.stats.observe_gc(memory.settle())
+        return source
+
+    def _open(self, number: int) -> Partition:
+        """The partition's database, opened (created if it is not there)."""
+        disk = self.ctx.disk
+        return Partition(number, Customers(number, disk.open(f"{self.topic}/{number}"), self.decoded, disk.secret))
+
     async def _loaded(
         self, tp: TopicPartition, generation: int, part: Partition, committed: int | None, source: str, started: float
     ) -> None:
         async with self.lock:
             if generation != self.generation:
+                part.customers.close()
                 return  # revoked while loading (its task may have missed the cancellation)
             self.parts[tp.partition] = part
             part.committed = committed or 0
@@ -144,9 +167,10 @@ class Partitions:
             self.loading.pop(tp.partition, None)
         failpoint("judge.loaded")
         self.ctx.stats.counters["partitions_loaded"] += 1
+        self.ctx.stats.counters[f"partitions_loaded_from_{source.split()[0]}"] += 1
         log.info(
             "%s[%d] loaded from %s in %.1fs: %d customers; reading from offset %d (silently up to %d)",
-            tp.topic, tp.partition, source, time.monotonic() - started, len(part.customers),
+            tp.topic, tp.partition, source, time.monotonic() - started, part.customers.count(),
             part.next_offset, part.replay_until,
         )  # fmt: skip
 
@@ -154,37 +178,56 @@ class Partitions:
         """Let go of customers idle for longer than the kept history (window + allowed
         lateness) behind their partition's newest event: an anonymous visitor or an unknown
         customer whole, a CRM customer's events and alerts (the profile stays). A few
-        thousand customers per call, a round every `worker.idle_sweep_s`."""
+        thousand stored customers per call, read from the disk without decoding; a round
+        over every partition every `worker.idle_sweep_s`."""
         now = time.monotonic()
         if now < self._sweep_at:
             return
         queue = self._sweep_queue
         if not queue:
-            queue.extend((p, cid) for p, part in self.parts.items() for cid in part.customers)
+            queue.extend(sorted(self.parts))
+            self._sweep_from = PREFIX
             if not queue:
                 self._sweep_at = now + self.sweep_s
                 return
-        batch = [queue.popleft() for _ in range(min(SWEEP_BATCH, len(queue)))]
-        if not queue:
-            self._sweep_at = now + self.sweep_s
-        horizon = self.horizon_us
+        part = self.parts.get(queue[0])
+        idle: list[str] = []
+        looked = 0
+        if part is not None and not part.replaying:
+            before = part.stream_t - self.horizon_us
+            entries = part.customers.values(self._sweep_from)
+            try:
+                for key, value in entries:
+                    looked += 1
+                    if looked > SWEEP_BATCH:
+                        self._sweep_from = key
+                        break
+                    if 0 <= max_t_of(value) < before:
+                        idle.append(decode(value).customer_id)
+            finally:
+                entries.close()
+        if part is None or part.replaying or looked <= SWEEP_BATCH:
+            queue.popleft()  # this partition is done
+            self._sweep_from = PREFIX
+            if not queue:
+                self._sweep_at = now + self.sweep_s
+        if part is None or not idle:
+            return
         dropped = 0
-        for p, cid in batch:
-            part = self.parts.get(p)
-            state = part.customers.get(cid) if part is not None and not part.replaying else None
-            if part is None or state is None or state.max_t is None or not state.events:
-                continue
-            if state.max_t >= part.stream_t - horizon:
+        for cid in idle:
+            state = part.customers.get(cid)  # as it is now, which may be newer than on disk
+            if state is None or state.max_t is None or not state.events or state.max_t >= before:
                 continue
             gone = links(state.events)
             if gone:
                 unlink(cid, tuple(sorted(gone)))
             if state.profile is None:
-                del part.customers[cid]
+                part.customers.pop(cid, erasure=False)
             else:
                 state.events.clear()
                 state.alerts.clear()
                 state.seen = None
+                part.customers.put(state)
             dropped += 1
         if dropped:
             self.ctx.stats.counters["idle_customers_dropped"] += dropped

@@ -97,7 +97,7 @@ class ResolveStage:
             if not await self._profiles_indexed(ends, started + s.worker.bootstrap_timeout_s, "bootstrap.holding"):
                 raise TimeoutError("the CRM topic is not forwarded and indexed to its end")
             log.info("CRM profiles loaded in %.1fs (%d identity entries): reading the touchpoints",
-                     time.monotonic() - started, len(self.ctx.index.data))  # fmt: skip
+                     time.monotonic() - started, self.ctx.index.count())  # fmt: skip
         except TimeoutError as e:
             log.warning("reading the touchpoints before every CRM profile is indexed (%s after %.0fs)",
                         e, time.monotonic() - started)  # fmt: skip

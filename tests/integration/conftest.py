@@ -77,6 +77,7 @@ class Namespace:
     worker: subprocess.Popen[bytes] | None = None
     ports: dict[int, int] = field(default_factory=dict)  # worker pid -> its web port
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    disks: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)  # data dir slot -> its worker
 
     @property
     def db(self) -> str:
@@ -101,13 +102,19 @@ class Namespace:
         for its web server. `env`: this process's own additions (e.g. CEM_FAILPOINTS)."""
         port = web_port or (self.settings.worker.web_port if self.worker is None else free_port())
         log = (self.tmp / "worker.log").open("ab")
+        own = env or {}
+        env = {**self.env, **own}
+        slot = self._free_disk()
+        if "CEM_WORKER__DATA_DIR" not in own:
+            env["CEM_WORKER__DATA_DIR"] = self.next_data_dir()
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.ops.cli", "worker", "--loglevel", "info", "--web-port", str(port)],
-            env={**self.env, **(env or {})},
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
+        self.disks[slot] = proc
         self.ports[proc.pid] = port
         self.procs.append(proc)
         if self.worker is None or self.worker.poll() is not None:
@@ -124,6 +131,18 @@ class Namespace:
             assert proc.poll() is None, f"worker exited:\n{self.worker_log()[-4000:]}"
             assert time.monotonic() < deadline, f"worker not ready:\n{self.worker_log()[-4000:]}"
             time.sleep(0.3)
+
+    def _free_disk(self) -> int:
+        """Each worker alive at a time has a disk of its own, as on separate machines; one
+        started after another died takes the first free one: a restart finds its disk as it
+        was left."""
+        return min(i for i in range(len(self.disks) + 1) if i not in self.disks or self.disks[i].poll() is not None)
+
+    def next_data_dir(self) -> str:
+        """The data directory the next worker started will have."""
+        slot = self._free_disk()
+        base = self.env["CEM_WORKER__DATA_DIR"]
+        return f"{base}-{slot}" if slot else base
 
     def start_eraser(self, env: dict[str, str] | None = None, *args: str) -> subprocess.Popen[bytes]:
         """Start `cem eraser` (erasures are finished there, with the eraser role); logs to eraser.log."""

@@ -9,6 +9,7 @@ Run with `make test-faults` and `make test-scaleout` (CI runs both).
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
@@ -226,9 +227,10 @@ def test_clickhouse_away_for_a_minute(space: Namespace, workload: Workload) -> N
 
 
 def test_worker_killed_after_snapshots_restarts_from_the_newest(space: Namespace, workload: Workload) -> None:
-    """The restarted worker loads each partition's newest snapshot and reads the log again only
-    from there (silently up to the committed offset): the results are still exact, and it
-    reads back fewer touchpoints than the killed worker had judged."""
+    """The worker is killed and its disk lost: the restarted worker loads each partition's
+    newest snapshot and reads the log again only from there (silently up to the committed
+    offset): the results are still exact, and it reads back fewer touchpoints than the killed
+    worker had judged."""
     space.env["CEM_WORKER__SNAPSHOT_MIN_TOUCHPOINTS"] = "2000"
     first = space.start_worker()
     total = feed(space, workload, upto=0.5)
@@ -240,6 +242,7 @@ def test_worker_killed_after_snapshots_restarts_from_the_newest(space: Namespace
                "the first quarter of the second half")  # fmt: skip
     judged_before = space.stats(first)["touchpoints_judged"]
     assert space.stop_worker(first, signal.SIGKILL) == -signal.SIGKILL
+    shutil.rmtree(space.next_data_dir())  # a new machine: the state comes from Kafka
     send(space, later[len(later) // 4 :])  # a backlog for the restarted worker
     second = space.start_worker()
     wait_until_processed(space.settings, timeout_s=600)

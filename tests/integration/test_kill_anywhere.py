@@ -7,8 +7,9 @@ the moments a timer cannot aim at: while the identity index loads, while stage A
 touchpoints for the CRM profiles, between a batch forwarded and its commit, after a
 partition's state is loaded and while its log is read again, between a ClickHouse write and
 its commit, during a snapshot, while a second worker joins. Each kill is followed by a
-restart. Then the results must be those of event-time order, exactly: each touchpoint once,
-under its customer, with its flags; every alert of the labels, none other, once.
+restart, on the same disk (once with the disk lost). Then the results must be those of
+event-time order, exactly: each touchpoint once, under its customer, with its flags; every
+alert of the labels, none other, once.
 
 The plan is drawn from a seed (CEM_KILL_SEED, printed), so a failure can be run again.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import threading
@@ -75,6 +77,7 @@ class Kill:
     after_ready: bool = False
     slice_first: bool = False  # its slice of the stream is sent before it starts (a backlog)
     joiner: bool = False  # a second worker starts, and the first is killed while it joins
+    disk_lost: bool = False  # it starts with its data directory deleted (a new machine)
     reached: bool = False
     took_s: float = 0.0
 
@@ -136,7 +139,12 @@ def plan(rng: random.Random, workers: int) -> list[Kill]:
         Kill(
             "start-up: while stage A holds the touchpoints for the CRM profiles", "bootstrap.holding", slice_first=True
         ),  # fmt: skip
-        Kill("the log read again up to the committed offset", "judge.replaying", nth=rng.randint(1, 3)),
+        Kill(
+            "the disk lost: the state rebuilt from a snapshot, the log read again up to the committed offset",
+            "judge.replaying",
+            nth=rng.randint(1, 3),
+            disk_lost=True,
+        ),  # fmt: skip
         Kill("start-up: before the groups are joined", after_s=rng.uniform(0.3, 2.0)),
         Kill("start-up: while the identity index loads", "index.loading"),
         Kill("between a ClickHouse write and its commit", "judge.written", nth=1),
@@ -172,6 +180,8 @@ def run_plan(space: Namespace, kills: list[Kill], feeder: Feeder, others: int = 
         if kill.slice_first:
             feeder.release()
             time.sleep(1)
+        if kill.disk_lost:
+            shutil.rmtree(space.next_data_dir(), ignore_errors=True)
         proc = space.start_worker(env=env, wait=False)
         if kill.point:
             if not kill.slice_first:

@@ -98,20 +98,36 @@ def test_shipped_config_equals_the_defaults(monkeypatch: pytest.MonkeyPatch) -> 
     assert load_settings() == Settings.model_construct()  # the YAML documents the defaults, no surprises
 
 
-def test_the_index_keeps_its_own_writes_over_older_records_read_after_them() -> None:
+def test_the_index_keeps_its_own_writes_over_older_records_read_after_them(tmp_path: Path) -> None:
     """A worker resolves with its own writes at once; records of the same fingerprint that
     it reads from the topic before its own write comes back are older, and change nothing."""
-    from pipeline.engine.identity_index import IdentityIndex
+    from rocksdict import WriteBatch
 
-    index = IdentityIndex({}, "identity")
-    index._read("fp", "C-old")  # noqa: SLF001 - the follower's path, driven by hand
+    from pipeline.engine.identity_index import IdentityIndex
+    from pipeline.engine.state_store import Disk
+    from pipeline.settings import StateSettings
+
+    index = IdentityIndex({}, "identity", Disk(tmp_path, StateSettings(), b"k"), cache_entries=10, resume_hours=1)
+    index._open()  # noqa: SLF001 - what the follower does first
+
+    def read(fp: str, owner: str | None) -> None:  # the follower's path, driven by hand
+        batch = WriteBatch(raw_mode=True)
+        index._read(batch, fp, owner)  # noqa: SLF001
+        assert index.db is not None
+        index.db.write(batch)
+
+    read("fp", "C-old")
+    assert index.get("fp") == "C-old" and index.owned_by("C-old") == {"fp"}
     index.apply("fp", "C-new")  # this worker's write, on its way to the topic
-    index._read("fp", None)  # noqa: SLF001 - an older removal, read after the write
-    index._read("fp", "C-other")  # noqa: SLF001 - an older owner
-    assert index.get("fp") == "C-new"
-    index._read("fp", "C-new")  # noqa: SLF001 - the write comes back
-    index._read("fp", "C-later")  # noqa: SLF001 - a newer record of another worker's
+    read("fp", None)  # an older removal, read after the write
+    read("fp", "C-other")  # an older owner
+    assert index.get("fp") == "C-new" and index.owned_by("C-new") == {"fp"}
+    read("fp", "C-new")  # the write comes back
+    read("fp", "C-later")  # a newer record of another worker's
     assert index.get("fp") == "C-later"
+    assert index.owned_by("C-later") == {"fp"} and index.owned_by("C-new") == set() == index.owned_by("C-old")
+    read("fp", None)
+    assert index.get("fp") is None and index.owned_by("C-later") == set()
 
 
 def test_an_anonymous_id_never_becomes_a_customer_id_raw() -> None:

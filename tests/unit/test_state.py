@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.engine.snapshots import (
+    Found,
     Partition,
     Snapshots,
     add_loaded,
@@ -25,9 +27,12 @@ from pipeline.engine.snapshots import (
     decode_chunk,
     encode_chunk,
     encode_chunks,
+    load,
     manifest_key,
     newest_complete,
 )
+from pipeline.engine.state_store import Customers, Decoded, Disk
+from pipeline.settings import StateSettings
 from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import MICROS_PER_DAY, Rules, Touch
 
@@ -149,19 +154,29 @@ def test_the_newest_complete_snapshot_is_loaded() -> None:
     assert newest_complete({chunk_key("half", 0): b"x"}) is None
 
 
-def test_a_partition_is_due_for_a_snapshot_after_as_many_touchpoints_as_it_holds() -> None:
-    snaps = Snapshots("t", lambda: None, min_touchpoints=100, interval_s=300, counters={})  # type: ignore[arg-type, return-value]
-    part = Partition(0, events=1_000, snapshot_at=0.0)
+def test_a_partition_is_due_for_a_snapshot_after_as_many_touchpoints_as_it_holds_customers(tmp_path: Path) -> None:
+    snaps = Snapshots("t", lambda: None, min_touchpoints=100, interval_s=300, counters={}, live_keys=_no_keys)  # type: ignore[arg-type, return-value]
+    part = Partition(0, store(tmp_path), held=1_000, snapshot_at=0.0)
     part.touches_since = 999
     assert not snaps.due(part, now=10.0)
     part.touches_since = 1_000
     assert snaps.due(part, now=10.0)
-    part.events, part.touches_since = 10, 99  # small partition: the floor
+    part.held, part.touches_since = 10, 99  # small partition: the floor
     assert not snaps.due(part, now=10.0) and snaps.due(part, now=301.0)  # or when the interval has passed
     part.touches_since = 0
     assert not snaps.due(part, now=1_000.0)  # nothing new: nothing to write
     part.touches_since, part.replay_until, part.next_offset = 5_000, 10, 3
     assert not snaps.due(part, now=1_000.0)  # still reading the log again after a restart
+
+
+async def _no_keys(partition: int) -> set[bytes]:
+    return set()
+
+
+def store(tmp_path: Path, capacity: int = 1_000) -> Customers:
+    settings = StateSettings(compression="none")
+    disk = Disk(tmp_path, settings, b"test-secret")
+    return Customers(0, disk.open("p0"), Decoded(capacity), disk.secret)
 
 
 class FakeSends:
@@ -179,61 +194,145 @@ class FakeSends:
         pass
 
 
-def snapshot(unwritten: set[str], after_step: Any) -> tuple[FakeSends, Partition, int]:
-    """Snapshot partition 0 (customers C-1, C-2, C-3) to its end, `unwritten` saying whose
-    state holds something unwritten; returns what was sent, the partition, and the drains."""
+def snapshot(part: Partition, live_keys: Any = _no_keys, between: Any = None) -> FakeSends:
+    """Snapshot partition 0 to its end; `between(n)` runs after each step."""
     sends = FakeSends()
-    part = Partition(0, committed=7, touches_since=100, snapshot_keys={b"s/old/c/0", b"s/old/m"})
-    for cid in ("C-1", "C-2", "C-3"):
-        state = CustomerState(cid)
-        judge(state, Touch(cid, "web", f"{cid}-e", T0, "login"), RULES, 0)
-        part.customers[cid] = state
-    snaps = Snapshots("t", lambda: sends, min_touchpoints=1, interval_s=300, counters=Counter())  # type: ignore[arg-type, return-value]
-    drains = 0
-
-    async def drain() -> None:  # the judge writes everything pending
-        nonlocal drains
-        drains += 1
-        unwritten.clear()
+    snaps = Snapshots("t", lambda: sends, min_touchpoints=1, interval_s=300, counters=Counter(), live_keys=live_keys)  # type: ignore[arg-type, return-value]
 
     async def run() -> None:
         for n in range(100):
-            await snaps.step({0: part}, unwritten.__contains__, drain)
+            snaps.step({0: part})
             for _ in range(5):
                 await asyncio.sleep(0)  # the sender's turn
-            after_step(n)
+            if between is not None:
+                between(n)
             if snaps.walk is None and snaps.sending is None and sends.sent:
                 return
         raise AssertionError("the snapshot did not finish")
 
     asyncio.run(run())
-    return sends, part, drains
+    return sends
 
 
-def customers_in(sends: FakeSends) -> list[list[str]]:
-    return [[s.customer_id for s in decode_chunk(v)] for k, v in sends.sent if b"/c/" in k and v is not None]
+def customers_in(sends: FakeSends) -> list[str]:
+    return [s.customer_id for k, v in sends.sent if b"/c/" in k and v is not None for s in decode_chunk(v)]
 
 
-def test_a_snapshot_takes_a_customer_once_its_state_is_written(monkeypatch: Any) -> None:
-    """A chunk holding a state with something unwritten would, loaded after a crash, make the
-    judge drop that something as already seen: such a customer waits for a later round."""
-    monkeypatch.setattr("pipeline.engine.snapshots.ROUND_S", 0.0)
-    unwritten = {"C-2"}
-    sends, part, drains = snapshot(unwritten, lambda n: unwritten.discard("C-2") if n == 0 else None)
-    assert customers_in(sends) == [["C-1", "C-3"], ["C-2"]] and drains == 0
+def judged(customers: Customers, cid: str, n: int = 0) -> None:
+    state = customers.get(cid) or CustomerState(cid)
+    state, _ = judge(state, Touch(cid, "web", f"{cid}-e{n}", T0 + n, "login"), RULES, 0)
+    customers.put(state)
+
+
+def test_a_snapshot_is_the_written_state_at_the_offset_on_disk(tmp_path: Path) -> None:
+    """What a snapshot holds is one moment of the database: states whose output was written,
+    at the offset stored with them; what the judge changes meanwhile is not in it."""
+    customers = store(tmp_path)
+    part = Partition(0, customers, committed=7, touches_since=100, snapshot_keys={b"s/old/c/0", b"s/old/m"})
+    for cid in ("C-1", "C-2", "C-3"):
+        judged(customers, cid)
+    customers.seal(7, T0)
+    part.persisted_offset = customers.persist() or 0
+    judged(customers, "C-4")  # judged, not written: not in the snapshot
+    customers.seal(8, T0)  # sealed, being written: not in it either
+
+    def meanwhile(n: int) -> None:  # written while the snapshot is sent: not in it
+        if n == 0:
+            customers.persist()
+
+    sends = snapshot(part, between=meanwhile)
+    assert sorted(customers_in(sends)) == ["C-1", "C-2", "C-3"]
     keys = [k for k, _ in sends.sent]
-    manifest = orjson.loads(dict(sends.sent)[keys[2]])
-    assert keys[2].endswith(b"/m") and manifest["chunks"] == 2 and manifest["customers"] == 3
-    assert manifest["from_offset"] == 7  # the committed offset: what came before it is written
-    assert sorted(keys[3:]) == [b"s/old/c/0", b"s/old/m"] and all(v is None for _, v in sends.sent[3:])
-    assert part.snapshot_keys == set(keys[:3]) and part.touches_since == 0
+    manifest = orjson.loads(dict(sends.sent)[keys[1]])
+    assert keys[1].endswith(b"/m") and manifest["chunks"] == 1 and manifest["customers"] == 3
+    assert manifest["from_offset"] == 7
+    assert sorted(keys[2:]) == [b"s/old/c/0", b"s/old/m"] and all(v is None for _, v in sends.sent[2:])
+    assert part.snapshot_keys == set(keys[:2]) and part.touches_since == 0 and part.held == 3
 
 
-def test_a_customer_never_written_in_time_is_taken_after_the_judge_writes_it_out(monkeypatch: Any) -> None:
-    monkeypatch.setattr("pipeline.engine.snapshots.ROUND_S", 0.0)
-    monkeypatch.setattr("pipeline.engine.snapshots.DEFER_ROUNDS", 3)
-    sends, _, drains = snapshot({"C-2"}, lambda n: None)
-    assert customers_in(sends) == [["C-1", "C-3"], ["C-2"]] and drains == 1
+def test_a_partition_resumed_from_disk_reads_its_old_snapshot_keys_before_deleting_them(tmp_path: Path) -> None:
+    customers = store(tmp_path)
+    judged(customers, "C-1")
+    customers.seal(3, T0)
+    part = Partition(0, customers, touches_since=1, persisted_offset=customers.persist() or 0)
+    asked = []
+
+    async def live_keys(partition: int) -> set[bytes]:
+        asked.append(partition)
+        return {b"s/other/c/0", b"s/other/m"}
+
+    sends = snapshot(part, live_keys)
+    assert asked == [0] and [k for k, v in sends.sent if v is None] == [b"s/other/c/0", b"s/other/m"]
+
+
+def test_state_on_disk_is_what_was_persisted_with_its_offset(tmp_path: Path) -> None:
+    """A batch's states and its offset are one atomic write, made only once its output is
+    written: a crash before it leaves the disk at the previous batch, states and offset."""
+    settings = StateSettings(compression="none")
+    disk = Disk(tmp_path, settings, b"test-secret")
+    customers = Customers(0, disk.open("p0"), Decoded(10), disk.secret)
+    judged(customers, "C-1")
+    customers.seal(5, T0)
+    assert customers.persist() == 5
+    judged(customers, "C-1", 1)
+    judged(customers, "C-2", 1)
+    customers.seal(9, T0 + 1)  # its output never written: a crash
+    customers.close()
+
+    again = Customers(0, disk.open("p0"), Decoded(10), disk.secret)
+    assert again.stored() == (5, T0) and again.count() == 1
+    one = again.get("C-1")
+    assert one is not None and [e.touch.event_id for e in one.events] == ["C-1-e0"]
+    assert again.get("C-2") is None
+    again.close()
+
+
+def test_the_decoded_cache_is_bounded_and_a_state_let_go_is_read_back(tmp_path: Path) -> None:
+    customers = store(tmp_path, capacity=2)
+    for n in range(5):
+        judged(customers, f"C-{n}")
+    customers.seal(5, T0)
+    customers.persist()
+    assert len(customers.decoded) == 2
+    zero = customers.get("C-0")
+    assert zero is not None and zero.events[0].touch.event_id == "C-0-e0" and len(customers.decoded) == 2
+
+
+def test_an_erased_customer_leaves_the_database_files(tmp_path: Path) -> None:
+    customers = store(tmp_path)
+    for cid in ("C-keep", "C-gone-4711"):
+        judged(customers, cid)
+    customers.seal(2, T0)
+    customers.persist()
+    customers.db.flush()  # in the files, not only in the memtable and the log
+    assert any(b"C-gone-4711" in f.read_bytes() for f in (tmp_path / "p0").iterdir() if f.is_file())
+    customers.pop("C-gone-4711", erasure=True)
+    customers.seal(3, T0)
+    customers.persist()
+    leftovers = [f.name for f in (tmp_path / "p0").iterdir() if f.is_file() and b"C-gone-4711" in f.read_bytes()]
+    assert customers.count() == 1
+    assert leftovers == [] and customers.get("C-gone-4711") is None and customers.get("C-keep") is not None
+
+
+def test_a_snapshot_loaded_into_an_empty_database_gives_the_same_states(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    big = CustomerState("C-big")
+    for n in range(400):  # incompressible event ids: spread over several entries
+        touch = Touch("C-big", "web", f"w{n}-{rng.getrandbits(400):x}", 1_000_000 * n, "page_view")
+        big, _ = judge(big, touch, Rules(), 0)
+    small = CustomerState("C-small")
+    values = encode_chunks([small, big], limit=8_000)
+    part = Partition(0, store(tmp_path))
+    found = Found(0, {chunk_key("s1", n): v for n, (v, _) in enumerate(values)})
+    found.snapshots[manifest_key("s1")] = orjson.dumps(
+        {"format": 1, "snapshot": "s1", "partition": 0, "from_offset": 4, "chunks": len(values), "customers": 2}
+    )
+    source = asyncio.run(load(part, found, committed=9, log_start=0))
+    assert source == "snapshot s1" and part.next_offset == 4 and part.replay_until == 9
+    assert part.customers.stored() == (4, big.max_t)
+    loaded = part.customers.get("C-big")
+    assert loaded is not None and [s.touch.event_id for s in loaded.events] == [s.touch.event_id for s in big.events]
+    assert part.customers.get("C-small") == small and part.customers.count() == 2
 
 
 def test_a_chunk_never_exceeds_the_message_limit_and_a_large_customer_is_joined_again() -> None:

@@ -1,0 +1,337 @@
+"""The judge's per-customer state on local disk: one RocksDB database per partition of
+`cem.internal.by-customer` (under `state.dir`), as Kafka Streams, faust and quix-streams keep
+theirs, with the customers in use decoded in a bounded cache in front.
+
+What is on disk is always *written* state: a batch's changed states are encoded when its
+output is sealed, and put in the database, with the partition's next input offset, in one
+atomic write batch only once its rows are in ClickHouse and its alerts acknowledged, just
+before the group's offsets are committed (`Customers.persist`). So the database is always one
+consistent moment of the partition's log: after a crash, a worker with its disk resumes from
+the stored offset (nothing to replay but messages not yet persisted), and a state read from
+it never holds an event whose rows were not written (the judge would drop that event as
+already seen when it came again).
+
+Values are `max_t` (8 bytes, big-endian; -1: no events) then the state's snapshot form as
+JSON (`CustomerState.to_snapshot`): the idle sweep reads `max_t` without decoding, and a
+snapshot chunk is the values joined, without decoding either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    Cache,
+    DBCompressionType,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteBufferManager,
+)
+
+from processors.judge import CustomerState
+
+if TYPE_CHECKING:
+    from pipeline.settings import StateSettings
+
+log = logging.getLogger("cem.state")
+
+MiB = 2**20
+# {"offset": next input offset, "stream_t": newest event time, "customers": how many}, written
+# with the states
+OFFSET_KEY = b"\x00offset"
+BUILDING_KEY = b"\x00building"  # a load from Kafka under way: an interrupted one is started again
+# Customers' keys: c/<keyed hash of the customer id>. Not the id itself: RocksDB's MANIFEST
+# records the first and last key of every file, and keeps old records after the files are
+# gone, so an erased customer's id would stay there.
+PREFIX = b"c/"
+END = b"c0"  # the first key after every customer's ("/" + 1)
+_MAX_T = struct.Struct(">q")
+KEYS_HELD = 10_000
+OPEN_RETRY_S = 10.0  # a database is still locked by a process that is exiting
+
+
+def encode(state: CustomerState) -> bytes:
+    max_t = state.max_t if state.events and state.max_t is not None else -1
+    return _MAX_T.pack(max_t) + orjson.dumps(state.to_snapshot())
+
+
+def decode(value: bytes) -> CustomerState:
+    return CustomerState.from_snapshot(orjson.loads(memoryview(value)[8:]))
+
+
+def max_t_of(value: bytes) -> int:
+    """The newest event time of a stored state; -1 if it keeps no events."""
+    return int(_MAX_T.unpack_from(value)[0])
+
+
+class Disk:
+    """The worker's RocksDB databases, under one memory budget: a block cache and a write
+    buffer budget shared by all of them (a database per partition with RocksDB's defaults
+    would take ~200 MiB each)."""
+
+    def __init__(self, root: Path, settings: StateSettings, secret: bytes) -> None:
+        self.root = root
+        self.settings = settings
+        self.secret = hashlib.blake2b(secret, digest_size=32).digest()  # blake2b takes keys of 64 bytes at most
+        self._cache = Cache(settings.block_cache_mib * MiB)
+        self._buffers = WriteBufferManager(settings.write_buffer_mib * MiB, False)
+
+    def options(self) -> Options:
+        s = self.settings
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        table = BlockBasedOptions()
+        table.set_block_cache(self._cache)
+        table.set_bloom_filter(10, False)  # a customer seen for the first time costs no disk read
+        table.set_cache_index_and_filter_blocks(True)  # inside the budget, not beside it
+        opts.set_block_based_table_factory(table)
+        opts.set_write_buffer_manager(self._buffers)
+        opts.set_write_buffer_size(max(1, s.write_buffer_mib // 4) * MiB)
+        opts.set_max_write_buffer_number(2)
+        opts.set_max_background_jobs(2)
+        opts.set_keep_log_file_num(2)
+        opts.set_max_total_wal_size(s.write_buffer_mib * MiB)
+        opts.set_max_open_files(256)
+        compression = {
+            "lz4": DBCompressionType.lz4(), "zstd": DBCompressionType.zstd(), "none": DBCompressionType.none(),
+        }[s.compression]  # fmt: skip
+        opts.set_compression_type(compression)
+        return opts
+
+    def open(self, name: str) -> Rdict:
+        """Open (or create) a database. Its lock may still be held for a moment by a process
+        that is exiting, or by this one while an iterator over it is let go: try again."""
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + OPEN_RETRY_S
+        while True:
+            try:
+                return Rdict(str(path), self.options(), access_type=AccessType.read_write())
+            except Exception as e:
+                if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def remove(self, name: str) -> None:
+        shutil.rmtree(self.root / name, ignore_errors=True)
+
+
+class Decoded:
+    """Recently used states, decoded, across the worker's partitions: at most `capacity`,
+    the least recently used let go first (they are on disk)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._states: OrderedDict[tuple[int, str], CustomerState] = OrderedDict()
+
+    def get(self, key: tuple[int, str]) -> CustomerState | None:
+        state = self._states.get(key)
+        if state is not None:
+            self._states.move_to_end(key)
+        return state
+
+    def put(self, key: tuple[int, str], state: CustomerState) -> None:
+        states = self._states
+        states[key] = state
+        states.move_to_end(key)
+        while len(states) > self.capacity:
+            states.popitem(last=False)
+
+    def drop(self, key: tuple[int, str]) -> None:
+        self._states.pop(key, None)
+
+    def drop_partition(self, partition: int) -> None:
+        for key in [k for k in self._states if k[0] == partition]:
+            del self._states[key]
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+class Customers:
+    """One partition's customers: in its database, the ones in use decoded in the shared
+    cache, the ones changed since the last seal held here until they are sealed."""
+
+    def __init__(self, number: int, db: Rdict, decoded: Decoded, secret: bytes) -> None:
+        self.number = number
+        self.db = db
+        self.secret = secret
+        self.decoded = decoded
+        self.dirty: dict[str, CustomerState | None] = {}  # changed since the last seal; None: erased
+        self.sealed: dict[str, bytes | None] = {}  # sealed, not yet in the database
+        self.sealed_offset: int | None = None
+        self.sealed_stream_t = 0
+        self.closed = False
+        self._keys: OrderedDict[str, bytes] = OrderedDict()  # of the customers seen lately (hashing costs ~1 us)
+        self.erasing: set[str] = set()  # erased customers among the dirty
+        self.erased: set[str] = set()  # among the sealed: the files that held them are rewritten after
+        self.held = 0  # customers in the database
+        self._existed: dict[str, bool] = {}  # whether each of the dirty was held before it changed
+        self._sealed_delta = 0  # what the sealed add to `held`
+
+    def key_of(self, customer_id: str) -> bytes:
+        key = self._keys.get(customer_id)
+        if key is None:
+            key = PREFIX + hashlib.blake2b(customer_id.encode(), digest_size=16, key=self.secret).digest()
+            self._keys[customer_id] = key
+            if len(self._keys) > KEYS_HELD:
+                self._keys.popitem(last=False)
+        return key
+
+    # ---------------------------------------------------------------- reading and changing
+    def get(self, customer_id: str) -> CustomerState | None:
+        if customer_id in self.dirty:
+            return self.dirty[customer_id]
+        key = (self.number, customer_id)
+        state = self.decoded.get(key)
+        if state is None:
+            value = self.sealed[customer_id] if customer_id in self.sealed else self.db.get(self.key_of(customer_id))
+            if value is not None:
+                state = decode(value)
+                self.decoded.put(key, state)
+        self._existed.setdefault(customer_id, state is not None)
+        return state
+
+    def put(self, state: CustomerState) -> None:
+        """The state changed: it goes to disk with the next seal."""
+        if state.customer_id not in self._existed:
+            self.get(state.customer_id)  # whether it is new, for the count
+        self.dirty[state.customer_id] = state
+        self.decoded.put((self.number, state.customer_id), state)
+
+    def pop(self, customer_id: str, *, erasure: bool) -> CustomerState | None:
+        """Forget the customer: gone from disk with the next seal (after an erasure, from the
+        files too: `purge`)."""
+        state = self.get(customer_id)
+        self.dirty[customer_id] = None
+        if erasure:
+            self.erasing.add(customer_id)
+        self.decoded.drop((self.number, customer_id))
+        return state
+
+    # ---------------------------------------------------------------- to disk
+    def seal(self, next_offset: int, stream_t: int) -> None:
+        """Encode what changed, as it is now, to be persisted with this offset once its
+        output is written (`persist`). A seal whose write never finished (the worker was
+        stopping) is still held: this one is added to it."""
+        self.sealed.update({cid: None if s is None else encode(s) for cid, s in self.dirty.items()})
+        self.erased |= self.erasing
+        self.erasing = set()
+        self.sealed_offset, self.sealed_stream_t = next_offset, stream_t
+        existed = self._existed
+        self._sealed_delta += sum((s is not None) - existed.get(cid, True) for cid, s in self.dirty.items())
+        self.dirty, self._existed = {}, {}
+
+    def persist(self) -> int | None:
+        """The sealed states and offset, in one atomic write; returns that offset."""
+        offset = self.sealed_offset
+        if offset is None or self.closed:
+            return None  # closed: revoked meanwhile, and its next owner judges this again
+        batch = WriteBatch(raw_mode=True)
+        for cid, value in self.sealed.items():
+            if value is None:
+                batch.delete(self.key_of(cid))
+            else:
+                batch.put(self.key_of(cid), value)
+        batch.put(OFFSET_KEY, _meta(offset, self.sealed_stream_t, self.held + self._sealed_delta))
+        self.db.write(batch)
+        self.held += self._sealed_delta
+        self.sealed, self.sealed_offset, self._sealed_delta = {}, None, 0
+        if self.erased:
+            self.purge([self.key_of(cid) for cid in self.erased])
+            self.erased = set()
+        return offset
+
+    def purge(self, keys: list[bytes]) -> None:
+        """Erased customers' old values leave the files now, not at some later compaction:
+        flush the memtable (and so retire the write-ahead log that held them) and rewrite
+        the files that hold their keys."""
+        self.db.flush()
+        for key in keys:
+            self.db.compact_range(key, key)
+
+    def stored(self) -> tuple[int, int] | None:
+        """(next input offset, newest event time) of what the database holds; None: nothing
+        usable (new, or a load from Kafka that did not finish)."""
+        if self.db.get(BUILDING_KEY) is not None:
+            return None
+        value = self.db.get(OFFSET_KEY)
+        if value is None:
+            return None
+        meta = orjson.loads(value)
+        self.held = int(meta["customers"])
+        return int(meta["offset"]), int(meta["stream_t"])
+
+    # ---------------------------------------------------------------- loading from Kafka
+    def clear(self) -> None:
+        """Empty the database, marked as being built until `built`."""
+        self.db.put(BUILDING_KEY, b"1")
+        self.db.delete_range(PREFIX, END)
+        self.db.delete(OFFSET_KEY)
+        self.dirty, self.sealed, self.sealed_offset = {}, {}, None
+        self.held, self._existed, self._sealed_delta = 0, {}, 0
+        self.decoded.drop_partition(self.number)
+
+    def load(self, states: list[CustomerState], previous: CustomerState | None) -> CustomerState | None:
+        """Write loaded states. A customer spread over several snapshot entries (`previous`,
+        the last state of the chunk before) comes in adjacent entries: joined. Returns the last
+        state written, for the next call."""
+        batch = WriteBatch(raw_mode=True)
+        for state in states:
+            if previous is not None and previous.customer_id == state.customer_id:
+                previous.events.extend(state.events)
+                previous.alerts.update(state.alerts)
+                state = previous
+            else:
+                self.held += 1
+            batch.put(self.key_of(state.customer_id), encode(state))
+            previous = state
+        self.db.write(batch)
+        return previous
+
+    def built(self, next_offset: int, stream_t: int) -> None:
+        batch = WriteBatch(raw_mode=True)
+        batch.put(OFFSET_KEY, _meta(next_offset, stream_t, self.held))
+        batch.delete(BUILDING_KEY)
+        self.db.write(batch)
+
+    # ---------------------------------------------------------------- walking
+    def values(self, start: bytes = PREFIX, snapshot: Any = None) -> Generator[tuple[bytes, bytes]]:
+        """(key, value) of the stored customers from `start`, in key order (of a RocksDB
+        snapshot, if given)."""
+        opts = ReadOptions()
+        opts.set_iterate_upper_bound(END)
+        it = (snapshot if snapshot is not None else self.db).iter(opts)
+        it.seek(start)
+        try:
+            while it.valid():
+                yield it.key(), it.value()
+                it.next()
+        finally:
+            del it
+
+    def count(self) -> int:
+        """Customers in the database."""
+        return self.held
+
+    def close(self) -> None:
+        self.closed = True
+        self.decoded.drop_partition(self.number)
+        self.db.close()
+
+
+def _meta(offset: int, stream_t: int, customers: int) -> bytes:
+    return orjson.dumps({"offset": offset, "stream_t": stream_t, "customers": customers})
