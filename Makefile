@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := scripts/stack.sh
 
-.PHONY: help setup stack-install up down status demo test test-fuzz test-faults test-scaleout bench bench-quick bench-scale test-unit test-integration lint typecheck check clean wipe
+.PHONY: help setup stack-install up down status demo test test-fuzz test-faults test-scaleout test-cluster bench bench-quick bench-scale test-unit test-integration lint typecheck check clean wipe
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -35,7 +35,7 @@ demo: up ## run the main job end to end: story + generated workload -> summary
 	$(BIN)/cem demo
 
 test: setup check ## lint, type-check, unit and integration tests (starts its own stack)
-	$(BIN)/pytest tests -m "not faults"
+	$(BIN)/pytest tests -m "not faults and not cluster"
 
 test-fuzz: setup ## 10,000 malformed messages among valid ones: all in the DLQ with reasons, no restart (CI)
 	$(BIN)/pytest tests/integration/test_fuzz_deadletter.py -m faults -s
@@ -45,6 +45,10 @@ test-faults: setup ## fault injection: SIGKILL before and after snapshots and at
 
 test-scaleout: setup ## two workers on 8 partitions: one killed mid-stream; one killed at 13 moments while the other runs (about 4 min)
 	$(BIN)/pytest tests/integration/test_faults.py tests/integration/test_kill_anywhere.py -m scaleout -s
+
+test-cluster: setup ## cem on a ClickHouse cluster: ZooKeeper + 2 shards, one with 2 replicas (3 servers), outages (about 3 min)
+	scripts/cluster.sh install
+	$(BIN)/pytest tests/integration/test_cluster.py -m cluster -s
 
 bench: up ## the benchmark: 1M touchpoints, ceiling vs baseline vs cem-pipeline (10-15 minutes)
 	$(BIN)/python -m bench.run
@@ -59,7 +63,7 @@ test-unit: setup ## pure tests only: no services
 	$(BIN)/pytest tests/unit
 
 test-integration: setup stack-install ## real Kafka + ClickHouse tests (their own ports)
-	$(BIN)/pytest tests/integration -m "not faults"
+	$(BIN)/pytest tests/integration -m "not faults and not cluster"
 
 lint: setup ## ruff
 	$(BIN)/ruff check .

@@ -89,9 +89,10 @@ def migrate(status: Annotated[bool, typer.Option("--status", help="List migratio
     client = connect(s.clickhouse.as_role("admin"), "default")
     db = s.clickhouse.database
     if status:
-        done = applied(client, db)
+        done = applied(client, db, s.clickhouse.cluster)
         version = server_version(client)
-        console.print(f"ClickHouse {'.'.join(map(str, version))}, database {db}")
+        on = f", cluster {s.clickhouse.cluster}" if s.clickhouse.cluster else ""
+        console.print(f"ClickHouse {'.'.join(map(str, version))}, database {db}{on}")
         for m in discover():
             if m.version in done:
                 mark = f"applied {done[m.version][2]:%Y-%m-%d %H:%M:%S}"
@@ -101,7 +102,7 @@ def migrate(status: Annotated[bool, typer.Option("--status", help="List migratio
                 mark = "pending"
             console.print(f"  {m.version:04d}_{m.name:30} {mark}")
         return
-    out = run(client, db, s.clickhouse.retention_days)
+    out = run(client, db, s.clickhouse.retention_days, cluster=s.clickhouse.cluster)
     console.print(
         f"applied {len(out.applied)} migration(s)" + "".join(f"\n  {m.version:04d}_{m.name}" for m in out.applied)
     )

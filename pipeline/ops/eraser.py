@@ -33,7 +33,7 @@ from pipeline.settings import Settings
 from processors.identity import LOOKUP_ORDER, fingerprint
 from schemas.erasure import ErasureJob, ErasureReceipt, Removed
 from sinks.clickhouse.client import connect
-from sinks.clickhouse.erasure import delete_customer, find_receipt, insert_receipt
+from sinks.clickhouse.erasure import cluster_servers, delete_customer, find_receipt, insert_receipt
 
 log = logging.getLogger("cem.eraser")
 
@@ -66,7 +66,15 @@ def erase(settings: Settings, job: ErasureJob, ledger_topic: str = LEDGER_TOPIC)
             if related  # `IN ()` is a syntax error; a job done again may know no identifier any more
             else set()
         )
-        before = delete_customer(client, cfg.database, ids)
+        servers = [
+            connect(cfg.as_role("eraser").model_copy(update={"host": host, "port": port}))
+            for host, port in (cluster_servers(client, cfg.cluster) if cfg.cluster else [])
+        ]
+        try:
+            before = delete_customer(client, cfg.database, ids, cluster=cfg.cluster, servers=servers)
+        finally:
+            for server in servers:
+                server.disconnect()
         ledger = _forget_in_ledger(settings, ledger_topic, set(ids))
         dead = _dead_letters_of(settings, job)
         receipt = find_receipt(client, cfg.database, job.request_id)

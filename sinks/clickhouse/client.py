@@ -59,9 +59,21 @@ def connect(cfg: ClickHouseSettings, database: str | None = None) -> Client:
         ca_certs=None if cfg.ca_certs is None else str(cfg.ca_certs),
         certfile=None if cfg.certfile is None else str(cfg.certfile),
         keyfile=None if cfg.keyfile is None else str(cfg.keyfile),
-        # a query is not cancelled when its client dies: bound it server-side
-        settings={"max_execution_time": int(cfg.send_receive_timeout_s)},
+        settings=_settings(cfg),
     )
+
+
+def _settings(cfg: ClickHouseSettings) -> dict[str, int]:
+    # a query is not cancelled when its client dies: bound it server-side
+    out = {"max_execution_time": int(cfg.send_receive_timeout_s)}
+    if cfg.cluster:
+        # An insert into a Distributed table returns only once every shard has the rows (by
+        # default it queues them on the receiving server and returns at once): the worker
+        # commits Kafka offsets after a write, so the write must have reached the shards.
+        out["insert_distributed_sync"] = 1
+        # ... and gives up on a shard that does not answer (0, the default, waits for ever)
+        out["insert_distributed_timeout"] = int(cfg.send_receive_timeout_s)
+    return out
 
 
 def tls_problem(e: Exception) -> str | None:

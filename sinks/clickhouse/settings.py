@@ -37,6 +37,10 @@ class ClickHouseSettings(Section):
     # 0 keeps rows forever; otherwise timeline and alert rows expire this long after
     # occurred_at (needs ClickHouse >= 20.1: `cem migrate` reports it when the server is older)
     retention_days: int = Field(0, ge=0, le=36500)
+    # Empty: one server. Otherwise the cluster (the server's <remote_servers> name) that the
+    # migrations create replicated, sharded tables on, and that erasure reaches every server of
+    # (docs/operations.md, "Running on a ClickHouse cluster").
+    cluster: str = Field("", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")
 
     @model_validator(mode="after")
     def _tls(self) -> ClickHouseSettings:

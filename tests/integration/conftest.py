@@ -207,7 +207,11 @@ def make_space(
         monkeypatch.setenv(key, value)
     settings = load_settings()
     create_topics(settings)
-    migrate(connect(settings.clickhouse.as_role("admin"), "default"), settings.clickhouse.database)
+    migrate(
+        connect(settings.clickhouse.as_role("admin"), "default"),
+        settings.clickhouse.database,
+        cluster=settings.clickhouse.cluster,
+    )
     return Namespace({**os.environ, **env, "PYTHONPATH": str(ROOT)}, settings, tmp_path)
 
 
