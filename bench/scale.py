@@ -120,6 +120,8 @@ def main() -> None:
     steps = [int(s) for s in args.steps.split(",")]
 
     run = namespace()
+    # the worker's data apart from the logs beside it, which a wiped disk must not take along
+    run.env["CEM_WORKER__DATA_DIR"] = str(Path(run.env["CEM_WORKER__DATA_DIR"]) / "data")
     create_bench_topics(run.settings)
     migrate(connect(run.settings.clickhouse, "default"), run.settings.clickhouse.database)
     data_dir = Path(run.env["CEM_WORKER__DATA_DIR"])
@@ -142,6 +144,7 @@ def main() -> None:
         worker, port = procs[0]
         rss = worker.sample()
         customers = stats(port)["customers"]
+        disk = disk_bytes(data_dir)
         procs, kept = recovery(run, procs, wipe=False, label=f"{k}k")
         lost = None
         if k == len(steps) - 1:
@@ -149,7 +152,7 @@ def main() -> None:
         row = {
             "customers": total, "customers_held": customers, "touchpoints": sent,
             "touchpoints_per_s": round(sent / secs), "worker_rss_mib": rss >> 20,
-            "peak_rss_mib": worker.peak_rss >> 20, "disk_mib": disk_bytes(data_dir) >> 20,
+            "peak_rss_mib": worker.peak_rss >> 20, "disk_mib": disk >> 20,
             "after_sigkill_disk_kept": kept, "after_sigkill_disk_lost": lost,
         }  # fmt: skip
         rows.append(row)

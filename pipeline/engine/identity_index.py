@@ -38,6 +38,7 @@ log = logging.getLogger("cem.identity")
 FORWARD = b"f/"
 REVERSE = b"r/"
 POSITIONS = b"\x00positions"
+PURGE_S = 30.0  # longest a removed entry stays in the files (a rewrite per removal would cost too much)
 UNREAD_S = 600.0  # longest a write of this worker's is in force here without coming back
 POSITIONS_EVERY_S = 300.0  # stored this often even when nothing comes, so that their age tells
 
@@ -61,6 +62,8 @@ class IdentityIndex:
         # after UNREAD_S.
         self._unread: dict[str, tuple[str | None, float]] = {}
         self._unread_swept = time.monotonic()
+        self._removed: list[bytes] = []  # keys of entries removed since the last purge
+        self._purged_at = 0.0
 
     def holds(self, ends: dict[int, int]) -> bool:
         """Whether everything up to these end offsets (partition -> offset) has been read."""
@@ -132,12 +135,25 @@ class IdentityIndex:
             batch.delete(self._reverse(old) + fingerprint.encode())
         if customer_id is None:
             batch.delete(key)
+            if old is not None:
+                self._removed.append(key)
         else:
             batch.put(key, customer_id.encode())
             batch.put(self._reverse(customer_id) + fingerprint.encode(), b"")
         owners[fingerprint] = customer_id
         if fingerprint in self._cache:
             self._cache[fingerprint] = customer_id
+
+    def _purge(self) -> None:
+        """Removed entries (an erasure's among them) leave the files, not only the index: at
+        most every PURGE_S, the memtable is flushed (retiring the write-ahead log that held
+        them) and the files that held their keys are rewritten."""
+        if not self._removed or time.monotonic() - self._purged_at < PURGE_S:
+            return
+        assert self.db is not None
+        self.db.flush()
+        self.db.compact_range(min(self._removed), max(self._removed))
+        self._removed, self._purged_at = [], time.monotonic()
 
     def _sweep_unread(self) -> None:
         now = time.monotonic()
@@ -205,6 +221,7 @@ class IdentityIndex:
                     batch.put(POSITIONS, orjson.dumps(positions))
                 assert self.db is not None
                 self.db.write(batch)
+                self._purge()
                 for tp in tps:  # past the end of a compacted tail too: `holds` compares with end offsets
                     self.positions[tp.partition] = await consumer.position(tp)
                 if not self.loaded.is_set():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from kafka.admin import NewTopic
 
@@ -24,6 +25,7 @@ def test_erasure_reaches_anonymous_and_unresolved_keys_the_ledger_and_dead_lette
     config = space.tmp / "alerts.yaml"
     config.write_text(f"delivery: {{ledger_topic: {ledger}}}\nroutes: []\n")
     ensure_topics(s, [NewTopic(ledger, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+    space.env["CEM_STATE__COMPRESSION"] = "none"  # so that the state's files can be searched as they are
     space.start_worker()
     space.start_eraser(None, "--config", str(config))
     cid, email, phone = "C-E1", "erin@example.org", "+44 7700 900123"
@@ -53,6 +55,13 @@ def test_erasure_reaches_anonymous_and_unresolved_keys_the_ledger_and_dead_lette
     unresolved = f"unresolved:{fingerprint('phone', phone, s.secret)[:16]}"
     assert keys == {cid, anon, unresolved}, keys
 
+    data = Path(space.env["CEM_WORKER__DATA_DIR"])
+
+    def on_disk() -> list[str]:
+        files = [f for f in data.rglob("*") if f.is_file()]
+        return sorted(str(f.relative_to(data)) for f in files if cid.encode() in f.read_bytes())
+
+    assert on_disk(), "the customer's state and index entries are on the worker's disk before the erasure"
     send_all(prod, [Record(t.profiles, cid.encode(), None)])  # the CRM deletes Erin
     prod.close()
     deadline = time.monotonic() + 180
@@ -67,6 +76,12 @@ def test_erasure_reaches_anonymous_and_unresolved_keys_the_ledger_and_dead_lette
         assert ch.execute(f"SELECT count() FROM {db}.timeline_versions WHERE customer_id = %(c)s", {"c": key}) == [(0,)]
     latest = {rec.key: rec.value for rec in read_to_end(s, ledger)}
     assert latest[b"log/a1"] is None and latest[b"log/a2"] is not None
+    # Gone from the worker's disk too: the state's and the identity index's files (tables,
+    # write-ahead logs, manifests), within the index's purge interval
+    deadline = time.monotonic() + 60
+    while left := on_disk():
+        assert time.monotonic() < deadline, f"{cid} still in {left}"
+        time.sleep(1)
     # A job done again after a crash may know no identifier any more: it still completes.
     again = ErasureJob(request_id="again-1", customer_id=cid, requested_by="test", requested_at=receipt.requested_at,
                        fingerprints=[], customer_state=0, identity_entries=0)  # fmt: skip

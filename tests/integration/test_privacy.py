@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient
@@ -56,6 +57,7 @@ def _pii_values(obj: Any, key: str = "") -> set[str]:
 
 def test_no_personal_data_value_reaches_clickhouse_alerts_internal_topics_or_logs(space: Namespace) -> None:
     space.env["CEM_WORKER__SNAPSHOT_MIN_TOUCHPOINTS"] = "500"  # so that the scan sees snapshots too
+    space.env["CEM_STATE__COMPRESSION"] = "none"  # so that the scan can read the state's files as they are
     space.start_worker()
     ns = space
     s = ns.settings
@@ -127,6 +129,14 @@ def test_no_personal_data_value_reaches_clickhouse_alerts_internal_topics_or_log
     log = ns.worker_log().encode()
     assert b"dead-letter" in log  # the log level shows rejections, so the scan can see their reasons
     scan("worker log", log)
+
+    # the worker's data directory: the RocksDB files of its state and identity index (their
+    # write-ahead logs, tables, manifests and logs), as they are on disk once it has stopped
+    ns.stop_worker()
+    files = [f for f in Path(ns.env["CEM_WORKER__DATA_DIR"]).rglob("*") if f.is_file()]
+    state = b"".join(f.read_bytes() for f in files)
+    assert len(files) > 10 and b"passport_number" in state  # field names are there, uncompressed
+    scan("worker data directory", state)
 
     assert found == {}
     # what the dead-letter topic keeps is raw on purpose: the scan would have caught it there
