@@ -25,6 +25,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from pipeline.sources.settings import CollectorSettings
 from processors.model import ReEntryRules, RepeatContactRules, Rules
 from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.settings import ConfigError as ConfigError  # the error every settings problem raises
@@ -319,6 +320,7 @@ class Settings(BaseSettings):
     state: StateSettings = StateSettings()
     rules: RulesSettings = RulesSettings()
     privacy: PrivacySettings = PrivacySettings()
+    collector: CollectorSettings = CollectorSettings()  # `cem collect` (pipeline/sources/)
 
     @classmethod
     def settings_customise_sources(

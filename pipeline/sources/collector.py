@@ -1,0 +1,358 @@
+"""`cem collect`: an HTTP collector that speaks the Segment tracking API (and so RudderStack's
+SDKs), forwarding web touchpoints to `kafka.topics.web`.
+
+Contract of an answer (docs/sources.md):
+* 200 `{"success": true}`: every message of the request is acknowledged by Kafka (acks=all,
+  idempotent producer), or was deliberately not forwarded (an unmapped event).
+* 400 `{"code", "message", "field"}`: the body or one of its messages cannot be accepted;
+  `field` is the path in the body (`batch.3.properties.form`). A request is all or nothing:
+  after a 400 nothing of it was forwarded.
+* 401: no valid write key. 413: the body or a message is over the limit (a gzip body after
+  decompression too). 415: a Content-Encoding other than gzip or identity.
+* 503: Kafka did not acknowledge in time, or too many messages wait for it. The SDKs retry;
+  a message forwarded before the 503 and sent again has the same `messageId`, which is the
+  touchpoint's event_id, so the pipeline counts it once.
+
+Answers and logs name fields, never values: a write key or an email never appears in either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from pydantic import ValidationError
+
+from pipeline.engine.decode import Rejected, decode_touchpoint
+from pipeline.kafka.clients import aiokafka
+from pipeline.settings import Settings
+from pipeline.sources.settings import SourcesConfig
+from processors.sources.common import Ignored, Invalid, Mapped
+from processors.sources.segment import map_message
+from schemas.segment import SegmentBatch, SegmentMessage
+
+log = logging.getLogger("cem.collector")
+
+#: the endpoints and the message type each implies (None: a batch of typed messages)
+ROUTES: dict[str, str | None] = {
+    "/v1/batch": None,
+    "/v1/import": None,  # Segment's alias of /v1/batch
+    "/v1/track": "track",
+    "/v1/identify": "identify",
+    "/v1/page": "page",
+    "/v1/screen": "screen",
+    "/v1/alias": "alias",
+    "/v1/group": "group",
+}
+
+
+class Refused(Exception):
+    """An answer other than 200, with what the body says."""
+
+    def __init__(self, status: int, code: str, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {"success": False, "code": self.code, "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        headers = {"WWW-Authenticate": 'Basic realm="cem"'} if self.status == 401 else None
+        return web.Response(
+            status=self.status, body=orjson.dumps(body), content_type="application/json", headers=headers
+        )
+
+
+def _pydantic_refusal(e: ValidationError, prefix: str) -> Refused:
+    err = e.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    code = "missing_field" if err["type"] == "missing" else "invalid_field"
+    return Refused(400, code, msg, ".".join(p for p in (prefix, loc) if p))
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    key: bytes | None
+    value: bytes
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "cem_collector_requests", "HTTP requests answered", ["route", "status"], registry=self.registry
+        )
+        self.messages = Counter(
+            "cem_collector_messages",
+            "messages received: forwarded, ignored (not mapped) or refused",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.ack_seconds = Histogram(
+            "cem_collector_ack_seconds",
+            "time from a request's arrival to Kafka's acknowledgement of all its messages",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+
+
+class Collector:
+    """The HTTP shell around the pure mapping: parse, check, map, validate, produce, answer."""
+
+    def __init__(self, settings: Settings, sources: SourcesConfig) -> None:
+        self.settings = settings
+        self.c = settings.collector
+        self.mapping = sources.segment
+        self.topic = settings.kafka.topics.web
+        self.keys = [(name, key.get_secret_value().encode()) for name, key in self.c.write_keys.items()]
+        self.vocabulary = frozenset(settings.rules.field_vocabulary)
+        self.max_future = timedelta(hours=settings.worker.max_future_skew_hours)
+        self.max_past = timedelta(days=settings.worker.max_past_days)
+        self.max_touchpoint_bytes = settings.worker.max_message_bytes
+        self.pending = 0  # messages handed to the producer and not yet acknowledged
+        self.metrics = Metrics()
+        self.producer: AIOKafkaProducer | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        self.producer = AIOKafkaProducer(
+            **aiokafka(self.settings.kafka),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=int(self.c.producer_linger_ms),
+            compression_type=None,
+            request_timeout_ms=int(self.c.ack_timeout_s * 1000),
+        )
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.c.max_batch_bytes + 1)
+        for path, kind in ROUTES.items():
+            app.router.add_post(path, self._route(path, kind))
+        app.router.add_get("/health", self._health)
+
+        async def _start(_: web.Application) -> None:
+            await self.start()
+
+        async def _stop(_: web.Application) -> None:
+            await self.stop()
+
+        app.on_startup.append(_start)
+        app.on_cleanup.append(_stop)
+        return app
+
+    async def _health(self, _: web.Request) -> web.Response:
+        return web.json_response({"ok": self.producer is not None, "pending": self.pending})
+
+    def _route(self, path: str, kind: str | None) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            start = time.monotonic()
+            try:
+                source = await self.handle(request, kind)
+            except Refused as r:
+                self.metrics.requests.labels(path, str(r.status)).inc()
+                # fields and reasons only: a value can be anyone's email
+                log.info("refused %s %s %s%s", path, r.status, r.code, f" at {r.field}" if r.field else "")
+                return r.response()
+            self.metrics.requests.labels(path, "200").inc()
+            self.metrics.ack_seconds.observe(time.monotonic() - start)
+            log.debug("accepted %s from %s", path, source)
+            return web.Response(body=b'{"success":true}', content_type="application/json")
+
+        return handle
+
+    # -- one request ---------------------------------------------------------------------
+    async def handle(self, request: web.Request, kind: str | None) -> str:
+        """Forward a request's messages; return the source name. Raise Refused otherwise."""
+        source = self._source_of_header(request.headers.get("Authorization"))
+        body = await self._body(request)
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise Refused(400, "invalid_json", "the body is not valid JSON") from None
+        if not isinstance(obj, dict):
+            raise Refused(400, "invalid_json", "the body must be a JSON object")
+        if source is None:
+            # Browsers (analytics.js) send the write key in the body rather than a header.
+            source = self._source_of_key(obj.get("writeKey"))
+        outgoing = self.prepare(obj, kind, datetime.now(tz=UTC))
+        await self.produce(outgoing)
+        return source
+
+    def _source_of_header(self, header: str | None) -> str | None:
+        if header is None:
+            return None
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "basic":
+            raise Refused(401, "unauthorized", "HTTP Basic authentication with the write key as user is required")
+        try:
+            user = base64.b64decode(token.strip(), validate=True).partition(b":")[0]
+        except (binascii.Error, ValueError):
+            raise Refused(401, "unauthorized", "the Authorization header is not valid Basic credentials") from None
+        return self._source_of_key(user)
+
+    def _source_of_key(self, key: object) -> str:
+        if isinstance(key, str):
+            key = key.encode()
+        if isinstance(key, bytes) and key:
+            found = None
+            for name, known in self.keys:  # every key compared, in constant time: no timing oracle
+                if hmac.compare_digest(key, known):
+                    found = name
+            if found is not None:
+                return found
+        raise Refused(401, "unauthorized", "unknown write key")
+
+    async def _body(self, request: web.Request) -> bytes:
+        limit = self.c.max_batch_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise Refused(413, "too_large", f"the body is over the limit of {limit} bytes")
+        raw = bytearray()
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            raw += chunk
+            if len(raw) > limit:
+                raise Refused(413, "too_large", f"the body is over the limit of {limit} bytes")
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding in ("", "identity"):
+            return bytes(raw)
+        if encoding != "gzip":
+            raise Refused(415, "unsupported_encoding", "Content-Encoding must be gzip or identity")
+        return gunzip(bytes(raw), limit)
+
+    def prepare(self, obj: dict[str, Any], kind: str | None, now: datetime) -> list[Outgoing]:
+        """Every message of a request checked, mapped and validated as the worker would, or
+        Refused for the first one that cannot be. Pure but for the clock passed in."""
+        if kind is None:
+            try:
+                batch = SegmentBatch.model_validate(obj)
+            except ValidationError as e:
+                raise _pydantic_refusal(e, "") from None
+            items = [(f"batch.{i}", m) for i, m in enumerate(batch.batch)]
+            shared_context = batch.context
+        else:
+            given = obj.get("type", kind)
+            if given != kind:
+                raise Refused(400, "invalid_field", f"this endpoint takes {kind} messages", "type")
+            items = [("", {**obj, "type": kind})]
+            shared_context = None
+        out: list[Outgoing] = []
+        ignored = 0
+        for where, raw in items:
+            if shared_context and "context" not in raw:
+                raw = {**raw, "context": shared_context}
+            size = len(orjson.dumps(raw))
+            if size > self.c.max_message_bytes:
+                limit = self.c.max_message_bytes
+                raise Refused(413, "too_large", f"a message is over the limit of {limit} bytes", where)
+            try:
+                msg = SegmentMessage.model_validate(raw)
+            except ValidationError as e:
+                raise _pydantic_refusal(e, where) from None
+            result = map_message(msg, self.mapping, now)
+            if isinstance(result, Ignored):
+                ignored += 1
+                continue
+            if isinstance(result, Invalid):
+                raise Refused(400, "invalid_field", result.detail, _join(where, result.field))
+            out.append(self._checked(result, where, now))
+        self.metrics.messages.labels("ignored").inc(ignored)
+        return out
+
+    def _checked(self, mapped: Mapped, where: str, now: datetime) -> Outgoing:
+        value = orjson.dumps(mapped.value)
+        # the worker's own decoder: whatever is forwarded is a touchpoint the worker accepts
+        decoded = decode_touchpoint(
+            "web",
+            value,
+            vocabulary=self.vocabulary,
+            now=now,
+            max_future=self.max_future,
+            max_past=self.max_past,
+            max_bytes=self.max_touchpoint_bytes,
+        )
+        if isinstance(decoded, Rejected):
+            code = "missing_field" if decoded.reason == "missing_field" else "invalid_field"
+            raise Refused(400, code, decoded.detail, _join(where, mapped.source_of(decoded.field)))
+        return Outgoing(mapped.key.encode() if mapped.key else None, value)
+
+    async def produce(self, outgoing: list[Outgoing]) -> None:
+        """Send, and return once Kafka acknowledged every message; Refused(503) otherwise."""
+        if not outgoing:
+            return
+        producer = self.producer
+        if producer is None:
+            raise Refused(503, "unavailable", "the collector is starting or stopping")
+        n = len(outgoing)
+        if self.pending + n > self.c.max_pending_messages:
+            raise Refused(503, "busy", "too many messages are waiting for Kafka; retry later")
+        self.pending += n
+        try:
+            await asyncio.wait_for(self._send_all(producer, outgoing), self.c.ack_timeout_s)
+        except (TimeoutError, Exception) as e:  # noqa: BLE001 - every failure to be acknowledged is a 503
+            self.metrics.messages.labels("unacknowledged").inc(n)
+            log.warning("Kafka did not acknowledge %d message(s): %s", n, type(e).__name__)
+            raise Refused(503, "kafka_unavailable", "Kafka did not acknowledge the messages; retry") from None
+        finally:
+            self.pending -= n
+        self.metrics.messages.labels("forwarded").inc(n)
+
+    async def _send_all(self, producer: AIOKafkaProducer, outgoing: list[Outgoing]) -> None:
+        futures = [await producer.send(self.topic, o.value, key=o.key) for o in outgoing]
+        await asyncio.gather(*futures)
+
+
+def _join(where: str, field: str) -> str:
+    return ".".join(p for p in (where, field) if p)
+
+
+def gunzip(raw: bytes, limit: int) -> bytes:
+    """A gzip body, decompressed to at most `limit` bytes: a small body that expands without
+    bound (a decompression bomb) is refused after `limit` bytes of work, not after all of it."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(raw, limit + 1)
+        if len(out) > limit or d.unconsumed_tail:
+            raise Refused(413, "too_large", f"the decompressed body is over the limit of {limit} bytes")
+        if not d.eof:
+            raise Refused(400, "invalid_gzip", "the gzip body is truncated")
+    except zlib.error:
+        raise Refused(400, "invalid_gzip", "the body is not valid gzip") from None
+    return out
+
+
+async def serve(settings: Settings, sources: SourcesConfig, stop: asyncio.Event) -> None:
+    """Run the collector until `stop` is set."""
+    collector = Collector(settings, sources)
+    c = settings.collector
+    if c.metrics_port:
+        start_http_server(c.metrics_port, addr="127.0.0.1", registry=collector.metrics.registry)
+    # aiohttp would decompress a gzip body itself, unbounded; `gunzip` does it with a limit.
+    # No access log: a query string or a referrer can carry anyone's email.
+    runner = web.AppRunner(collector.app(), access_log=None, auto_decompress=False)
+    await runner.setup()
+    site = web.TCPSite(runner, c.host, c.port)
+    await site.start()
+    log.info("collecting on http://%s:%d (sources: %s)", c.host, c.port, ", ".join(sorted(c.write_keys)) or "none")
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
