@@ -583,6 +583,28 @@ def collect(
 
 
 @app.command()
+def adapt(loglevel: Annotated[str, typer.Option(help="Log level.")] = "info") -> None:
+    """Turn Amazon Connect contact records and CloudEvents on their raw topics into touchpoints
+    (docs/sources.md). Run one or more beside the workers."""
+    import logging
+
+    from pipeline.ops.signals import run_until_signalled
+    from pipeline.sources.adapt import Adapter
+    from pipeline.sources.settings import load_sources_config
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    s = settings()
+    try:
+        sources = load_sources_config(s.collector.sources_file)
+    except ConfigError as e:
+        err.print(f"[red]config error[/]: {escape(str(e))}")
+        raise typer.Exit(2) from None
+    adapter = Adapter(s, sources)
+    run_until_signalled(adapter.run, adapter.stop)
+
+
+@app.command()
 def generate(
     out: Annotated[Path, typer.Argument(help="Where to write the JSON lines.")],
     customers: Annotated[int, typer.Option(help="How many customers.")] = 2000,

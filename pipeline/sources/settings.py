@@ -8,6 +8,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from processors.sources.cloudevents import CloudEventsMapping
+from processors.sources.connect import ConnectMapping
 from processors.sources.segment import SegmentMapping
 from sinks.settings import ConfigError, Section, describe_errors, yaml_error
 
@@ -44,12 +46,30 @@ class CollectorSettings(Section):
         return v
 
 
+class AdaptSettings(Section):
+    """`cem adapt`: contact trace records and CloudEvents from their raw topics
+    (`kafka.topics.connect_ctr`, `kafka.topics.cloudevents`) to the channel topics."""
+
+    # Connect sends a contact's record again after each update: a contact waits this long
+    # after its first record for newer ones, and goes out as the newest
+    contact_settle_s: float = Field(30.0, ge=0, le=3600, description="how long a contact waits for a newer record")
+    max_held_contacts: int = Field(
+        100_000, ge=1, description="contacts waiting to settle at most; past it the oldest goes out early"
+    )
+    max_remembered_contacts: int = Field(
+        1_000_000, ge=1, description="contacts forwarded that are remembered to drop a record delivered again"
+    )
+    batch_size: int = Field(1000, ge=1, le=100_000, description="records taken at most per batch")
+
+
 class SourcesConfig(BaseModel):
     """config/sources.yaml: how each source's messages become touchpoints."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     segment: SegmentMapping = SegmentMapping()
+    connect: ConnectMapping = ConnectMapping()
+    cloudevents: CloudEventsMapping = CloudEventsMapping()
 
 
 def load_sources_config(path: Path = DEFAULT_SOURCES_CONFIG) -> SourcesConfig:
