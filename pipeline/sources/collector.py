@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from cloudevents.v1.http import from_http
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from pydantic import ValidationError
 
@@ -40,9 +41,11 @@ from pipeline.engine.decode import Rejected, decode_touchpoint
 from pipeline.kafka.clients import aiokafka
 from pipeline.settings import Settings
 from pipeline.sources.settings import SourcesConfig
+from processors.sources.cloudevents import map_event
 from processors.sources.common import Ignored, Invalid, Mapped
 from processors.sources.segment import map_message
 from schemas.segment import SegmentBatch, SegmentMessage
+from schemas.touchpoints import Channel
 
 log = logging.getLogger("cem.collector")
 
@@ -57,6 +60,7 @@ ROUTES: dict[str, str | None] = {
     "/v1/alias": "alias",
     "/v1/group": "group",
 }
+# and POST /cloudevents: one CloudEvent from a booking engine (HTTP binding), to kafka.topics.booking
 
 
 class Refused(Exception):
@@ -118,6 +122,8 @@ class Collector:
         self.c = settings.collector
         self.mapping = sources.segment
         self.topic = settings.kafka.topics.web
+        self.booking = settings.kafka.topics.booking
+        self.cloudevents = sources.cloudevents
         self.keys = [(name, key.get_secret_value().encode()) for name, key in self.c.write_keys.items()]
         self.vocabulary = frozenset(settings.rules.field_vocabulary)
         self.max_future = timedelta(hours=settings.worker.max_future_skew_hours)
@@ -148,6 +154,7 @@ class Collector:
         app = web.Application(client_max_size=self.c.max_batch_bytes + 1)
         for path, kind in ROUTES.items():
             app.router.add_post(path, self._route(path, kind))
+        app.router.add_post("/cloudevents", self._route("/cloudevents", "cloudevent"))
         app.router.add_get("/health", self._health)
 
         async def _start(_: web.Application) -> None:
@@ -185,6 +192,12 @@ class Collector:
         """Forward a request's messages; return the source name. Raise Refused otherwise."""
         source = self._source_of_header(request.headers.get("Authorization"))
         body = await self._body(request)
+        if kind == "cloudevent":
+            if source is None:
+                raise Refused(401, "unauthorized", "HTTP Basic authentication with the write key as user is required")
+            event = self.cloudevent(dict(request.headers), body, datetime.now(tz=UTC))
+            await self.produce([] if event is None else [event], self.booking)
+            return source
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -277,11 +290,27 @@ class Collector:
         self.metrics.messages.labels("ignored").inc(ignored)
         return out
 
-    def _checked(self, mapped: Mapped, where: str, now: datetime) -> Outgoing:
+    def cloudevent(self, headers: dict[str, str], body: bytes, now: datetime) -> Outgoing | None:
+        """One CloudEvent (HTTP binding, structured or binary mode) as a booking touchpoint;
+        None for a type the mapping does not know (accepted, not forwarded, as in `cem adapt`)."""
+        try:
+            event = from_http({k.lower(): v for k, v in headers.items()}, body)
+        except Exception:  # noqa: BLE001 - the SDK's errors quote the body: none of it goes on
+            raise Refused(400, "invalid_cloudevent", "not a CloudEvent in structured or binary mode") from None
+        attributes = dict(event.get_attributes())
+        result = map_event(attributes, event.data, self.cloudevents)
+        if isinstance(result, Ignored):
+            self.metrics.messages.labels("ignored").inc()
+            return None
+        if isinstance(result, Invalid):
+            raise Refused(400, "invalid_field", result.detail, result.field)
+        return self._checked(result, "", now, "booking")
+
+    def _checked(self, mapped: Mapped, where: str, now: datetime, channel: Channel = "web") -> Outgoing:
         value = orjson.dumps(mapped.value)
         # the worker's own decoder: whatever is forwarded is a touchpoint the worker accepts
         decoded = decode_touchpoint(
-            "web",
+            channel,
             value,
             vocabulary=self.vocabulary,
             now=now,
@@ -294,7 +323,7 @@ class Collector:
             raise Refused(400, code, decoded.detail, _join(where, mapped.source_of(decoded.field)))
         return Outgoing(mapped.key.encode() if mapped.key else None, value)
 
-    async def produce(self, outgoing: list[Outgoing]) -> None:
+    async def produce(self, outgoing: list[Outgoing], topic: str | None = None) -> None:
         """Send, and return once Kafka acknowledged every message; Refused(503) otherwise."""
         if not outgoing:
             return
@@ -306,7 +335,7 @@ class Collector:
             raise Refused(503, "busy", "too many messages are waiting for Kafka; retry later")
         self.pending += n
         try:
-            await asyncio.wait_for(self._send_all(producer, outgoing), self.c.ack_timeout_s)
+            await asyncio.wait_for(self._send_all(producer, outgoing, topic or self.topic), self.c.ack_timeout_s)
         except (TimeoutError, Exception) as e:  # noqa: BLE001 - every failure to be acknowledged is a 503
             self.metrics.messages.labels("unacknowledged").inc(n)
             log.warning("Kafka did not acknowledge %d message(s): %s", n, type(e).__name__)
@@ -315,8 +344,8 @@ class Collector:
             self.pending -= n
         self.metrics.messages.labels("forwarded").inc(n)
 
-    async def _send_all(self, producer: AIOKafkaProducer, outgoing: list[Outgoing]) -> None:
-        futures = [await producer.send(self.topic, o.value, key=o.key) for o in outgoing]
+    async def _send_all(self, producer: AIOKafkaProducer, outgoing: list[Outgoing], topic: str) -> None:
+        futures = [await producer.send(topic, o.value, key=o.key) for o in outgoing]
         await asyncio.gather(*futures)
 
 

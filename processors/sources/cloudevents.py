@@ -73,8 +73,9 @@ def map_event(attributes: dict[str, Any], data: Any, mapping: CloudEventsMapping
     value: dict[str, Any] = {"event_id": attributes.get("id"), "occurred_at": attributes["time"], "type": kind}
     origin = {"event_id": "id", "occurred_at": "time", "type": "type"}
     for name in DATA_FIELDS:
+        origin[name] = f"data.{name}"  # also when absent: a missing customer is named where it belongs
         if name in data:
-            value[name], origin[name] = data[name], f"data.{name}"
+            value[name] = data[name]
     subject = attributes.get("subject")
     if "booking_ref" not in value and isinstance(subject, str) and subject:
         value["booking_ref"], origin["booking_ref"] = subject, "subject"

@@ -10,10 +10,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import requests
 from cloudevents.v1.http import CloudEvent
+from cloudevents.v1.http import to_binary as http_binary
+from cloudevents.v1.http import to_structured as http_structured
 from cloudevents.v1.kafka import to_binary, to_structured
 
 from pipeline.kafka.admin import Record, producer, read_to_end, send_all, wait_until_processed
+from tests.integration.collector_kit import WRITE_KEYS, start_collector
 from tests.integration.conftest import ROOT, Namespace
 
 PHONE = "+351 912 345 678"
@@ -207,13 +211,30 @@ def test_cloudevents_in_both_kafka_modes(space: Namespace) -> None:
     prod.flush()
     prod.close()
     adapter = start_adapter(space)
-    _wait_rows(space, 4, adapter)
+
+    # over HTTP, to the collector, in both modes
+    collector = start_collector(space)
+    auth = (WRITE_KEYS["app"], "")
+    for n, to_http in ((7, http_binary), (8, http_structured)):
+        headers, body = to_http(event(n, "com.airline.checkin.completed", {"customer_id": "C-B"}))
+        resp = requests.post(f"{collector.url}/cloudevents", data=body, headers=headers, auth=auth, timeout=10)
+        assert resp.status_code == 200, resp.text
+    headers, body = http_structured(event(9, "com.airline.checkin.completed", {"customer_id": "C-B"}))
+    assert requests.post(f"{collector.url}/cloudevents", data=body, headers=headers, timeout=10).status_code == 401
+    bad = requests.post(f"{collector.url}/cloudevents", data=b"{}", auth=auth, timeout=10)
+    assert (bad.status_code, bad.json()["code"]) == (400, "invalid_cloudevent")
+    headers, body = http_structured(event(10, "com.airline.booking.created", {"amount": 5}))  # no customer
+    bad = requests.post(f"{collector.url}/cloudevents", data=body, headers=headers, auth=auth, timeout=10)
+    assert (bad.status_code, bad.json()["field"]) == (400, "data.customer_id"), bad.text
+    _wait_rows(space, 6, adapter)
 
     rows = {e: (c, typ, place, by) for e, (c, typ, _, _, _, place, by) in _rows(space).items()}
     assert {e: r[:2] for e, r in rows.items() if e != "ce-4"} == {
         "ce-1": ("C-B", "booking_created"),
         "ce-2": ("C-B", "checkin_started"),
         "ce-3": ("C-B", "passenger_details"),
+        "ce-7": ("C-B", "checkin_completed"),
+        "ce-8": ("C-B", "checkin_completed"),
     }
     assert rows["ce-4"][1] == "payment_failed" and rows["ce-4"][3] == "unresolved"
     assert rows["ce-3"][2] == "booking:checkin/passenger"
