@@ -156,6 +156,7 @@ class Collector:
         app = web.Application(client_max_size=self.c.max_batch_bytes + 1)
         for path, kind in ROUTES.items():
             app.router.add_post(path, self._route(path, kind))
+            app.router.add_route("OPTIONS", path, self._preflight)
         app.router.add_post("/cloudevents", self._route("/cloudevents", "cloudevent"))
         app.router.add_get("/health", self._health)
 
@@ -181,13 +182,29 @@ class Collector:
                 self.metrics.requests.labels(path, str(r.status)).inc()
                 # fields and reasons only: a value can be anyone's email
                 log.info("refused %s %s %s%s", path, r.status, r.code, f" at {r.field}" if r.field else "")
-                return r.response()
+                return self._cors(request, r.response())
             self.metrics.requests.labels(path, "200").inc()
             self.metrics.ack_seconds.observe(time.monotonic() - start)
             log.debug("accepted %s from %s", path, source)
-            return web.Response(body=b'{"success":true}', content_type="application/json")
+            return self._cors(request, web.Response(body=b'{"success":true}', content_type="application/json"))
 
         return handle
+
+    def _cors(self, request: web.Request, response: web.Response) -> web.Response:
+        """Browsers (analytics.js) may read the answer only from the origins allowed."""
+        origin = request.headers.get("Origin")
+        if origin and (origin in self.c.cors_origins or "*" in self.c.cors_origins):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    async def _preflight(self, request: web.Request) -> web.Response:
+        response = self._cors(request, web.Response(status=204))
+        if "Access-Control-Allow-Origin" in response.headers:
+            response.headers["Access-Control-Allow-Methods"] = "POST"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Content-Encoding"
+            response.headers["Access-Control-Max-Age"] = "86400"
+        return response
 
     # -- one request ---------------------------------------------------------------------
     async def handle(self, request: web.Request, kind: str | None) -> str:

@@ -35,6 +35,8 @@ class CollectorSettings(Section):
         100_000, ge=100, description="messages waiting for Kafka's acknowledgement at most; more are answered 503"
     )
     producer_linger_ms: float = Field(2.0, ge=0, le=1000)
+    # web pages on these origins may post from the browser (analytics.js); "*" for any
+    cors_origins: list[str] = []
     metrics_port: int = Field(9109, ge=0, le=65535, description="Prometheus metrics on 127.0.0.1; 0: none")
 
     @field_validator("write_keys")

@@ -56,7 +56,9 @@ class CollectorProcess:
                 self.proc.wait()
 
 
-def start_collector(space: Namespace, *, ack_timeout_s: float = 5.0) -> CollectorProcess:
+def start_collector(
+    space: Namespace, *, ack_timeout_s: float = 5.0, extra_env: dict[str, str] | None = None
+) -> CollectorProcess:
     import json
 
     port = collector_port()
@@ -66,6 +68,7 @@ def start_collector(space: Namespace, *, ack_timeout_s: float = 5.0) -> Collecto
         "CEM_COLLECTOR__WRITE_KEYS": json.dumps(WRITE_KEYS),
         "CEM_COLLECTOR__METRICS_PORT": "0",
         "CEM_COLLECTOR__ACK_TIMEOUT_S": str(ack_timeout_s),
+        **(extra_env or {}),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.ops.cli", "collect", "--port", str(port), "--loglevel", "info"],

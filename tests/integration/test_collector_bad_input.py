@@ -228,7 +228,8 @@ def test_bad_input_gets_its_answer_and_nothing_invalid_is_forwarded(space: Names
 
 
 def test_single_message_endpoints_and_their_limits(space: Namespace) -> None:
-    collector = start_collector(space)
+    site = "https://www.airline.example"
+    collector = start_collector(space, extra_env={"CEM_COLLECTOR__CORS_ORIGINS": json.dumps([site])})
     fuzz = Fuzz(seed=7)
     post: Callable[..., requests.Response] = requests.post
     ids = []
@@ -258,4 +259,12 @@ def test_single_message_endpoints_and_their_limits(space: Namespace) -> None:
     body = {"batch": [base], "writeKey": WRITE_KEYS["app"]}
     assert post(f"{collector.url}/v1/batch", json=body, timeout=10).status_code == 200
     assert post(f"{collector.url}/v1/batch", json=body | {"writeKey": "nope"}, timeout=10).status_code == 401
+    # a browser on an allowed origin may read the answer; on another it may not
+    pre = requests.options(f"{collector.url}/v1/batch", headers={"Origin": site}, timeout=10)
+    assert pre.status_code == 204 and pre.headers["Access-Control-Allow-Origin"] == site
+    assert "Authorization" in pre.headers["Access-Control-Allow-Headers"]
+    other = requests.options(f"{collector.url}/v1/batch", headers={"Origin": "https://evil.example"}, timeout=10)
+    assert "Access-Control-Allow-Origin" not in other.headers
+    refused = post(f"{collector.url}/v1/batch", json={}, headers={"Origin": site}, timeout=10)
+    assert refused.status_code == 401 and refused.headers["Access-Control-Allow-Origin"] == site
     _check(space, {*ids, base["messageId"]})
