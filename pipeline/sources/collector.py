@@ -26,14 +26,12 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 from cloudevents.v1.http import from_http
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from pydantic import ValidationError
@@ -41,6 +39,7 @@ from pydantic import ValidationError
 from pipeline.engine.decode import Rejected, decode_touchpoint
 from pipeline.kafka.clients import aiokafka
 from pipeline.settings import Settings
+from pipeline.sources.batching import Dispatcher, Outgoing
 from pipeline.sources.settings import SourcesConfig
 from processors.sources.cloudevents import map_event
 from processors.sources.common import Ignored, Invalid, Mapped
@@ -89,12 +88,6 @@ def _pydantic_refusal(e: ValidationError, prefix: str) -> Refused:
     return Refused(400, code, msg, ".".join(p for p in (prefix, loc) if p))
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    key: bytes | None
-    value: bytes
-
-
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -133,7 +126,7 @@ class Collector:
         self.pending = 0  # messages handed to the producer and not yet acknowledged
         self.metrics = Metrics()
         self.producer: AIOKafkaProducer | None = None
-        self.partitioner = DefaultPartitioner()
+        self.dispatcher: Dispatcher | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -144,10 +137,17 @@ class Collector:
             linger_ms=int(self.c.producer_linger_ms),
             compression_type=None,
             request_timeout_ms=int(self.c.ack_timeout_s * 1000),
+            # the dispatcher packs the messages of concurrent requests into one batch per partition
+            max_batch_size=256 * 1024,
         )
         await self.producer.start()
+        self.dispatcher = Dispatcher(self.producer)
+        self.dispatcher.start()
 
     async def stop(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+            self.dispatcher = None
         if self.producer is not None:
             await self.producer.stop()
             self.producer = None
@@ -346,15 +346,14 @@ class Collector:
         """Send, and return once Kafka acknowledged every message; Refused(503) otherwise."""
         if not outgoing:
             return
-        producer = self.producer
-        if producer is None:
+        if self.dispatcher is None:
             raise Refused(503, "unavailable", "the collector is starting or stopping")
         n = len(outgoing)
         if self.pending + n > self.c.max_pending_messages:
             raise Refused(503, "busy", "too many messages are waiting for Kafka; retry later")
         self.pending += n
         try:
-            await asyncio.wait_for(self._send_all(producer, outgoing, topic or self.topic), self.c.ack_timeout_s)
+            await asyncio.wait_for(self.dispatcher.send(topic or self.topic, outgoing), self.c.ack_timeout_s)
         except (TimeoutError, Exception) as e:  # noqa: BLE001 - every failure to be acknowledged is a 503
             self.metrics.messages.labels("unacknowledged").inc(n)
             log.warning("Kafka did not acknowledge %d message(s): %s", n, type(e).__name__)
@@ -362,28 +361,6 @@ class Collector:
         finally:
             self.pending -= n
         self.metrics.messages.labels("forwarded").inc(n)
-
-    async def _send_all(self, producer: AIOKafkaProducer, outgoing: list[Outgoing], topic: str) -> None:
-        """A request's messages as one batch per partition (the partition Kafka's default
-        partitioner gives the key): a future per batch rather than per message halves the
-        producer's cost per message (measured: 17.5 -> 7.6 us)."""
-        partitions = sorted(await producer.partitions_for(topic))
-        batches: dict[int, Any] = {}
-        futures = []
-        for o in outgoing:
-            p = self.partitioner(o.key, partitions, partitions)  # no key: a random partition
-            batch = batches.get(p)
-            if batch is None:
-                batch = batches[p] = producer.create_batch()
-            if batch.append(key=o.key, value=o.value, timestamp=None) is None:  # full: send it, start another
-                batch.close()
-                futures.append(await producer.send_batch(batch, topic, partition=p))
-                batch = batches[p] = producer.create_batch()
-                batch.append(key=o.key, value=o.value, timestamp=None)
-        for p, batch in batches.items():
-            batch.close()
-            futures.append(await producer.send_batch(batch, topic, partition=p))
-        await asyncio.gather(*futures)
 
 
 def _join(where: str, field: str) -> str:

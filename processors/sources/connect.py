@@ -126,17 +126,23 @@ class ContactDedupe:
             if last_update > held.last_update:
                 held.record, held.last_update = record, last_update
             return []
+        # `held` is in the order contacts were first seen (an update does not move one), so the
+        # oldest is first (should the clock step back, a contact merely waits a little longer)
         self.held[contact_id] = Held(record, last_update, now, position)
         out = []
         while len(self.held) > self.max_held:
-            oldest = min(self.held, key=lambda c: self.held[c].since)
-            out.append(self._release(oldest))
+            out.append(self._release(next(iter(self.held))))
         return out
 
     def due(self, now: datetime) -> list[Any]:
         """The records of the contacts that have waited `settle`, oldest first."""
-        ready = sorted((h.since, c) for c, h in self.held.items() if now - h.since >= self.settle)
-        return [self._release(c) for _, c in ready]
+        out = []
+        while self.held:
+            oldest = next(iter(self.held))
+            if now - self.held[oldest].since < self.settle:
+                break
+            out.append(self._release(oldest))
+        return out
 
     def _release(self, contact_id: str) -> Any:
         held = self.held.pop(contact_id)
