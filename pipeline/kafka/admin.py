@@ -151,9 +151,9 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         # the eraser's work: kept as long as the internal topic, so that an eraser away that long loses nothing
         NewTopic(t.erasures, 1, rf, topic_configs={"retention.ms": str(k.internal_retention_days * 86_400_000)}),
         NewTopic(t.deadletter, n, rf, topic_configs={"retention.ms": dlq_ms}),
-        # raw input of `cem adapt`; not co-partitioned with anything
-        NewTopic(t.connect_ctr, n, rf),
-        NewTopic(t.cloudevents, n, rf),
+        # raw input of `cem adapt` (phone numbers, emails): kept no longer than the internal topic
+        NewTopic(t.connect_ctr, n, rf, topic_configs={"retention.ms": str(k.internal_retention_days * 86_400_000)}),
+        NewTopic(t.cloudevents, n, rf, topic_configs={"retention.ms": str(k.internal_retention_days * 86_400_000)}),
     ]
 
 
