@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,6 +47,7 @@ from schemas.touchpoints import Channel
 
 log = logging.getLogger("cem.adapt")
 MESSAGE_BYTES = 1_000_000
+REPORT_EVERY_S = 60.0
 
 
 def _first_error(e: ValidationError) -> Rejected:
@@ -188,6 +190,7 @@ class Adapter:
         await consumer.start()
         consumer.subscribe([self.topics.connect_ctr, self.topics.cloudevents], listener=Listener())
         log.info("adapting %s and %s", self.topics.connect_ctr, self.topics.cloudevents)
+        next_report = time.monotonic() + REPORT_EVERY_S
         try:
             while not self.stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=s.adapt.batch_size)
@@ -204,7 +207,11 @@ class Adapter:
                 if sends:
                     await self._send(producer, sends)
                 await commit(consumer, self.offsets_to_commit(), lambda: None)
+                if time.monotonic() >= next_report:
+                    next_report = time.monotonic() + REPORT_EVERY_S
+                    log.info("%s", self.report())
         finally:
+            log.info("stopping: %s", self.report())
             await consumer.stop()
             await producer.stop()
 
@@ -222,6 +229,15 @@ class Adapter:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, self.s.worker.clickhouse_retry_max_s)
         self.counts["forwarded"] += sum(1 for t, *_ in sends if t != self.topics.deadletter)
+
+    def report(self) -> str:
+        """What the adapter did so far, for its log: counts only."""
+        d = self.dedupe
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
+        return (
+            f"{counts or 'nothing yet'}; contacts held {len(d.held)}, remembered {len(d.done)}, "
+            f"records delivered again {d.duplicates}, updates after forwarding {d.late_updates}"
+        )
 
     def stop(self) -> None:
         self.stopping.set()

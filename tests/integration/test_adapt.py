@@ -174,7 +174,10 @@ def test_connect_transfers_and_a_callback(space: Namespace) -> None:
     assert sorted(sent) == ["c-1", "c-2", "c-3", "c-4"]
     [dead] = read_to_end(space.settings, t.deadletter)
     assert dict(dead.headers)["cem.error.field"] == b"InitiationMethod"
-    assert PHONE not in (space.tmp / "adapt.log").read_text()
+    assert space.stop_worker(adapter) == 0
+    log = (space.tmp / "adapt.log").read_text()
+    assert "records delivered again 6, updates after forwarding 0" in log, log[-2000:]
+    assert PHONE not in log
 
 
 def test_cloudevents_in_both_kafka_modes(space: Namespace) -> None:
@@ -240,3 +243,54 @@ def test_cloudevents_in_both_kafka_modes(space: Namespace) -> None:
     assert rows["ce-3"][2] == "booking:checkin/passenger"
     dead = read_to_end(space.settings, t.deadletter)
     assert sorted(dict(d.headers)["cem.error.reason"] for d in dead) == [b"invalid_cloudevent", b"invalid_field"]
+
+
+def test_a_contact_held_when_the_adapter_dies_is_forwarded_after_the_restart(space: Namespace) -> None:
+    """Offsets stay below the records of held contacts: killed while it holds them (no chance
+    to tidy up), the adapter forwards them after its restart, each once."""
+    import signal
+
+    from kafka.errors import KafkaError
+
+    from pipeline.kafka.admin import end_offsets, group_offsets
+
+    t = space.settings.kafka.topics
+    t0 = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=0)
+    first = [ctr(f"k-{i}", t0 + timedelta(hours=i), 3, "INBOUND", "ag-1", "general") for i in range(6)]
+    prod = producer(space.settings)
+    send_all(prod, [Record(t.connect_ctr, r["ContactId"].encode(), json.dumps(r).encode()) for r in first])
+    prod.close()
+    group = f"{space.settings.worker.app_id}-adapt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.ops.cli", "adapt"],
+        env={**space.env, "CEM_ADAPT__CONTACT_SETTLE_S": "3600"},  # holds them for an hour
+        stdout=(space.tmp / "adapt.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    space.procs.append(proc)
+    ends = end_offsets(space.settings, t.connect_ctr)
+
+    def committed() -> dict[int, int]:
+        try:
+            return {tp.partition: o.offset for tp, o in group_offsets(space.settings, group).items()}
+        except KafkaError:  # the group coordinator is still being elected
+            return {}
+
+    deadline = time.monotonic() + 60
+    while not committed():  # it commits after every batch, also when it holds everything
+        assert time.monotonic() < deadline, "the adapter committed nothing"
+        time.sleep(0.5)
+    time.sleep(3)
+    starts = {p: 0 for p, end in ends.items() if end > 0}
+    assert {p: committed().get(p, 0) for p in starts} == starts  # nothing past a held record
+    assert read_to_end(space.settings, t.callcenter) == []
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    space.start_worker()
+    adapter = start_adapter(space)
+    _wait_rows(space, 6, adapter)
+    assert sorted(_rows(space)) == [f"k-{i}" for i in range(6)]
+    sent = [json.loads(r.value)["event_id"] for r in read_to_end(space.settings, t.callcenter)]
+    assert sorted(sent) == [f"k-{i}" for i in range(6)]
