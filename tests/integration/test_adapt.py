@@ -174,6 +174,10 @@ def test_connect_transfers_and_a_callback(space: Namespace) -> None:
     assert sorted(sent) == ["c-1", "c-2", "c-3", "c-4"]
     [dead] = read_to_end(space.settings, t.deadletter)
     assert dict(dead.headers)["cem.error.field"] == b"InitiationMethod"
+    # it goes back where it came from, without --force (a raw input topic of cem adapt)
+    replayed = space.cem("dlq", "replay", check=False)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert [r.value for r in read_to_end(space.settings, t.connect_ctr)].count(dead.value) == 2
     assert space.stop_worker(adapter) == 0
     log = (space.tmp / "adapt.log").read_text()
     assert "records delivered again 6, updates after forwarding 0" in log, log[-2000:]
