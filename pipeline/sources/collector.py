@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import logging
 import time
@@ -127,6 +128,7 @@ class Collector:
         self.metrics = Metrics()
         self.producer: AIOKafkaProducer | None = None
         self.dispatcher: Dispatcher | None = None
+        self._replacing: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -347,7 +349,8 @@ class Collector:
         if not outgoing:
             return
         if self.dispatcher is None:
-            raise Refused(503, "unavailable", "the collector is starting or stopping")
+            self._replace_producer()
+            raise Refused(503, "unavailable", "the collector is starting, stopping or reconnecting to Kafka")
         n = len(outgoing)
         if self.pending + n > self.c.max_pending_messages:
             raise Refused(503, "busy", "too many messages are waiting for Kafka; retry later")
@@ -357,10 +360,38 @@ class Collector:
         except (TimeoutError, Exception) as e:  # noqa: BLE001 - every failure to be acknowledged is a 503
             self.metrics.messages.labels("unacknowledged").inc(n)
             log.warning("Kafka did not acknowledge %d message(s): %s", n, type(e).__name__)
+            if self.producer_dead():
+                self._replace_producer()
             raise Refused(503, "kafka_unavailable", "Kafka did not acknowledge the messages; retry") from None
         finally:
             self.pending -= n
         self.metrics.messages.labels("forwarded").inc(n)
+
+    def producer_dead(self) -> bool:
+        """aiokafka's producer is lost for good once its sender task has ended (an
+        OutOfOrderSequenceNumber after the broker lost acknowledged data, an unexpected
+        error): every later send raises the same error."""
+        task = getattr(getattr(self.producer, "_sender", None), "sender_task", None)
+        return isinstance(task, asyncio.Future) and task.done()
+
+    def _replace_producer(self) -> None:
+        """Replace the producer, in the background, once at a time; requests meanwhile get 503.
+        If Kafka is away the attempt fails, and the next request makes another."""
+        if self._replacing is not None and not self._replacing.done():
+            return
+
+        async def replace() -> None:
+            log.warning("starting a new Kafka producer")
+            with contextlib.suppress(Exception):
+                await self.stop()
+            try:
+                await self.start()
+            except Exception as e:  # noqa: BLE001 - Kafka away: retried by the next request
+                log.warning("could not start a Kafka producer: %s", type(e).__name__)
+                with contextlib.suppress(Exception):
+                    await self.stop()
+
+        self._replacing = asyncio.create_task(replace())
 
 
 def _join(where: str, field: str) -> str:

@@ -167,3 +167,56 @@ def test_short_write_keys_are_refused_by_the_settings() -> None:
 
     with pytest.raises(ConfigError, match="collector.write_keys"):
         load_settings(collector={"write_keys": {"website": "short"}})
+
+
+def test_503_when_too_many_messages_wait_and_a_dead_producer_is_replaced() -> None:
+    import asyncio
+
+    from pipeline.sources.batching import Outgoing
+
+    settings = load_settings(collector={"write_keys": {"website": KEY}, "max_pending_messages": 100})
+    c = Collector(settings, SourcesConfig())
+    starts: list[str] = []
+
+    class DeadSender:
+        def __init__(self) -> None:
+            loop = asyncio.get_running_loop()
+            self.sender_task: asyncio.Future[None] = loop.create_future()
+            self.sender_task.set_exception(RuntimeError("OutOfOrderSequenceNumber"))
+            self.sender_task.exception()  # retrieved: no warning at exit
+
+    class DeadProducer:
+        def __init__(self) -> None:
+            self._sender = DeadSender()
+
+        async def stop(self) -> None:
+            starts.append("stopped")
+
+    class FailingDispatcher:
+        async def send(self, topic: str, messages: list[Outgoing]) -> None:
+            raise RuntimeError("OutOfOrderSequenceNumber")
+
+        async def stop(self) -> None:
+            pass
+
+    async def fake_start() -> None:
+        starts.append("started")
+
+    async def main() -> None:
+        c.dispatcher = FailingDispatcher()  # type: ignore[assignment]
+        c.pending = 60
+        with pytest.raises(Refused) as e:
+            await c.produce([Outgoing(b"k", b"{}")] * 50)
+        assert (e.value.status, e.value.code) == (503, "busy")
+        c.pending = 0
+        c.producer = DeadProducer()  # type: ignore[assignment]
+        c.start = fake_start  # type: ignore[method-assign]
+        assert c.producer_dead()
+        with pytest.raises(Refused) as e:
+            await c.produce([Outgoing(b"k", b"{}")])
+        assert (e.value.status, e.value.code) == (503, "kafka_unavailable")
+        assert c._replacing is not None
+        await c._replacing
+        assert starts == ["stopped", "started"] and c.pending == 0
+
+    asyncio.run(main())
