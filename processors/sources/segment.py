@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -34,6 +35,7 @@ DEFAULT_TRACK: dict[str, WebType] = {
 _SEPARATORS = re.compile(r"[\s_\-.]+")
 
 
+@lru_cache(maxsize=4096)  # a site has a few dozen event names; a cache of them saves a regex a message
 def event_key(name: str) -> str:
     """`Form Submitted`, `form_submitted` and `form-submitted` are one event name."""
     return _SEPARATORS.sub(" ", name.strip().lower())
@@ -114,10 +116,15 @@ def map_message(msg: SegmentMessage, mapping: SegmentMapping, received_at: datet
         identifiers["anonymous_id"] = anonymous
         origin["identifiers.anonymous_id"] = anonymous_from
     context_traits = msg.context.traits if msg.context else None
-    for kind_name, names in (("email", mapping.email), ("phone", mapping.phone), ("loyalty_id", mapping.loyalty_id)):
-        found = _first(names, ("traits", msg.traits), ("context.traits", context_traits))
-        if found is not None:
-            origin[f"identifiers.{kind_name}"], identifiers[kind_name] = found
+    if msg.traits or context_traits:
+        for kind_name, names in (
+            ("email", mapping.email),
+            ("phone", mapping.phone),
+            ("loyalty_id", mapping.loyalty_id),
+        ):
+            found = _first(names, ("traits", msg.traits), ("context.traits", context_traits))
+            if found is not None:
+                origin[f"identifiers.{kind_name}"], identifiers[kind_name] = found
     if identifiers:
         value["identifiers"] = identifiers
 
@@ -130,12 +137,12 @@ def map_message(msg: SegmentMessage, mapping: SegmentMapping, received_at: datet
     ):
         # a field the touchpoint needs but lacks is named by the property the mapping looks at first
         origin[field] = f"properties.{names[0]}" if names else "properties"
-        found = _first(names, ("properties", props))
+        found = _first(names, ("properties", props)) if props else None
         if found is not None:
             origin[field], value[field] = found
     page = _first(["path"], ("properties", props if msg.type in ("page", "screen") else None))
-    context_page = msg.context.page.model_dump() if msg.context and msg.context.page else None
-    page = page or _first(["path"], ("context.page", context_page))
+    if page is None and msg.context and msg.context.page:
+        page = _first(["path"], ("context.page", msg.context.page.model_dump()))
     if page is not None:
         origin["page"], value["page"] = page
     elif msg.type == "screen" and msg.name:
