@@ -142,9 +142,11 @@ def main() -> None:
         [sys.executable, "-m", "pipeline.ops.cli", "collect", "--loglevel", "warning"], env=env, cwd=ROOT
     )
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) > 1:  # the collector on one core, the load on another
-        os.sched_setaffinity(collector.pid, {cpus[0]})
-        os.sched_setaffinity(0, {cpus[1]})
+    if len(cpus) > 1:  # the collector on one core (the idlest: the machine may be shared), the load on another
+        busy_now = psutil.cpu_percent(interval=1.0, percpu=True)
+        idlest = sorted(cpus, key=lambda c: busy_now[c] if c < len(busy_now) else 100.0)
+        os.sched_setaffinity(collector.pid, {idlest[0]})
+        os.sched_setaffinity(0, {idlest[1]})
     url = f"http://127.0.0.1:{port}/v1/batch"
     try:
         _wait_ready(port, collector)
