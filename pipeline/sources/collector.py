@@ -60,6 +60,13 @@ ROUTES: dict[str, str | None] = {
     "/v1/screen": "screen",
     "/v1/alias": "alias",
     "/v1/group": "group",
+    # analytics.js posts single messages to the short forms
+    "/v1/t": "track",
+    "/v1/p": "page",
+    "/v1/i": "identify",
+    "/v1/s": "screen",
+    "/v1/a": "alias",
+    "/v1/g": "group",
 }
 # and POST /cloudevents: one CloudEvent from a booking engine (HTTP binding), to kafka.topics.booking
 

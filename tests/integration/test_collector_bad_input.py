@@ -239,6 +239,8 @@ def test_single_message_endpoints_and_their_limits(space: Namespace) -> None:
         ("screen", {"name": "Boarding pass"}),
         ("identify", {"userId": "C-9", "traits": {"email": f"c9{EMAIL_DOMAIN}"}}),
         ("alias", {"previousId": "visitor-9", "userId": "C-9"}),
+        ("t", {"type": "track", "event": "Signed In", "userId": "C-9"}),  # analytics.js's short forms
+        ("p", {"type": "page", "properties": {"path": "/help"}}),
     ):
         base, _ = fuzz.message()
         body = {k: base[k] for k in ("messageId", "anonymousId", "timestamp")} | msg
