@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +33,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from cloudevents.v1.kafka import KafkaMessage, from_binary, from_structured
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import ValidationError
 
 from pipeline.engine.decode import Rejected, decode_touchpoint
@@ -186,6 +189,10 @@ class Adapter:
             async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
                 return None
 
+        if s.adapt.metrics_port:
+            registry = CollectorRegistry()
+            registry.register(_Metrics(self))
+            start_http_server(s.adapt.metrics_port, addr="127.0.0.1", registry=registry)
         await producer.start()
         await consumer.start()
         consumer.subscribe([self.topics.connect_ctr, self.topics.cloudevents], listener=Listener())
@@ -239,5 +246,33 @@ class Adapter:
             f"records delivered again {d.duplicates}, updates after forwarding {d.late_updates}"
         )
 
+    def metrics(self) -> Iterator[Metric]:
+        """Prometheus metrics, read from the counts at scrape time."""
+        out = CounterMetricFamily("cem_adapt_records", "raw records by outcome", labels=["outcome"])
+        for outcome, n in sorted(self.counts.items()):
+            out.add_metric([outcome], n)
+        yield out
+        d = self.dedupe
+        yield CounterMetricFamily(
+            "cem_adapt_records_delivered_again", "contact records of a contact already held or forwarded", d.duplicates
+        )
+        yield CounterMetricFamily(
+            "cem_adapt_updates_after_forwarding",
+            "newer contact records that came after their contact was forwarded (dropped)",
+            d.late_updates,
+        )
+        yield GaugeMetricFamily("cem_adapt_contacts_held", "contacts waiting for newer records", len(d.held))
+        yield GaugeMetricFamily("cem_adapt_contacts_remembered", "contacts forwarded and remembered", len(d.done))
+
     def stop(self) -> None:
         self.stopping.set()
+
+
+class _Metrics:
+    """prometheus_client's custom-collector protocol, over the adapter's counts."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+
+    def collect(self) -> Iterator[Metric]:
+        return self.adapter.metrics()

@@ -62,6 +62,7 @@ class AdaptSettings(Section):
         1_000_000, ge=1, description="contacts forwarded that are remembered to drop a record delivered again"
     )
     batch_size: int = Field(1000, ge=1, le=100_000, description="records taken at most per batch")
+    metrics_port: int = Field(9110, ge=0, le=65535, description="Prometheus metrics on 127.0.0.1; 0: none")
 
 
 class SourcesConfig(BaseModel):

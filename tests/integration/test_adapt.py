@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from cloudevents.v1.http import to_structured as http_structured
 from cloudevents.v1.kafka import to_binary, to_structured
 
 from pipeline.kafka.admin import Record, producer, read_to_end, send_all, wait_until_processed
-from tests.integration.collector_kit import WRITE_KEYS, start_collector
+from tests.integration.collector_kit import WRITE_KEYS, collector_port, start_collector
 from tests.integration.conftest import ROOT, Namespace
 
 PHONE = "+351 912 345 678"
@@ -90,10 +91,10 @@ def ctr(
     }
 
 
-def start_adapter(space: Namespace) -> subprocess.Popen[bytes]:
+def start_adapter(space: Namespace, metrics_port: int = 0) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.ops.cli", "adapt"],
-        env={**space.env, "CEM_ADAPT__CONTACT_SETTLE_S": "2"},
+        env={**space.env, "CEM_ADAPT__CONTACT_SETTLE_S": "2", "CEM_ADAPT__METRICS_PORT": str(metrics_port)},
         stdout=(space.tmp / "adapt.log").open("ab"),
         stderr=subprocess.STDOUT,
         cwd=ROOT,
@@ -155,7 +156,8 @@ def test_connect_transfers_and_a_callback(space: Namespace) -> None:
     records.append(Record(t.connect_ctr, b"bad", b'{"ContactId": "x", "Channel": "VOICE"}'))
     send_all(prod, records)
     prod.close()
-    adapter = start_adapter(space)
+    metrics_port = collector_port()
+    adapter = start_adapter(space, metrics_port)
     _wait_rows(space, 4, adapter)
 
     assert _rows(space) == {
@@ -178,6 +180,17 @@ def test_connect_transfers_and_a_callback(space: Namespace) -> None:
     replayed = space.cem("dlq", "replay", check=False)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert [r.value for r in read_to_end(space.settings, t.connect_ctr)].count(dead.value) == 2
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:  # noqa: S310
+        metrics = resp.read().decode()
+    for line in (
+        'cem_adapt_records_total{outcome="forwarded"} 4.0',  # four contacts
+        'cem_adapt_records_total{outcome="deadletter:missing_field"}',  # the bad record (and its replay)
+        'cem_adapt_records_total{outcome="ignored"} 1.0',  # the task
+        "cem_adapt_records_delivered_again_total 6.0",
+        "cem_adapt_contacts_held 0.0",
+        "cem_adapt_contacts_remembered 4.0",
+    ):
+        assert line in metrics, metrics
     assert space.stop_worker(adapter) == 0
     log = (space.tmp / "adapt.log").read_text()
     assert "records delivered again 6, updates after forwarding 0" in log, log[-2000:]
@@ -267,7 +280,7 @@ def test_a_contact_held_when_the_adapter_dies_is_forwarded_after_the_restart(spa
     group = f"{space.settings.worker.app_id}-adapt"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.ops.cli", "adapt"],
-        env={**space.env, "CEM_ADAPT__CONTACT_SETTLE_S": "3600"},  # holds them for an hour
+        env={**space.env, "CEM_ADAPT__CONTACT_SETTLE_S": "3600", "CEM_ADAPT__METRICS_PORT": "0"},  # holds them
         stdout=(space.tmp / "adapt.log").open("ab"),
         stderr=subprocess.STDOUT,
         cwd=ROOT,
