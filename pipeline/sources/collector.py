@@ -1,5 +1,6 @@
 """`cem collect`: an HTTP collector that speaks the Segment tracking API (and so RudderStack's
-SDKs), forwarding web touchpoints to `kafka.topics.web`.
+SDKs) and Snowplow's tracker protocol (tp2, POST), forwarding web touchpoints to
+`kafka.topics.web`, and takes CloudEvents (HTTP binding) for `kafka.topics.booking`.
 
 Contract of an answer (docs/sources.md):
 * 200 `{"success": true}`: every message of the request is acknowledged by Kafka (acks=all,
@@ -45,7 +46,9 @@ from pipeline.sources.settings import SourcesConfig
 from processors.sources.cloudevents import map_event
 from processors.sources.common import Ignored, Invalid, Mapped
 from processors.sources.segment import map_message
+from processors.sources.snowplow import map_event as map_snowplow
 from schemas.segment import SegmentBatch, SegmentMessage
+from schemas.snowplow import SnowplowEvent, SnowplowPayload
 from schemas.touchpoints import Channel
 
 log = logging.getLogger("cem.collector")
@@ -69,6 +72,8 @@ ROUTES: dict[str, str | None] = {
     "/v1/g": "group",
 }
 # and POST /cloudevents: one CloudEvent from a booking engine (HTTP binding), to kafka.topics.booking
+#: Snowplow's tracker protocol, POST form: its events to kafka.topics.web
+SNOWPLOW_PATH = "/com.snowplowanalytics.snowplow/tp2"
 
 
 class Refused(Exception):
@@ -126,6 +131,7 @@ class Collector:
         self.topic = settings.kafka.topics.web
         self.booking = settings.kafka.topics.booking
         self.cloudevents = sources.cloudevents
+        self.snowplow = sources.snowplow
         self.keys = [(name, key.get_secret_value().encode()) for name, key in self.c.write_keys.items()]
         self.vocabulary = frozenset(settings.rules.field_vocabulary)
         self.max_future = timedelta(hours=settings.worker.max_future_skew_hours)
@@ -167,6 +173,8 @@ class Collector:
             app.router.add_post(path, self._route(path, kind))
             app.router.add_route("OPTIONS", path, self._preflight)
         app.router.add_post("/cloudevents", self._route("/cloudevents", "cloudevent"))
+        app.router.add_post(SNOWPLOW_PATH, self._route(SNOWPLOW_PATH, "snowplow"))
+        app.router.add_route("OPTIONS", SNOWPLOW_PATH, self._preflight)
         app.router.add_get("/health", self._health)
 
         async def _start(_: web.Application) -> None:
@@ -232,6 +240,11 @@ class Collector:
             raise Refused(400, "invalid_json", "the body is not valid JSON") from None
         if not isinstance(obj, dict):
             raise Refused(400, "invalid_json", "the body must be a JSON object")
+        if kind == "snowplow":
+            if source is None:  # trackers send no key of their own: the write key goes in a header
+                raise Refused(401, "unauthorized", "HTTP Basic authentication with the write key as user is required")
+            await self.produce(self.prepare_snowplow(obj, datetime.now(tz=UTC)))
+            return source
         if source is None:
             # Browsers (analytics.js) send the write key in the body rather than a header.
             source = self._source_of_key(obj.get("writeKey"))
@@ -309,6 +322,34 @@ class Collector:
             except ValidationError as e:
                 raise _pydantic_refusal(e, where) from None
             result = map_message(msg, self.mapping, now)
+            if isinstance(result, Ignored):
+                ignored += 1
+                continue
+            if isinstance(result, Invalid):
+                raise Refused(400, "invalid_field", result.detail, _join(where, result.field))
+            out.append(self._checked(result, where, now))
+        self.metrics.messages.labels("ignored").inc(ignored)
+        return out
+
+    def prepare_snowplow(self, obj: dict[str, Any], now: datetime) -> list[Outgoing]:
+        """A tp2 request's events checked, mapped and validated, or Refused for the first one
+        that cannot be (all or nothing, as a Segment batch)."""
+        try:
+            payload = SnowplowPayload.model_validate(obj)
+        except ValidationError as e:
+            raise _pydantic_refusal(e, "") from None
+        out: list[Outgoing] = []
+        ignored = 0
+        for i, raw in enumerate(payload.data):
+            where = f"data.{i}"
+            if len(orjson.dumps(raw)) > self.c.max_message_bytes:
+                limit = self.c.max_message_bytes
+                raise Refused(413, "too_large", f"an event is over the limit of {limit} bytes", where)
+            try:
+                event = SnowplowEvent.model_validate(raw)
+            except ValidationError as e:
+                raise _pydantic_refusal(e, where) from None
+            result = map_snowplow(event, self.snowplow, self.vocabulary, now)
             if isinstance(result, Ignored):
                 ignored += 1
                 continue

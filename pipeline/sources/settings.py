@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from processors.sources.cloudevents import CloudEventsMapping
 from processors.sources.connect import ConnectMapping
 from processors.sources.segment import SegmentMapping
+from processors.sources.snowplow import SnowplowMapping
 from sinks.settings import ConfigError, Section, describe_errors, yaml_error
 
 DEFAULT_SOURCES_CONFIG = Path(__file__).resolve().parents[2] / "config" / "sources.yaml"
@@ -73,6 +74,7 @@ class SourcesConfig(BaseModel):
     segment: SegmentMapping = SegmentMapping()
     connect: ConnectMapping = ConnectMapping()
     cloudevents: CloudEventsMapping = CloudEventsMapping()
+    snowplow: SnowplowMapping = SnowplowMapping()
 
 
 def load_sources_config(path: Path = DEFAULT_SOURCES_CONFIG) -> SourcesConfig:

@@ -231,3 +231,66 @@ def test_broker_away_mid_send_every_event_once(space: Namespace) -> None:
     rows = space.ch().execute(f"SELECT event_id, count() FROM {space.db}.timeline GROUP BY event_id")
     assert len(sent) == total
     assert dict(rows) == dict.fromkeys(sent, 1)
+
+
+def test_snowplow_tracker_journey_lands_exactly(space: Namespace) -> None:
+    """The released Snowplow Python tracker, posting tp2 to the collector with the write key on
+    its HTTP session: a page, a sign-in, Snowplow's own submit_form twice, two contact forms."""
+    import requests
+    from snowplow_tracker import Emitter, SelfDescribingJson, Subject, Tracker
+    from snowplow_tracker.events import PageView, SelfDescribing, StructuredEvent
+
+    space.start_worker()
+    _profiles(space)
+    collector = start_collector(space)
+    session = requests.Session()
+    session.auth = (WRITE_KEYS["website"], "")
+    emitter = Emitter("127.0.0.1", protocol="http", port=collector.port, batch_size=20, session=session)
+    tracker = Tracker("cem-test", emitter, app_id="web")
+    t0 = (datetime.now(UTC) - timedelta(days=5)).replace(second=0, microsecond=0)
+
+    def at(**delta: float) -> float:
+        return (t0 + timedelta(**delta)).timestamp() * 1000
+
+    visitor = Subject().set_domain_user_id("sp-visitor")
+    member = Subject().set_domain_user_id("sp-visitor").set_user_id("C-SEG")
+    form = SelfDescribingJson(
+        "iglu:com.snowplowanalytics.snowplow/submit_form/jsonschema/1-0-0",
+        {
+            "formId": FORM,
+            "elements": [
+                {"name": "passport_number", "value": "P1234567", "nodeName": "INPUT"},
+                {"name": "date_of_birth", "value": "1990-01-01", "nodeName": "INPUT"},
+                {"name": "submit", "value": "Next", "nodeName": "BUTTON"},
+            ],
+        },
+    )
+    ids = {
+        "page": tracker.track(
+            PageView(page_url="https://air.example/checkin", event_subject=visitor, true_timestamp=at())
+        ),
+        "identify": tracker.track(
+            StructuredEvent("auth", "Signed In", event_subject=member, true_timestamp=at(minutes=1))
+        ),
+        "form1": tracker.track(SelfDescribing(form, event_subject=visitor, true_timestamp=at(minutes=2))),
+        "form2": tracker.track(SelfDescribing(form, event_subject=visitor, true_timestamp=at(minutes=5))),
+        "contact1": tracker.track(
+            StructuredEvent("help", "Contact Form Submitted", label="Baggage Allowance", event_subject=member,
+                            true_timestamp=at(minutes=10))
+        ),
+        "contact2": tracker.track(
+            StructuredEvent("help", "Contact Form Submitted", label="Baggage Allowance", event_subject=member,
+                            true_timestamp=at(days=2))
+        ),
+    }  # fmt: skip
+    tracker.flush()
+    assert "refused" not in collector.log_text(), collector.log_text()[-2000:]
+
+    wait_until_processed(space.settings, timeout_s=120)
+    timeline = _timeline(space)
+    anon = timeline[ids["page"]][0]
+    assert anon.startswith("anon:")
+    assert timeline == expected(ids, "C-SEG", anon, "customer_id")
+    assert "P1234567" not in collector.log_text()
+    values = [r.value for r in read_to_end(space.settings, space.settings.kafka.topics.web)]
+    assert not [v for v in values if b"P1234567" in v or b"1990-01-01" in v]  # element values never read

@@ -220,3 +220,60 @@ def test_503_when_too_many_messages_wait_and_a_dead_producer_is_replaced() -> No
         assert starts == ["stopped", "started"] and c.pending == 0
 
     asyncio.run(main())
+
+
+def _snowplow(**kw: Any) -> dict[str, Any]:
+    base = {"e": "pv", "eid": "e-1", "dtm": "1764936000000", "duid": "d-1", "url": "https://x.example/checkin?q=1"}
+    return base | kw
+
+
+def test_snowplow_events_as_web_touchpoints(collector: Collector) -> None:
+    import base64
+    import json
+
+    form = {
+        "schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
+        "data": {
+            "schema": "iglu:com.snowplowanalytics.snowplow/submit_form/jsonschema/1-0-0",
+            "data": {
+                "formId": "checkin/passenger-details",
+                "elements": [
+                    {"name": "passport_number", "value": "P-123", "nodeName": "INPUT"},
+                    {"name": "csrf_token", "value": "t", "nodeName": "INPUT"},
+                ],
+            },
+        },
+    }
+    px = base64.urlsafe_b64encode(json.dumps(form).encode()).decode().rstrip("=")
+    body = {
+        "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+        "data": [
+            _snowplow(),
+            _snowplow(e="se", eid="e-2", se_ca="auth", se_ac="Signed In", uid="C-1"),
+            _snowplow(e="ue", eid="e-3", ue_px=px, ttm="1764936060000"),
+            _snowplow(e="pp", eid="e-4"),  # a page ping: not mapped
+        ],
+    }
+    out = [orjson.loads(o.value) for o in collector.prepare_snowplow(body, NOW)]
+    assert [(v["event_id"], v["type"]) for v in out] == [("e-1", "page_view"), ("e-2", "login"), ("e-3", "form_submit")]
+    assert out[0]["page"] == "/checkin" and out[0]["occurred_at"] == "2025-12-05T12:00:00+00:00"
+    assert out[1]["customer_id"] == "C-1" and out[1]["identifiers"] == {"anonymous_id": "d-1"}
+    assert out[2]["form"] == "checkin/passenger-details" and out[2]["fields"] == ["passport_number"]
+    assert out[2]["occurred_at"] == "2025-12-05T12:01:00+00:00"  # the true time wins
+    assert "P-123" not in json.dumps(out)  # element values never read
+    bad = {
+        "data.0.eid": _snowplow(eid=5),
+        "data.0.dtm": _snowplow(dtm="yesterday"),
+        "data.0.uid": _snowplow(duid=None),
+        "data.0.ue_px": _snowplow(e="ue", ue_px="%%%"),
+        "data.0.se_la": _snowplow(e="se", se_ac="Form Submitted"),  # a form_submit without its form
+    }
+    for field, event in bad.items():
+        status, _, named = refusal_sp(collector, {"schema": "s", "data": [event]})
+        assert (status, named) == (400, field)
+
+
+def refusal_sp(collector: Collector, body: dict[str, Any]) -> tuple[int, str, str]:
+    with pytest.raises(Refused) as e:
+        collector.prepare_snowplow(body, NOW)
+    return e.value.status, e.value.code, e.value.field
