@@ -176,6 +176,52 @@ def _one(fuzz: Fuzz) -> tuple[bytes, dict[str, str], int, str | None, list[str]]
     return json.dumps({"batch": msgs}).encode(), headers, 415, None, []
 
 
+SNOWPLOW = "/com.snowplowanalytics.snowplow/tp2"
+
+
+def _snowplow_case(fuzz: Fuzz) -> tuple[bytes, dict[str, str], int, str | None, list[str]]:
+    """A Snowplow tp2 request: valid, with a spoiled field, truncated, or without a key."""
+    rnd = fuzz.rnd
+    events, ids = [], []
+    for _ in range(rnd.randint(1, 5)):
+        fuzz.n += 1
+        n = fuzz.n
+        ev: dict[str, Any] = {"eid": f"sp-{n}", "dtm": str(int((fuzz.t0 + timedelta(seconds=n)).timestamp() * 1000))}
+        ev["duid"] = f"cookie-{rnd.randrange(40)}"
+        if rnd.random() < 0.3:
+            ev["uid"] = f"C-{n}"
+        kind = rnd.choice(["pv", "se", "ue", "pp"])
+        if kind == "pv":
+            ev |= {"e": "pv", "url": f"https://air.example/p/{n}?email=u{n}{EMAIL_DOMAIN}"}
+        elif kind == "se":
+            ev |= {"e": "se", "se_ca": "help", "se_ac": "Contact Form Submitted", "se_la": "refund_status"}
+        elif kind == "ue":
+            form = {"formId": f"form-{n % 3}", "elements": [{"name": "email", "value": f"u{n}{EMAIL_DOMAIN}"}]}
+            schema = "iglu:com.snowplowanalytics.snowplow/submit_form/jsonschema/1-0-0"
+            sdj = {"schema": "iglu:x/unstruct_event/jsonschema/1-0-0", "data": {"schema": schema, "data": form}}
+            ev |= {"e": "ue", "ue_px": base64.urlsafe_b64encode(json.dumps(sdj).encode()).decode()}
+        else:
+            ev |= {"e": "pp"}  # a page ping: accepted, not forwarded
+        events.append(ev)
+        if kind != "pp":
+            ids.append(ev["eid"])
+    body = {"schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4", "data": events}
+    case = rnd.choice(["valid", "valid", "wrong_type", "truncated", "no_key"])
+    if case == "valid":
+        return json.dumps(body).encode(), dict(GOOD), 200, None, ids
+    if case == "wrong_type":
+        i = rnd.randrange(len(events))
+        field, bad = rnd.choice(
+            [("eid", 7), ("eid", None), ("dtm", "noon"), ("dtm", 1700000000000), ("duid", ["x"]), ("e", 3)]
+        )
+        events[i][field] = bad
+        return json.dumps(body).encode(), dict(GOOD), 400, f"data.{i}.{field}", []
+    raw = json.dumps(body).encode()
+    if case == "truncated":
+        return raw[: rnd.randrange(1, len(raw) - 1)], dict(GOOD), 400, None, []
+    return raw, {}, 401, None, []
+
+
 def _check(space: Namespace, expect_ids: set[str]) -> None:
     """Only touchpoints of accepted requests are on the web topic, each valid for the worker;
     nothing on the other channel topics."""
@@ -205,8 +251,9 @@ def test_bad_input_gets_its_answer_and_nothing_invalid_is_forwarded(space: Names
     forwarded: list[str] = []
     answers: Counter[int] = Counter()
     for i in range(10_000):
-        body, headers, status, field, ids = _one(fuzz)
-        resp = http.post(url, data=body, headers=headers, timeout=30)
+        snowplow = fuzz.rnd.random() < 0.15
+        body, headers, status, field, ids = _snowplow_case(fuzz) if snowplow else _one(fuzz)
+        resp = http.post(f"{collector.url}{SNOWPLOW}" if snowplow else url, data=body, headers=headers, timeout=30)
         answers[resp.status_code] += 1
         assert resp.status_code == status, (i, resp.status_code, resp.text, status, field)
         answer = resp.json()
