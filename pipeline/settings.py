@@ -25,6 +25,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from pipeline.sources.settings import AdaptSettings, CollectorSettings
 from processors.model import ReEntryRules, RepeatContactRules, Rules
 from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.settings import ConfigError as ConfigError  # the error every settings problem raises
@@ -77,6 +78,10 @@ class Topics(Section):
     identity: str = "cem.internal.identity"
     # internal: snapshots of the judge's state per partition, compacted (pipeline/engine/snapshots.py)
     snapshots: str = "cem.internal.snapshots"
+    # raw input of `cem adapt` (pipeline/sources/adapt.py): Amazon Connect contact trace
+    # records, and the booking engine's CloudEvents (Kafka binding, structured or binary)
+    connect_ctr: str = "cem.raw.connect-ctr"
+    cloudevents: str = "cem.raw.booking-cloudevents"
 
     @property
     def channels(self) -> tuple[str, str, str]:
@@ -319,6 +324,8 @@ class Settings(BaseSettings):
     state: StateSettings = StateSettings()
     rules: RulesSettings = RulesSettings()
     privacy: PrivacySettings = PrivacySettings()
+    collector: CollectorSettings = CollectorSettings()  # `cem collect` (pipeline/sources/)
+    adapt: AdaptSettings = AdaptSettings()  # `cem adapt` (pipeline/sources/)
 
     @classmethod
     def settings_customise_sources(

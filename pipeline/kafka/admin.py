@@ -151,6 +151,9 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         # the eraser's work: kept as long as the internal topic, so that an eraser away that long loses nothing
         NewTopic(t.erasures, 1, rf, topic_configs={"retention.ms": str(k.internal_retention_days * 86_400_000)}),
         NewTopic(t.deadletter, n, rf, topic_configs={"retention.ms": dlq_ms}),
+        # raw input of `cem adapt` (phone numbers, emails): kept no longer than the internal topic
+        NewTopic(t.connect_ctr, n, rf, topic_configs={"retention.ms": str(k.internal_retention_days * 86_400_000)}),
+        NewTopic(t.cloudevents, n, rf, topic_configs={"retention.ms": str(k.internal_retention_days * 86_400_000)}),
     ]
 
 
@@ -158,7 +161,12 @@ def create_topics(settings: Settings) -> list[tuple[str, str]]:
     """Create every topic cem uses; existing ones are checked for their partition count."""
     # the dead-letter and receipt topics are not co-partitioned with anything: any count will do
     t = settings.kafka.topics
-    checked = {spec.name for spec in topic_specs(settings)} - {t.deadletter, t.erasure_receipts}
+    checked = {spec.name for spec in topic_specs(settings)} - {
+        t.deadletter,
+        t.erasure_receipts,
+        t.connect_ctr,
+        t.cloudevents,
+    }
     return ensure_topics(settings, topic_specs(settings), checked)
 
 

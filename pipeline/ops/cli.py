@@ -552,6 +552,59 @@ def eraser(
 
 
 @app.command()
+def collect(
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: collector.port).")] = None,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Run the HTTP collector that tracking SDKs post to (the Segment / RudderStack API): web
+    touchpoints to Kafka, answered once Kafka has them (docs/sources.md)."""
+    import asyncio
+    import logging
+
+    from pipeline.ops.signals import run_until_signalled
+    from pipeline.sources.collector import serve
+    from pipeline.sources.settings import load_sources_config
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    if port is not None:
+        os.environ["CEM_COLLECTOR__PORT"] = str(port)
+    s = settings()
+    try:
+        sources = load_sources_config(s.collector.sources_file)
+    except ConfigError as e:
+        err.print(f"[red]config error[/]: {escape(str(e))}")
+        raise typer.Exit(2) from None
+    if not s.collector.write_keys:
+        err.print("[red]config error[/]: collector.write_keys is empty: no SDK could send (CEM_COLLECTOR__WRITE_KEYS)")
+        raise typer.Exit(2)
+    stop = asyncio.Event()
+    run_until_signalled(lambda: serve(s, sources, stop), stop.set)
+
+
+@app.command()
+def adapt(loglevel: Annotated[str, typer.Option(help="Log level.")] = "info") -> None:
+    """Turn Amazon Connect contact records and CloudEvents on their raw topics into touchpoints
+    (docs/sources.md). Run one or more beside the workers."""
+    import logging
+
+    from pipeline.ops.signals import run_until_signalled
+    from pipeline.sources.adapt import Adapter
+    from pipeline.sources.settings import load_sources_config
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    s = settings()
+    try:
+        sources = load_sources_config(s.collector.sources_file)
+    except ConfigError as e:
+        err.print(f"[red]config error[/]: {escape(str(e))}")
+        raise typer.Exit(2) from None
+    adapter = Adapter(s, sources)
+    run_until_signalled(adapter.run, adapter.stop)
+
+
+@app.command()
 def generate(
     out: Annotated[Path, typer.Argument(help="Where to write the JSON lines.")],
     customers: Annotated[int, typer.Option(help="How many customers.")] = 2000,

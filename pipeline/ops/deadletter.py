@@ -6,9 +6,9 @@ Each dead letter is the original message (key and bytes) with headers saying why
 touchpoint already processed is a duplicate and is dropped; one still invalid lands here again.
 
 Dead letters hold raw input (personal data), so an export is readable by its owner only; and
-a replay goes to the channel topics only unless forced: a header or an edited file naming the
-CRM topic or an internal one would otherwise let it rewrite profiles, erase customers or
-forge the identity index.
+a replay goes to the channel topics (and `cem adapt`'s raw input topics) only unless forced:
+a header or an edited file naming the CRM topic or an internal one would otherwise let it
+rewrite profiles, erase customers or forge the identity index.
 """
 
 from __future__ import annotations
@@ -87,8 +87,10 @@ class ReplayRefused(Exception):
 
 
 def check_targets(settings: Settings, records: Sequence[Record], force: bool = False) -> None:
-    """Refuse the whole replay if any record goes elsewhere than a channel topic (unless forced)."""
-    channels = set(settings.kafka.topics.channels)
+    """Refuse the whole replay if any record goes elsewhere than a channel topic or a raw input
+    topic of `cem adapt`, whose dead letters go back there (unless forced)."""
+    t = settings.kafka.topics
+    channels = {*t.channels, t.connect_ctr, t.cloudevents}
     elsewhere = Counter(r.topic for r in records if r.topic not in channels)
     if elsewhere and not force:
         listed = ", ".join(f"{topic} ({n})" for topic, n in sorted(elsewhere.items()))
