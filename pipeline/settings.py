@@ -25,12 +25,14 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from processors.model import ReEntryRules, RepeatContactRules, Rules
+from processors.model import MICROS_PER_DAY, ReEntryRules, RepeatContactRules, Rules
+from processors.rules import KnownEntryRule, RepeatRule, RuleFile, RuleFileError, duration_us, parse_rule_file
 from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.settings import ConfigError as ConfigError  # the error every settings problem raises
 from sinks.settings import Section, describe_errors, yaml_error
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "cem.yaml"
+DEFAULT_RULES = DEFAULT_CONFIG.parent / "rules.yaml"
 FIELD_VOCABULARY = (
     "name",
     "email",
@@ -213,6 +215,12 @@ class ReEntryConfig(Section):
 
 
 class RulesSettings(Section):
+    """The judge's settings. The friction rules themselves are in the rule file (`file`,
+    default config/rules.yaml; docs/rules.md). The `repeat_contact` and `re_entry` keys of
+    earlier versions still work: a key set here (in config/cem.yaml or CEM_RULES__...)
+    overrides the same parameter of the rule of that name in the rule file."""
+
+    file: Path | None = Field(None, description="the friction rules (docs/rules.md); default config/rules.yaml")
     repeat_contact: RepeatContactConfig = RepeatContactConfig()
     re_entry: ReEntryConfig = ReEntryConfig()
     vip_tiers: list[str] = ["gold", "platinum"]
@@ -229,18 +237,71 @@ class RulesSettings(Section):
     def _lower(cls, v: list[str]) -> list[str]:
         return [s.strip().lower() for s in v]
 
+    @property
+    def rules_path(self) -> Path:
+        return self.file if self.file is not None else DEFAULT_RULES
+
+    def rule_file(self) -> RuleFile:
+        """The rule file, validated, with the legacy keys set here applied; ConfigError names
+        the rule and the key of a problem."""
+        path = self.rules_path
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"rules.file: cannot read the rule file {path} ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise yaml_error(path, e) from None
+        try:
+            parsed = parse_rule_file(data, str(path))
+        except RuleFileError as e:
+            raise ConfigError(str(e)) from None
+        return self._legacy(parsed)
+
+    def _legacy(self, parsed: RuleFile) -> RuleFile:
+        rc, re = self.repeat_contact, self.re_entry
+        contacts = parsed.contacts
+        if "window_days" in rc.model_fields_set:
+            contacts = contacts.model_copy(update={"window": f"{rc.window_days}d"})
+        if "transfer_grace_minutes" in rc.model_fields_set:
+            contacts = contacts.model_copy(update={"transfer_grace": f"{rc.transfer_grace_minutes}m"})
+        rules = []
+        for r in parsed.rules:
+            update: dict[str, Any] = {}
+            if r.name == "repeat_contact" and isinstance(r, RepeatRule):
+                update = {
+                    {"window_days": "window", "alert_cooldown_minutes": "cooldown", "max_evidence": "max_evidence"}[
+                        k
+                    ]: (f"{v}d" if k == "window_days" else f"{v}m" if k == "alert_cooldown_minutes" else v)
+                    for k, v in rc.model_dump().items()
+                    if k in rc.model_fields_set and k != "transfer_grace_minutes"
+                }
+            elif r.name == "re_entry" and isinstance(r, KnownEntryRule):
+                names = {"window_days": "window", "alert_threshold": "threshold", "max_evidence": "max_evidence"}
+                update = {
+                    names[k]: f"{v}d" if k == "window_days" else v
+                    for k, v in re.model_dump().items()
+                    if k in re.model_fields_set
+                }
+            rules.append(r.model_copy(update=update) if update else r)
+        return RuleFile.model_construct(contacts=contacts, rules=rules)
+
     def to_rules(self) -> Rules:
+        parsed = self.rule_file()
+        contacts_days = max(1, duration_us(parsed.contacts.window) // MICROS_PER_DAY)
+        entry_windows = [duration_us(r.window) for r in parsed.rules if isinstance(r, KnownEntryRule) and r.enabled]
+        fields_days = max(entry_windows) // MICROS_PER_DAY if entry_windows else self.re_entry.window_days
         return Rules(
             repeat_contact=RepeatContactRules(
-                self.repeat_contact.window_days,
-                self.repeat_contact.transfer_grace_minutes,
+                contacts_days,
+                duration_us(parsed.contacts.transfer_grace) // 60_000_000,
                 self.repeat_contact.alert_cooldown_minutes,
                 self.repeat_contact.max_evidence,
             ),
-            re_entry=ReEntryRules(self.re_entry.window_days, self.re_entry.alert_threshold, self.re_entry.max_evidence),
+            re_entry=ReEntryRules(max(1, fields_days), self.re_entry.alert_threshold, self.re_entry.max_evidence),
             vip_tiers=frozenset(self.vip_tiers),
             allowed_lateness_days=self.allowed_lateness_days,
             max_events_per_customer=self.max_events_per_customer,
+            friction=tuple(parsed.rules),
         )
 
 
@@ -354,7 +415,9 @@ def _loopback(host: str) -> bool:
 def load_settings(**overrides: Any) -> Settings:
     """Load and validate; raise ConfigError naming each bad key."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        settings.rules_obj  # noqa: B018  (the rule file is checked at start-up, with the rest)
+        return settings
     except ValidationError as e:
         raise describe_errors(e) from None
     except SettingsError as e:  # a CEM_* variable for a list or a section that is not JSON

@@ -18,8 +18,8 @@ def _at(us: int) -> str:
 
 
 def already_told_us(events: Sequence[Touch], trigger_index: int, draft: AlertDraft, rules: Rules) -> dict[str, Any]:
-    """Previous contacts (on the alert's matter, for repeat_contact; any matter in the repeat
-    window, for re_entry) and the fields the customer already gave, where and when."""
+    """Previous contacts (on the alert's matter, for a rule keyed by matter; any matter in the
+    contacts' window, otherwise) and the fields the customer already gave, where and when."""
     trigger = events[trigger_index]
     before = events[:trigger_index]
     contact_from = trigger.t - rules.repeat_contact.window_days * MICROS_PER_DAY
@@ -27,7 +27,9 @@ def already_told_us(events: Sequence[Touch], trigger_index: int, draft: AlertDra
     earlier = [
         e
         for e in before
-        if e.is_contact and e.t >= contact_from and (draft.kind != "repeat_contact" or e.matter == draft.subject)
+        if e.is_contact
+        and e.t >= contact_from
+        and (draft.key != "matter" or not draft.subject or e.matter == draft.subject)
     ][-MAX_CONTACTS:]
     contacts = [
         {"event_id": e.event_id, "at": _at(e.t), "channel": e.channel, "matter": e.matter, "agent_id": e.agent_id,

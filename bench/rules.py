@@ -1,0 +1,148 @@
+"""The judge alone, in process: throughput with the rule file's rules against the two
+hard-coded detectors they replaced, and with ten rules.
+
+    python -m bench.rules [--touchpoints 200000] [--customers 20000] [--repeat 3]
+
+The workload is bench/workload.py's (decoded and normalized once, before timing). Every
+variant judges the same touches, in the same order, from empty states; the best of
+`--repeat` runs is reported. The hard-coded detectors are those of the commit before the
+rule file (`BASELINE`), loaded from git, so both run in the same process and format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+from bench.workload import generate
+from pipeline.engine import memory
+from pipeline.engine.decode import Rejected, decode_touchpoint
+from pipeline.settings import FIELD_VOCABULARY, MATTER_VOCABULARY, RulesSettings, Topics
+from processors.judge import CustomerState, judge
+from processors.model import Rules, Touch
+from processors.normalize import to_touch
+from processors.rules import parse_rule_file
+
+ROOT = Path(__file__).resolve().parent.parent
+#: the last commit whose judge ran the two hard-coded detectors
+BASELINE = "c0b5bf6"
+
+#: five more rules, for the ten-rule run: each kind of template again, differently set
+MORE_RULES = yaml.safe_load("""
+- {name: repeat_any_channel, template: repeat, match: {contact: [new, continuation]}, key: matter, window: 30d,
+   threshold: 3, cooldown: 1d, severity: {high_at: 5}, summary: "{who} contacted us {count} times about {subject}."}
+- {name: searching_in_circles, template: repeat, match: {channel: web, type: search}, window: 1d, threshold: 20,
+   cooldown: 1d, summary: "{who} searched {count} times {span}."}
+- {name: login_then_call, template: sequence, first: {channel: web, type: login}, then: {channel: call_center},
+   window: 2h, summary: "{who} logged in and called {span}."}
+- {name: passport_again, template: known_entry, fields: [passport_number], window: 60d, threshold: 2,
+   summary: "{who} gave {subject} {count} times."}
+- {name: transferred_once, template: chain, legs: 2, summary: "{who} was transferred about {subject}."}
+""")
+
+
+def touches(n: int, customers: int) -> list[Touch]:
+    wl = generate(n, customers)
+    topics, vocab, matters = Topics(), frozenset(FIELD_VOCABULARY), frozenset(MATTER_VOCABULARY)
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    out: list[Touch] = []
+    for topic, _, raw in wl.touchpoints:
+        channel = topics.channel_of(topic)
+        ev = decode_touchpoint(channel, raw, vocabulary=vocab, now=now, max_future=timedelta(days=1),  # type: ignore[arg-type]
+                               max_bytes=1 << 20)  # fmt: skip
+        if isinstance(ev, Rejected) or ev.customer_id is None:
+            continue  # known by an identifier only: identity resolution is not what is measured here
+        out.append(to_touch(channel, ev, ev.customer_id, "customer_id", matters=matters))  # type: ignore[arg-type]
+    return out
+
+
+def baseline_judge() -> ModuleType:
+    """The judge of BASELINE with its two detectors, as modules of their own."""
+    here = Path(tempfile.mkdtemp(prefix="cem-bench-rules-"))
+    mods: dict[str, ModuleType] = {}
+    saved = {k: sys.modules.get(k) for k in ("processors.repeat_contact", "processors.re_entry")}
+    try:
+        for name in ("repeat_contact", "re_entry", "judge"):
+            src = subprocess.run(["git", "-C", str(ROOT), "show", f"{BASELINE}:processors/{name}.py"],  # noqa: S603, S607
+                                 check=True, capture_output=True, text=True).stdout  # fmt: skip
+            path = here / f"{name}.py"
+            path.write_text(src)
+            spec = importlib.util.spec_from_file_location(f"processors.{name}", path)
+            assert spec is not None and spec.loader is not None
+            mod = importlib.util.module_from_spec(spec)
+            if name != "judge":
+                sys.modules[f"processors.{name}"] = mod
+                import processors  # noqa: PLC0415
+
+                setattr(processors, name, mod)
+            spec.loader.exec_module(mod)
+            mods[name] = mod
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return mods["judge"]
+
+
+def run(label: str, items: list[Touch], judge_fn: Callable[..., Any], state_cls: Any, rules: Rules,
+        repeat: int) -> dict[str, Any]:  # fmt: skip
+    best = float("inf")
+    alerts = flagged = 0
+    for _ in range(repeat):
+        states: dict[str, Any] = {}
+        alerts = flagged = 0
+        started = time.perf_counter()
+        for t in items:
+            st = states.get(t.customer_id)
+            if st is None:
+                st = states[t.customer_id] = state_cls(t.customer_id)
+            _, verdict = judge_fn(st, t, rules, 0)
+            alerts += len(verdict.alerts)
+            flagged += sum(1 for r in verdict.rows if r.friction)
+        best = min(best, time.perf_counter() - started)
+    return {"variant": label, "touchpoints_per_s": round(len(items) / best), "us_per_touchpoint":
+            round(best / len(items) * 1e6, 2), "alert_versions": alerts, "flagged_row_versions": flagged}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--touchpoints", type=int, default=200_000)
+    ap.add_argument("--customers", type=int, default=20_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    memory.tune()
+    items = touches(args.touchpoints, args.customers)
+    default = RulesSettings().to_rules()
+    two = Rules(friction=tuple(r for r in default.friction or () if r.name in ("repeat_contact", "re_entry")))
+    data = yaml.safe_load((ROOT / "config" / "rules.yaml").read_text())
+    data["rules"] += MORE_RULES
+    ten = Rules(friction=tuple(parse_rule_file(data).rules))
+    assert len(ten.detectors) == 10
+    old = baseline_judge()
+    results = [
+        run("hard-coded detectors (" + BASELINE + ")", items, old.judge, old.CustomerState, Rules(), args.repeat),
+        run("rule file: repeat_contact + re_entry", items, judge, CustomerState, two, args.repeat),
+        run("rule file: the default (5 rules)", items, judge, CustomerState, default, args.repeat),
+        run("rule file: 10 rules", items, judge, CustomerState, ten, args.repeat),
+    ]
+    print(f"{len(items):,} touchpoints, {args.customers:,} customers, best of {args.repeat}")
+    for r in results:
+        print(f"  {r['variant']:<42} {r['touchpoints_per_s']:>9,}/s  {r['us_per_touchpoint']:>6} us  "
+              f"alerts {r['alert_versions']:>6,}  flagged rows {r['flagged_row_versions']:>6,}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
