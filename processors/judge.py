@@ -48,6 +48,7 @@ class Stored:
     reentered: tuple[str, ...] = ()
     revision: int = 0
     contact: str = ""  # "" (not an assisted contact) | new | continuation
+    chain: str = ""  # a contact's chain: the event id of its first contact ("" for other events)
     # The detectors' states after folding the kept events up to this one: the next event,
     # in order or not, continues from here instead of replaying the kept history, and a
     # replay stops where the states it computes meet these again. Valid however much
@@ -95,12 +96,13 @@ class CustomerState:
     def to_snapshot(self) -> list[Any]:
         """The state in the compact form snapshots keep (pipeline/engine/snapshots.py), for orjson:
         [customer_id, profile, max_t, events, alerts], each event as
-        [touch row, friction, re-entered fields, revision, contact role]."""
+        [touch row, friction, re-entered fields, revision, contact role, chain] (states written
+        before chains were kept have no chain: it is then "", and the next replay sets it)."""
         return [
             self.customer_id,
             self.profile,
             self.max_t,
-            [(s.touch.to_row(), s.friction, s.reentered, s.revision, s.contact) for s in self.events],
+            [(s.touch.to_row(), s.friction, s.reentered, s.revision, s.contact, s.chain) for s in self.events],
             list(self.alerts.values()),
         ]
 
@@ -111,8 +113,8 @@ class CustomerState:
             customer_id,
             _profile(profile),
             [
-                Stored(Touch.from_row(row), tuple(f), tuple(r), revision, contact)
-                for row, f, r, revision, contact in events
+                Stored(Touch.from_row(e[0]), tuple(e[1]), tuple(e[2]), e[3], e[4], e[5] if len(e) > 5 else "")
+                for e in events
             ],
             max_t,
             {a["alert_id"]: _published(a) for a in alerts},
@@ -139,6 +141,7 @@ class RowVersion:
     reentered: tuple[str, ...]
     revision: int
     contact: str = ""
+    chain: str = ""  # the event id of the first contact of a contact's chain
 
 
 @dataclass(slots=True)  # a value (why not frozen: model.py)
@@ -198,12 +201,11 @@ def alert_body(draft: AlertDraft, first_t: int) -> dict[str, Any]:
         "trigger": draft.trigger_event_id,
         "trigger_channel": draft.trigger_uid.split("/", 1)[0],
         "summary": summarize(draft, first_t),
-        "rule": draft.kind,
         "rule_version": draft.rule_version,
     }
 
 
-Flags = tuple[tuple[str, ...], tuple[str, ...], str]  # friction, re-entered fields, contact role
+Flags = tuple[tuple[str, ...], tuple[str, ...], str, str]  # friction, re-entered fields, contact role, chain
 
 
 Tail = tuple[Any, ...]  # the contacts fold's state, then each detector's
@@ -212,7 +214,7 @@ Tail = tuple[Any, ...]  # the contacts fold's state, then each detector's
 #: every alert cost more
 CONTEXT_EVENTS = 200
 DUPLICATE = Judgement(duplicate=True)
-NO_FLAGS: Flags = ((), (), "")
+NO_FLAGS: Flags = ((), (), "", "")
 NO_ALERTS: list[AlertDraft] = []  # never appended to
 
 
@@ -292,7 +294,7 @@ def _replay(
                     alerts.extend(v.alerts)
                 capped = capped or v.capped
             states = tuple(new_states)
-            event_flags: Flags = (tuple(friction), reentered, role) if friction or role else NO_FLAGS
+            event_flags: Flags = (tuple(friction), reentered, role, root) if friction or role else NO_FLAGS
         else:  # no rule looks at it: the states stay as they are
             alerts, event_flags = NO_ALERTS, NO_FLAGS
         before = stored.after
@@ -342,15 +344,16 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
     flags, drafts, stop, capped = _replay(events, start, state, rules, tail)
 
     rows: list[RowVersion] = []
-    for stored, (friction, reentered, contact) in zip(events[start : stop + 1], flags, strict=True):
-        if stored.revision == 0 or (friction, reentered, contact) != (
+    for stored, (friction, reentered, contact, chain) in zip(events[start : stop + 1], flags, strict=True):
+        if stored.revision == 0 or (friction, reentered, contact, chain) != (
             stored.friction,
             stored.reentered,
             stored.contact,
+            stored.chain,
         ):
-            stored.friction, stored.reentered, stored.contact = friction, reentered, contact
+            stored.friction, stored.reentered, stored.contact, stored.chain = friction, reentered, contact, chain
             stored.revision += 1
-            rows.append(RowVersion(stored.touch, friction, reentered, stored.revision, contact))
+            rows.append(RowVersion(stored.touch, friction, reentered, stored.revision, contact, chain))
 
     alerts: list[AlertVersion] = []
     for aid, (order_key, body) in drafts.items():

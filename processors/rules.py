@@ -288,8 +288,8 @@ def _sentences(e: ValidationError, data: dict[str, Any], source: str) -> list[st
         else:
             key = ".".join(str(p) for p in loc) or "(file)"
             if key == "(file)" and msg.startswith("rule "):
-                who, _, rest = msg.partition(": ")
-                k, _, why = rest.partition(": ")
+                who, _, tail = msg.partition(": ")
+                k, _, why = tail.partition(": ")
                 out.append(f"{where} {who}, key {k!r}: {why}.")
             else:
                 out.append(f"{where} key {key!r}: {msg}.")
