@@ -266,6 +266,7 @@ def _replay(
     detectors = rules.detectors
     contacts_window = rules.repeat_contact.window_days * 86_400_000_000
     grace = rules.repeat_contact.transfer_grace_minutes * 60_000_000
+    fields_window = rules.re_entry.window_days * 86_400_000_000  # as far back as a context's fields go
     capped = False
     for i in range(start if tail is not None else 0, len(events)):
         stored = events[i]
@@ -273,8 +274,8 @@ def _replay(
         if i == start:
             states = _seed(states, state, rules, stored)
         interested = rules.interested(touch)
-        if interested or touch.is_contact:
-            contacts, role, root = contacts_step(states[0], touch, contacts_window, grace)
+        if interested or touch.is_contact or touch.fields:
+            contacts, role, root = contacts_step(states[0], touch, contacts_window, grace, fields_window)
             new_states = list(states)
             new_states[0] = contacts
             friction: list[str] = []

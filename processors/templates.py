@@ -84,13 +84,26 @@ class ContactsState:
     last_end: int | None = None
     last_outcome: str = ""
     last_root: str = ""
+    # (event id, time) of events with fields inside the fields' window: with `contacts`, what an
+    # alert's "already told us" context is made of, so that a replay stops only where no later
+    # alert's context can change, whatever rules the file holds
+    given: tuple[tuple[str, int], ...] = ()
 
 
 _contact_t: Callable[[tuple[str, int, str]], int] = itemgetter(1)
+_given_t: Callable[[tuple[str, int]], int] = itemgetter(1)
 
 
-def contacts_step(state: ContactsState, touch: Touch, window_us: int, grace_us: int) -> tuple[ContactsState, str, str]:
+def contacts_step(
+    state: ContactsState, touch: Touch, window_us: int, grace_us: int, fields_window_us: int
+) -> tuple[ContactsState, str, str]:
     """The contact role of the touch ("" | new | continuation) and its chain's first contact."""
+    if touch.fields:
+        given = (
+            *_from(state.given, touch.t - fields_window_us, _given_t)[-MAX_CONTACTS + 1 :],
+            (touch.event_id, touch.t),
+        )
+        state = ContactsState(state.contacts, state.last_end, state.last_outcome, state.last_root, given)
     if not touch.is_contact:
         return state, "", ""
     root = ""
@@ -113,6 +126,7 @@ def contacts_step(state: ContactsState, touch: Touch, window_us: int, grace_us: 
         touch.t + touch.duration_s * 1_000_000,
         touch.outcome,
         root,
+        state.given,
     )
     return state, role, root
 
