@@ -32,7 +32,7 @@ CONDITION_FIELDS = {
     "place": "place",
     "agent_id": "agent_id",
     "loyalty_tier": "loyalty_tier",
-    "contact": "contact_role",
+    "contact": "contact",
     "outcome": "outcome",
     "fields": "fields",  # any of the names given is among the fields entered
 }
