@@ -162,8 +162,8 @@ class Rules:
         return found
 
     def __post_init__(self) -> None:
-        from processors.rules import legacy_rules  # noqa: PLC0415  (rules imports this module)
-        from processors.templates import Chain, KnownEntry, Repeat, Sequence  # noqa: PLC0415
+        from processors.rules import legacy_rules  # rules imports this module
+        from processors.templates import Chain, KnownEntry, Repeat, Sequence
 
         rc, re = self.repeat_contact, self.re_entry
         specs = self.friction

@@ -580,6 +580,11 @@ def demo(
     run_demo(settings(), story, customers, console)
 
 
+from pipeline.ops.rules_cli import rules_app  # noqa: E402  (it reads this module's console and settings)
+
+app.add_typer(rules_app, name="rules")
+
+
 def main() -> None:
     import logging
 

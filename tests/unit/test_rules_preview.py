@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.engine.rows import timeline_row
+from pipeline.engine.rows import alert_row, timeline_row
 from pipeline.ops.rules_preview import Preview, condition_sql, preview, rule_sql
 from pipeline.settings import DEFAULT_RULES
 from processors.judge import AlertVersion, RowVersion
 from processors.model import ReEntryRules, RepeatContactRules, Rules
 from processors.rules import parse_rule_file
 from sinks.clickhouse.migrate import migrate
-from sinks.clickhouse.writer import TIMELINE_COLUMNS
+from sinks.clickhouse.writer import ALERT_COLUMNS, TIMELINE_COLUMNS
 from tests.chdb_client import ChdbClient
 from tests.rules_workload import EXTRA_RULES, generate, judge_all
 
@@ -72,6 +72,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChdbClien
     for i in range(0, len(rows), 500):  # every version, as the worker writes them
         client.execute(f"INSERT INTO cem.timeline_versions ({', '.join(TIMELINE_COLUMNS)}) VALUES",
                        [timeline_row(r, 0) for r in rows[i : i + 500]])  # fmt: skip
+    client.execute(f"INSERT INTO cem.friction_alert_versions ({', '.join(ALERT_COLUMNS)}) VALUES",
+                   [alert_row(a, ("t", 0, 0), 0) for a in alerts])  # fmt: skip
     yield client, *live(rows, alerts)
     client.close()
 
@@ -109,3 +111,42 @@ def test_conditions_as_sql() -> None:
     for spec in SPECS.values():  # portable SQL: no window functions, no CTEs
         sql = rule_sql(spec, "cem", 7 * 86400)
         assert " OVER " not in sql.upper() and not sql.lstrip().upper().startswith("WITH")
+
+
+def test_backfill_writes_a_new_rules_flags_and_alerts_once(loaded: Any) -> None:
+    from pipeline.ops.rules_backfill import backfill
+    from pipeline.ops.rules_cli import _draft
+
+    client, flags, alerts = loaded
+    # a rule the judge did not run: the workload's chats followed by an email within a day
+    draft = parse_rule_file({"rules": [{"name": "chat_then_email", "template": "sequence", "version": 2,
+                                        "first": {"type": "chat"}, "then": {"type": "email"}, "window": "1d",
+                                        "summary": "{who} chatted, then wrote to us {span}."}]}).rules[0]  # fmt: skip
+    detector = Rules(friction=(draft,)).detectors[0]
+    result = preview(client, draft, detector, "cem", 7 * 86400)
+    assert result.flags and result.alerts
+    drafts = [_draft(draft, a) for a in result.alerts]
+    first = backfill(client, "cem", draft, result, drafts)
+    assert (first.rows, first.alerts, first.rows_already, first.alerts_already) == (
+        len(result.flags), len(result.alerts), 0, 0)  # fmt: skip
+    again = backfill(client, "cem", draft, preview(client, draft, detector, "cem", 7 * 86400), drafts)
+    assert (again.rows, again.alerts) == (0, 0) and again.rows_already == len(result.flags)
+    flagged = client.execute("SELECT customer_id, event_id FROM cem.timeline WHERE has(friction, 'chat_then_email')")
+    assert set(flagged) == {(f.customer_id, f.event_id) for f in result.flags}
+    written = client.execute(
+        "SELECT count(), min(backfilled), min(rule_version), min(toString(status)) FROM cem.friction_alerts "
+        "WHERE kind = 'chat_then_email'"
+    )
+    assert written == [(len(result.alerts), 1, 2, "open")]
+    # the rule's flags come on top of the others the rows had
+    ((kept,),) = client.execute(
+        "SELECT count() FROM cem.timeline WHERE has(friction, 'chat_then_email') AND length(friction) > 1"
+    )
+    assert kept > 0
+    # a rule the judge ran live: everything is there already
+    live_rule = SPECS["repeat_contact"]
+    live_result = preview(client, live_rule, DETECTORS["repeat_contact"], "cem", 7 * 86400)
+    same = backfill(client, "cem", live_rule, live_result, [_draft(live_rule, a) for a in live_result.alerts],
+                    dry_run=True)  # fmt: skip
+    assert same.rows == 0 and same.rows_already == len(flags["repeat_contact"])
+    assert same.alerts == 0 and same.alerts_already == len(alerts["repeat_contact"])
