@@ -106,3 +106,26 @@ def test_passed_around_a_contact_of_three_legs_and_three_agents() -> None:
     # two legs are not passed around, nor a new contact on the same matter
     assert not kinds(run(legs[:2])[1], "passed_around")
     assert not kinds(run([*legs[:2], contact("c3", 2 * H)])[1], "passed_around")
+
+
+def test_a_snapshot_round_trips_the_chain_and_reads_states_written_before_it() -> None:
+    import orjson
+
+    legs = [
+        contact("c1", 0 * M, outcome="transferred", duration_s=60),
+        contact("c2", 2 * M, outcome="transferred", prev="c1", duration_s=60),
+    ]
+    state = CustomerState("C")
+    for t in legs:
+        state, _ = judge(state, t, DEFAULT_RULES, 0)
+    assert [s.chain for s in state.events] == ["c1", "c1"]
+    snap = orjson.loads(orjson.dumps(state.to_snapshot()))
+    assert CustomerState.from_snapshot(snap) == state
+    # a state written before chains were kept: events of five items
+    old = [*snap[:3], [e[:5] for e in snap[3]], snap[4]]
+    back = CustomerState.from_snapshot(old)
+    assert [s.chain for s in back.events] == ["", ""]
+    back, verdict = judge(back, contact("c3", 4 * M, prev="c2"), DEFAULT_RULES, 0)
+    state, same = judge(state, contact("c3", 4 * M, prev="c2"), DEFAULT_RULES, 0)
+    assert [r.friction for r in verdict.rows] == [r.friction for r in same.rows] == [("passed_around",)]
+    assert [a.alert_id for a in verdict.alerts] == [a.alert_id for a in same.alerts]
