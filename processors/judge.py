@@ -231,8 +231,14 @@ def _seed(tail: Tail, state: CustomerState, rules: Rules, at: Stored) -> Tail:
     """Cooldowns of known-entry rules before `at` are what was published, not what the
     (possibly pruned) replay says: outputs before it cannot change."""
     todo = rules.seeded
-    if not todo or (not state.alerts and not any(tail[j + 1].last_alert for j in todo)):
+    if not todo:
         return tail
+    if not state.alerts:
+        for j in todo:
+            if tail[j + 1].last_alert:
+                break
+        else:
+            return tail
     last: dict[str, dict[str, int]] = {}
     for a in state.alerts.values():
         if a.status == "open" and a.order_key < at.key and a.body["field"] is not None:

@@ -411,10 +411,12 @@ class Sequence(Detector):
 
     def step(self, state: SequenceState, touch: Touch, role: str, root: str) -> tuple[SequenceState, Verdict]:
         is_first = self.first_m is not None and self.first_m(touch, role)
+        if not is_first and not state.pending:
+            return state, NO_VERDICT  # nothing pending to follow or cut off (the common case)
         is_then = self.then_m is not None and self.then_m(touch, role)
         is_without = self.without_m is not None and self.without_m(touch, role)
-        if not is_first and (not state.pending or not (is_then or is_without)):
-            return state, NO_VERDICT  # nothing pending to follow or cut off
+        if not (is_first or is_then or is_without):
+            return state, NO_VERDICT
         key = key_of(touch, self.key)
         pending = _from(state.pending, touch.t - self.window_us, _step_t)
         last_alert = tuple(a for a in state.last_alert if a[1] > touch.t - self.cooldown_us)
