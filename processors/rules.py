@@ -235,6 +235,13 @@ class ContactsSpec(_Strict):
         duration_us(v)
         return v
 
+    @field_validator("window")
+    @classmethod
+    def _days(cls, v: str) -> str:
+        if duration_us(v) % MICROS_PER_DAY:
+            raise ValueError("a whole number of days, like 7d")
+        return v
+
 
 class RuleFile(_Strict):
     contacts: ContactsSpec = ContactsSpec()

@@ -106,3 +106,8 @@ def test_a_disabled_rule_is_not_run() -> None:
     rule(data, "passed_around")["enabled"] = False
     rules = Rules(friction=tuple(parse_rule_file(data).rules))
     assert "passed_around" not in [d.name for d in rules.detectors]
+
+
+def test_the_contacts_window_is_whole_days() -> None:
+    said = problem(lambda d: d["contacts"].update(window="36h"))
+    assert said == "rules.yaml: key 'contacts.window': a whole number of days, like 7d."
