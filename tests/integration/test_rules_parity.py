@@ -121,3 +121,18 @@ def test_every_template_live_equals_preview_and_a_new_rule_is_exact(space: Names
     assert "events flagged" in out.stdout and "by day" in out.stdout
     out = space.cem("rules", "preview", "payment_failed_twice", "--from", "2027-01-01", check=False)
     assert out.returncode == 1 and "matches nothing" in out.stdout
+
+    # backfill: a rule the worker ran writes nothing; a draft rule writes its flags and alerts once
+    out = space.cem("rules", "backfill", "failed_self_service", "--to", "2026-12-01")
+    assert "wrote 0 timeline rows and 0 alerts" in out.stdout, out.stdout
+    draft = tmp_path / "draft.yaml"
+    chat_then_email = {"name": "chat_then_email", "template": "sequence", "version": 2, "first": {"type": "chat"},
+                       "then": {"type": "email"}, "window": "1d", "summary": "{who} chatted, then wrote."}  # fmt: skip
+    draft.write_text(yaml.safe_dump({"rules": [chat_then_email]}))
+    first = space.cem("rules", "backfill", "chat_then_email", "--file", str(draft), "--to", "2026-12-01").stdout
+    again = space.cem("rules", "backfill", "chat_then_email", "--file", str(draft), "--to", "2026-12-01").stdout
+    written = ch.execute(f"SELECT count(), min(backfilled), min(rule_version) FROM {db}.friction_alerts "
+                         "WHERE kind = 'chat_then_email' AND status = 'open'")  # fmt: skip
+    ((n, backfilled, version),) = written
+    assert n > 0 and (backfilled, version) == (1, 2)
+    assert f"and {n} alerts;" in first and "wrote 0 timeline rows and 0 alerts" in again, (first, again)
