@@ -22,17 +22,18 @@ from processors.rules import parse_rule_file
 from tests.integration.conftest import Namespace
 from tests.rules_workload import EXTRA_RULES, T0, _iso, generate
 
-#: the rule added for this test only: "the payment that failed twice" within a day
-PAYMENT_FAILED_TWICE = {
-    "name": "payment_failed_twice", "template": "repeat", "version": 1,
-    "match": {"channel": "booking", "type": "payment_failed"}, "window": "1d", "threshold": 2, "cooldown": "1d",
-    "severity": {"vip": "high"}, "summary": "{who}'s payment failed {count} times {span}.",
+#: the rule added for this test only: check-in started again within a day (the random
+#: workload has no check-in events, so the labelled customers are the only ones it can flag)
+CHECKIN_RETRIED = {
+    "name": "checkin_retried", "template": "repeat", "version": 1,
+    "match": {"channel": "booking", "type": "checkin_started"}, "window": "1d", "threshold": 2, "cooldown": "1d",
+    "severity": {"vip": "high"}, "summary": "{who} started check-in {count} times {span}.",
 }  # fmt: skip
 
 
 def labelled(n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[tuple[str, str]]]:
-    """Customers L-*: two failed payments 2 h apart (labelled: the second is the trigger), or a
-    near miss (30 h apart), among bookings and page views."""
+    """Customers L-*: check-in started twice 2 h apart (labelled: the second is the trigger), or
+    a near miss (30 h apart), among page views, failed payments and bookings."""
     rng = random.Random(7)
     profiles, events, labels = [], [], set()
     for c in range(n):
@@ -41,15 +42,16 @@ def labelled(n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], set[tu
                          "loyalty_tier": "none", "known_fields": []})  # fmt: skip
         t = T0 + timedelta(hours=rng.randrange(100))
         gap = timedelta(hours=2 if c % 3 else 30)
-        for i, (type_, at) in enumerate((("page_view", t), ("payment_failed", t + timedelta(minutes=5)),
-                                         ("payment_failed", t + gap), ("booking_created", t + gap + gap))):  # fmt: skip
+        for i, (type_, at) in enumerate((("page_view", t), ("checkin_started", t + timedelta(minutes=5)),
+                                         ("payment_failed", t + gap / 2), ("checkin_started", t + gap),
+                                         ("booking_created", t + gap + gap))):  # fmt: skip
             eid = f"L{c}-{i}"
             channel = "web" if type_ == "page_view" else "booking"
             value = {"event_id": eid, "occurred_at": _iso(at), "customer_id": cid, "type": type_}
             value |= {"session_id": "s"} if channel == "web" else {"booking_ref": f"R{c}"}
             events.append({"channel": channel, "value": value})
         if c % 3:
-            labels.add((cid, f"L{c}-2"))
+            labels.add((cid, f"L{c}-3"))
     return profiles, events, labels
 
 
@@ -64,7 +66,7 @@ def _records(ns: Namespace, profiles: list[dict[str, Any]], events: list[dict[st
 
 def test_every_template_live_equals_preview_and_a_new_rule_is_exact(space: Namespace, tmp_path: Path) -> None:
     data = yaml.safe_load(DEFAULT_RULES.read_text())
-    data["rules"] += [*EXTRA_RULES, PAYMENT_FAILED_TWICE]
+    data["rules"] += [*EXTRA_RULES, CHECKIN_RETRIED]
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     space.start_worker(env={"CEM_RULES__FILE": str(path), "CEM_RULES__ALLOWED_LATENESS_DAYS": "30"})
@@ -105,21 +107,22 @@ def test_every_template_live_equals_preview_and_a_new_rule_is_exact(space: Names
         ), spec.name
     assert {v for *_, v in alerts} == {1}  # alerts carry their rule's version
 
-    # the new rule, on the labelled customers: exact live, and in preview
-    live_new = {(c, t) for k, c, t, *_ in alerts if k == "payment_failed_twice" and c.startswith("L-")}
+    # the new rule flags the labelled workload exactly (precision and recall 1.0), live and in preview
+    live_new = {(c, t) for k, c, t, *_ in alerts if k == "checkin_retried"}
     assert live_new == labels
-    got = preview(ch, parse_rule_file(data).rules[-1], detectors["payment_failed_twice"], db, 7 * 86400)
-    assert {(a.customer_id, a.trigger) for a in got.alerts if a.customer_id.startswith("L-")} == labels
+    assert {(c, e) for c, e, friction in timeline if "checkin_retried" in friction} == labels
+    got = preview(ch, parse_rule_file(data).rules[-1], detectors["checkin_retried"], db, 7 * 86400)
+    assert {(a.customer_id, a.trigger) for a in got.alerts} == labels
     assert space.stats()["row_rewrites"] > 0  # the order was not event order: late events rewrote rows
 
     # the command line: a preview, and a rule that matches nothing
     env_file = {"CEM_RULES__FILE": str(path)}
-    out = space.cem("rules", "preview", "payment_failed_twice", "--sample", "3", check=False)
-    assert out.returncode == 2 and "no rule 'payment_failed_twice'" in out.stderr  # not in the default file
+    out = space.cem("rules", "preview", "checkin_retried", "--sample", "3", check=False)
+    assert out.returncode == 2 and "no rule 'checkin_retried'" in out.stderr  # not in the default file
     space.env.update(env_file)
-    out = space.cem("rules", "preview", "payment_failed_twice", "--sample", "3")
+    out = space.cem("rules", "preview", "checkin_retried", "--sample", "3")
     assert "events flagged" in out.stdout and "by day" in out.stdout
-    out = space.cem("rules", "preview", "payment_failed_twice", "--from", "2027-01-01", check=False)
+    out = space.cem("rules", "preview", "checkin_retried", "--from", "2027-01-01", check=False)
     assert out.returncode == 1 and "matches nothing" in out.stdout
 
     # backfill: a rule the worker ran writes nothing; a draft rule writes its flags and alerts once
