@@ -301,7 +301,7 @@ def _replay(
                     alerts.extend(v.alerts)
                 capped = capped or v.capped
             states = tuple(new_states)
-            event_flags: Flags = (tuple(friction), reentered, role, root) if friction or role else NO_FLAGS
+            event_flags: Flags = (tuple(friction), reentered, role, root[0]) if friction or role else NO_FLAGS
         else:  # no rule looks at it: the states stay as they are
             alerts, event_flags = NO_ALERTS, NO_FLAGS
         before = stored.after

@@ -75,28 +75,33 @@ FLAGGED = Verdict(flagged=True)
 # --------------------------------------------------------------------------- contacts
 
 
+#: a contact chain's first contact: (event id, time, matter as a key, channel, agent id)
+Root = tuple[str, int, str, str, str]
+NO_ROOT: Root = ("", 0, "", "", "")  # of an event that is not a contact
+
+
 @dataclass(slots=True)  # a value (why not frozen: model.py)
 class ContactsState:
-    # (event id, time, chain root) of assisted contacts inside the window: a transfer leg names
-    # the contact it continues
-    contacts: tuple[tuple[str, int, str], ...] = ()
-    # end time, outcome and chain root of this customer's previous assisted contact (any matter)
+    # (event id, time, chain's first contact) of assisted contacts inside the window: a
+    # transfer leg names the contact it continues
+    contacts: tuple[tuple[str, int, Root], ...] = ()
+    # end time, outcome and chain of this customer's previous assisted contact (any matter)
     last_end: int | None = None
     last_outcome: str = ""
-    last_root: str = ""
+    last_root: Root = NO_ROOT
     # (event id, time) of events with fields inside the fields' window: with `contacts`, what an
     # alert's "already told us" context is made of, so that a replay stops only where no later
     # alert's context can change, whatever rules the file holds
     given: tuple[tuple[str, int], ...] = ()
 
 
-_contact_t: Callable[[tuple[str, int, str]], int] = itemgetter(1)
+_contact_t: Callable[[tuple[str, int, Root]], int] = itemgetter(1)
 _given_t: Callable[[tuple[str, int]], int] = itemgetter(1)
 
 
 def contacts_step(
     state: ContactsState, touch: Touch, window_us: int, grace_us: int, fields_window_us: int
-) -> tuple[ContactsState, str, str]:
+) -> tuple[ContactsState, str, Root]:
     """The contact role of the touch ("" | new | continuation) and its chain's first contact."""
     if touch.fields:
         given = (
@@ -105,8 +110,8 @@ def contacts_step(
         )
         state = ContactsState(state.contacts, state.last_end, state.last_outcome, state.last_root, given)
     if not touch.is_contact:
-        return state, "", ""
-    root = ""
+        return state, "", NO_ROOT
+    root: Root | None = None
     prev = touch.previous_contact_id
     if prev:
         oldest = touch.t - window_us
@@ -114,12 +119,13 @@ def contacts_step(
             if c == prev and t >= oldest:
                 root = r
                 break
-    if not root and (
+    if root is None and (
         state.last_outcome == "transferred" and state.last_end is not None and touch.t <= state.last_end + grace_us
     ):
         root = state.last_root
-    role = "continuation" if root else "new"
-    root = root or touch.event_id
+    role = "continuation" if root is not None else "new"
+    if root is None:
+        root = (touch.event_id, touch.t, key_of(touch, "matter"), touch.channel, touch.agent_id)
     cut = touch.t - window_us
     state = ContactsState(
         (*_from(state.contacts, cut, _contact_t)[-MAX_CONTACTS + 1 :], (touch.event_id, touch.t, root)),
@@ -175,7 +181,7 @@ class Detector:
             return "high"
         return "medium"
 
-    def step(self, state: Any, touch: Touch, role: str, root: str) -> tuple[Any, Verdict]:
+    def step(self, state: Any, touch: Touch, role: str, root: Root) -> tuple[Any, Verdict]:
         raise NotImplementedError
 
     def could(self, channel: str, type_: str, is_contact: bool, has_fields: bool) -> bool:
@@ -203,7 +209,7 @@ class Repeat(Detector):
     def could(self, channel: str, type_: str, is_contact: bool, has_fields: bool) -> bool:
         return could_match(_listed(self.conditions), channel, type_, is_contact, has_fields)
 
-    def step(self, state: RepeatState, touch: Touch, role: str, root: str) -> tuple[RepeatState, Verdict]:
+    def step(self, state: RepeatState, touch: Touch, role: str, root: Root) -> tuple[RepeatState, Verdict]:
         if self.match is not None and not self.match(touch, role):
             return state, NO_VERDICT
         key = key_of(touch, self.key)
@@ -293,7 +299,7 @@ class KnownEntry(Detector):
     def could(self, channel: str, type_: str, is_contact: bool, has_fields: bool) -> bool:
         return has_fields and could_match(_listed(self.conditions), channel, type_, is_contact, has_fields)
 
-    def step(self, state: EntryState, touch: Touch, role: str, root: str) -> tuple[EntryState, Verdict]:
+    def step(self, state: EntryState, touch: Touch, role: str, root: Root) -> tuple[EntryState, Verdict]:
         if not touch.fields or (self.match is not None and not self.match(touch, role)):
             return state, NO_VERDICT
         window = self.window_us
@@ -409,7 +415,7 @@ class Sequence(Detector):
             return not a or not b or a == b
         return a != "" and a == b
 
-    def step(self, state: SequenceState, touch: Touch, role: str, root: str) -> tuple[SequenceState, Verdict]:
+    def step(self, state: SequenceState, touch: Touch, role: str, root: Root) -> tuple[SequenceState, Verdict]:
         is_first = self.first_m is not None and self.first_m(touch, role)
         if not is_first and not state.pending:
             return state, NO_VERDICT  # nothing pending to follow or cut off (the common case)
@@ -499,21 +505,23 @@ class Chain(Detector):
             return True
         return self.agents is not None and len({a for _, _, a in legs if a}) >= self.agents
 
-    def step(self, state: ChainState, touch: Touch, role: str, root: str) -> tuple[ChainState, Verdict]:
-        if not role:
+    def step(self, state: ChainState, touch: Touch, role: str, root: Root) -> tuple[ChainState, Verdict]:
+        # A chain is kept from its first continuation on: a contact nobody continued (most of
+        # them) costs nothing here, and the contacts fold knows its first contact (`root`).
+        if role != "continuation":
             return state, NO_VERDICT
         chains = _from(state.chains, touch.t - self.window_us, _link_t)
         leg = (touch.event_id, touch.channel, touch.agent_id)
-        link = next((c for c in chains if c.root == root), None) if role == "continuation" else None
+        first_id = root[0]
+        link = next((c for c in chains if c.root == first_id), None)
         if link is None:
-            new = Link(root, key_of(touch, "matter"), touch.t, touch.t, 1, (leg,))
-            return ChainState((*chains[-MAX_CONTACTS + 1 :], new)), NO_VERDICT
+            link = Link(first_id, root[2], root[1], root[1], 1, ((first_id, root[3], root[4]),))
         # a chain's legs count all of them; its evidence lists the first and the newest
         count = link.count + 1
         legs = (*link.legs, leg) if len(link.legs) < self.max_evidence else (link.legs[0], *link.legs[2:], leg)
         reached = self._reached(legs, count)
         updated = Link(link.root, link.matter, touch.t, link.first_t, count, legs, link.alerted or reached)
-        rest = tuple(c for c in chains if c is not link)
+        rest = tuple(c for c in chains if c is not link)[-MAX_CONTACTS + 1 :]
         state = ChainState((*rest, updated))
         if not reached:
             return state, NO_VERDICT
