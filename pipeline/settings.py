@@ -9,6 +9,7 @@ without copying the file. A bad value is reported by its dotted name (`kafka.par
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 from functools import cached_property
@@ -26,13 +27,14 @@ from pydantic_settings import (
 )
 
 from processors.model import MICROS_PER_DAY, ReEntryRules, RepeatContactRules, Rules
-from processors.rules import KnownEntryRule, RepeatRule, RuleFile, RuleFileError, duration_us, parse_rule_file
+from processors.rules import KnownEntryRule, RuleFile, RuleFileError, duration_us, parse_rule_file
 from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.settings import ConfigError as ConfigError  # the error every settings problem raises
 from sinks.settings import Section, describe_errors, yaml_error
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "cem.yaml"
 DEFAULT_RULES = DEFAULT_CONFIG.parent / "rules.yaml"
+log = logging.getLogger("cem.settings")
 FIELD_VOCABULARY = (
     "name",
     "email",
@@ -258,32 +260,43 @@ class RulesSettings(Section):
         return self._legacy(parsed)
 
     def _legacy(self, parsed: RuleFile) -> RuleFile:
+        """The rule file with the legacy keys set here applied; one that changes what the file
+        says is logged, so that an old config/cem.yaml does not silently win over the rule file."""
         rc, re = self.repeat_contact, self.re_entry
-        contacts = parsed.contacts
-        if "window_days" in rc.model_fields_set:
-            contacts = contacts.model_copy(update={"window": f"{rc.window_days}d"})
-        if "transfer_grace_minutes" in rc.model_fields_set:
-            contacts = contacts.model_copy(update={"transfer_grace": f"{rc.transfer_grace_minutes}m"})
-        rules = []
-        for r in parsed.rules:
-            update: dict[str, Any] = {}
-            if r.name == "repeat_contact" and isinstance(r, RepeatRule):
-                update = {
-                    {"window_days": "window", "alert_cooldown_minutes": "cooldown", "max_evidence": "max_evidence"}[
-                        k
-                    ]: (f"{v}d" if k == "window_days" else f"{v}m" if k == "alert_cooldown_minutes" else v)
-                    for k, v in rc.model_dump().items()
-                    if k in rc.model_fields_set and k != "transfer_grace_minutes"
-                }
-            elif r.name == "re_entry" and isinstance(r, KnownEntryRule):
-                names = {"window_days": "window", "alert_threshold": "threshold", "max_evidence": "max_evidence"}
-                update = {
-                    names[k]: f"{v}d" if k == "window_days" else v
-                    for k, v in re.model_dump().items()
-                    if k in re.model_fields_set
-                }
-            rules.append(r.model_copy(update=update) if update else r)
-        return RuleFile.model_construct(contacts=contacts, rules=rules)
+        # (legacy key, the rule's name or "contacts", its key there, the value in the file's terms)
+        wanted: list[tuple[str, str, str, Any]] = []
+        for k in sorted(rc.model_fields_set):
+            v = getattr(rc, k)
+            if k == "window_days":
+                wanted += [(k, "repeat_contact", "window", f"{v}d"), (k, "contacts", "window", f"{v}d")]
+            elif k == "transfer_grace_minutes":
+                wanted.append((k, "contacts", "transfer_grace", f"{v}m"))
+            elif k == "alert_cooldown_minutes":
+                wanted.append((k, "repeat_contact", "cooldown", f"{v}m"))
+            else:
+                wanted.append((k, "repeat_contact", k, v))
+        names = {"window_days": "window", "alert_threshold": "threshold", "max_evidence": "max_evidence"}
+        for k in sorted(re.model_fields_set):
+            v = getattr(re, k)
+            wanted.append((k, "re_entry", names[k], f"{v}d" if k == "window_days" else v))
+        legacy = (("repeat_contact", "repeat"), ("re_entry", "known_entry"))
+        targets: dict[str, Any] = {"contacts": parsed.contacts}
+        targets |= {r.name: r for r in parsed.rules if (r.name, r.template) in legacy}
+        for k, name, key, value in wanted:
+            target = targets.get(name)
+            if target is None:
+                continue
+            before = getattr(target, key)
+            same = duration_us(before) == duration_us(value) if isinstance(value, str) else before == value
+            if not same:
+                section = "repeat_contact" if name in ("repeat_contact", "contacts") else "re_entry"
+                log.warning(
+                    "rules.%s.%s (config/cem.yaml or CEM_RULES__...) overrides %s: %s instead of %s",
+                    section, k, f"contacts.{key}" if name == "contacts" else f"{key} of rule {name!r}", value, before,
+                )  # fmt: skip
+            targets[name] = target.model_copy(update={key: value})
+        rules = [targets.get(r.name, r) if r.name in ("repeat_contact", "re_entry") else r for r in parsed.rules]
+        return RuleFile.model_construct(contacts=targets["contacts"], rules=rules)
 
     def to_rules(self) -> Rules:
         parsed = self.rule_file()

@@ -111,3 +111,14 @@ def test_a_disabled_rule_is_not_run() -> None:
 def test_the_contacts_window_is_whole_days() -> None:
     said = problem(lambda d: d["contacts"].update(window="36h"))
     assert said == "rules.yaml: key 'contacts.window': a whole number of days, like 7d."
+
+
+def test_a_legacy_key_that_changes_the_rule_file_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="cem.settings"):
+        RulesSettings.model_validate({"repeat_contact": {"window_days": 7, "alert_cooldown_minutes": 30}}).to_rules()
+    said = [r.getMessage() for r in caplog.records]
+    # window_days = 7 is what the file says: silent; the cooldown is not
+    assert said == [
+        "rules.repeat_contact.alert_cooldown_minutes (config/cem.yaml or CEM_RULES__...) overrides "
+        "cooldown of rule 'repeat_contact': 30m instead of 60m"
+    ]
