@@ -144,6 +144,7 @@ _SORT = "x -> (tupleElement(x, 1), tupleElement(x, 2), tupleElement(x, 3))"
 
 def repeat_sql(rule: RepeatRule, db: str, start: int | None = None, end: int | None = None) -> str:
     w = duration_us(rule.window) // MICROS_PER_SECOND
+    cooldown = duration_us(rule.cooldown) // MICROS_PER_SECOND  # the look-back also holds the alerts cooling down
     key_ok = "matter NOT IN ('', 'other')" if rule.key == "matter" else "1"
     return f"""
 SELECT customer_id, k, tupleElement(ev[j], 3) AS event_id, tupleElement(ev[j], 2) AS channel, {_t("ev[j]")} AS ts,
@@ -159,7 +160,7 @@ FROM
         arraySort({_SORT},
                   groupArray((toUInt32(occurred_at), toString(channel), event_id, agent_id, loyalty_tier))) AS ev
     FROM {db}.timeline
-    WHERE {condition_sql(rule.match)} AND {key_ok} AND {_range(start, end, w)}
+    WHERE {condition_sql(rule.match)} AND {key_ok} AND {_range(start, end, w + cooldown)}
     GROUP BY customer_id, k
 ) AS per_key
 ARRAY JOIN arrayEnumerate(ev) AS j
@@ -196,7 +197,7 @@ FROM
                                            has(crm_known, f), loyalty_tier))) AS es
         FROM {db}.timeline
         ARRAY JOIN fields AS f
-        WHERE {condition_sql(rule.match)}{only} AND {_range(start, end, w)}
+        WHERE {condition_sql(rule.match)}{only} AND {_range(start, end, 2 * w)}
         GROUP BY customer_id, f
     ) AS per_field
 ) AS marked
@@ -215,6 +216,7 @@ def _compat(rule: SequenceRule, a: str, b: str) -> str:
 
 def sequence_sql(rule: SequenceRule, db: str, start: int | None = None, end: int | None = None) -> str:
     w = duration_us(rule.window) // MICROS_PER_SECOND
+    cooldown = duration_us(rule.cooldown) // MICROS_PER_SECOND
     a, b = condition_sql(rule.first), condition_sql(rule.then)
     c = condition_sql(rule.without) if rule.without else "0"
 
@@ -230,9 +232,12 @@ def sequence_sql(rule: SequenceRule, db: str, start: int | None = None, end: int
         f"arrayExists(x -> ({flag('x', 6)} OR {flag('x', 7)}) AND {_compat(rule, k('ev[i]'), k('x'))}, "
         f"arraySlice(ev, i + 1, j - i - 1))"
     )
+    # candidates: the events inside the window before j (found from its start, so a long history
+    # costs each then-event only its window)
+    lo = f"arrayFirstIndex(x -> {_t('x')} >= ts - {w}, ev)"
     used = (
-        f"arrayFilter(i -> {flag('ev[i]', 5)} AND {_t('ev[i]')} >= ts - {w} AND "
-        f"{_compat(rule, k('ev[i]'), k('ev[j]'))} AND NOT {cut_off}, arraySlice(arrayEnumerate(ev), 1, j - 1))"
+        f"arrayFilter(i -> {flag('ev[i]', 5)} AND "
+        f"{_compat(rule, k('ev[i]'), k('ev[j]'))} AND NOT {cut_off}, arraySlice(arrayEnumerate(ev), {lo}, j - {lo}))"
     )
     return f"""
 SELECT customer_id, tupleElement(ev[j], 3) AS event_id, tupleElement(ev[j], 2) AS channel, {_t("ev[j]")} AS ts,
@@ -249,7 +254,7 @@ FROM
         arraySort({_SORT}, groupArray((toUInt32(occurred_at), toString(channel), event_id, {_key_sql(rule.key)},
                                        toUInt8({a}), toUInt8({b}), toUInt8({c}), agent_id, loyalty_tier))) AS ev
     FROM {db}.timeline
-    WHERE ({a} OR {b} OR {c}) AND {_range(start, end, w)}
+    WHERE ({a} OR {b} OR {c}) AND {_range(start, end, w + cooldown)}
     GROUP BY customer_id
 ) AS per_customer
 ARRAY JOIN arrayEnumerate(ev) AS j
