@@ -252,6 +252,10 @@ def _seed(tail: Tail, state: CustomerState, rules: Rules, at: Stored) -> Tail:
     return tuple(seeded)
 
 
+def _same_but_context(old: dict[str, Any], body: dict[str, Any]) -> bool:
+    return len(old) == len(body) + 1 and all(old.get(k) == v for k, v in body.items())
+
+
 def _replay(
     events: list[Stored], start: int, state: CustomerState, rules: Rules, tail: Tail | None
 ) -> tuple[list[Flags], dict[str, tuple[tuple[int, str, str], dict[str, Any]]], int, bool]:
@@ -274,6 +278,10 @@ def _replay(
     grace = rules.repeat_contact.transfer_grace_minutes * 60_000_000
     fields_window = rules.re_entry.window_days * 86_400_000_000  # as far back as a context's fields go
     capped = False
+    # whether the new event (events[start]) can be in the "already told us" context of the
+    # alerts after it: a contact or an event with fields (the context looks only at those)
+    new = events[start].touch
+    context_changes = new.is_contact or bool(new.fields)
     for i in range(start if tail is not None else 0, len(events)):
         stored = events[i]
         touch = stored.touch
@@ -312,8 +320,14 @@ def _replay(
         for draft in alerts:
             aid = alert_id(draft.kind, draft.customer_id, draft.subject, draft.trigger_uid)
             body = alert_body(draft, min(draft.first_t or draft.t, draft.t))
-            lo = max(0, i - CONTEXT_EVENTS)
-            body["context"] = already_told_us([s.touch for s in events[lo : i + 1]], i - lo, draft, rules)
+            old = state.alerts.get(aid) if i > start and not context_changes else None
+            if old is not None and "context" in old.body and _same_but_context(old.body, body):
+                # the new event is not in this alert's context: what it was still is (a replay
+                # after a late event recomputes many alerts; their contexts are the costly part)
+                body["context"] = old.body["context"]
+            else:
+                lo = max(0, i - CONTEXT_EVENTS)
+                body["context"] = already_told_us([s.touch for s in events[lo : i + 1]], i - lo, draft, rules)
             drafts[aid] = (stored.key, body)
         if i > start and before is not None and before == states:
             return flags, drafts, i, capped

@@ -3,6 +3,7 @@ does not have to repeat themselves. Names, ids and times only; never personal va
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ MAX_CONTACTS = 10
 MAX_FIELDS = 20
 
 
+@functools.lru_cache(maxsize=65_536)  # replays recompute contexts over the same events' times
 def _at(us: int) -> str:
     return from_micros(us).isoformat().replace("+00:00", "Z")
 

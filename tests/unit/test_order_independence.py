@@ -234,8 +234,9 @@ def test_generated_rule_files_flag_and_alert() -> None:
     """The property above is not vacuous: generated rules of every template flag events and raise alerts."""
     seen: dict[str, int] = {}
 
-    @settings(max_examples=200, deadline=None, database=None)
-    @given(evs=events(span_minutes=6 * 24 * 60, booking_types=BOOKING_TYPES), rules=rule_files())
+    # deterministic, and events within a day: transfer chains need contacts minutes apart
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True)
+    @given(evs=events(span_minutes=24 * 60, booking_types=BOOKING_TYPES), rules=rule_files())
     def count(evs: list[tuple[str, Any]], rules: Rules) -> None:
         rows, alerts = final_outputs(in_event_time_order(evs), rules, ())
         templates = {d.name: d.template for d in rules.detectors}
