@@ -36,6 +36,10 @@ T = TypeVar("T")
 _SEVERITY = {"medium": 1, "high": 2}
 #: the contacts kept for transfer legs to name, beyond the window's bound
 MAX_CONTACTS = 200
+#: the events with fields the contacts fold keeps for alert contexts: as many as re-entry keeps
+#: per field. Past that many in the window, a late form's replay stops before reaching every
+#: later alert's context (as it did when re-entry's own state was the only one kept)
+MAX_GIVEN = 50
 
 
 def _from(items: tuple[T, ...], cut: int, time_of: Callable[[T], int]) -> tuple[T, ...]:
@@ -105,7 +109,7 @@ def contacts_step(
     """The contact role of the touch ("" | new | continuation) and its chain's first contact."""
     if touch.fields:
         given = (
-            *_from(state.given, touch.t - fields_window_us, _given_t)[-MAX_CONTACTS + 1 :],
+            *_from(state.given, touch.t - fields_window_us, _given_t)[-MAX_GIVEN + 1 :],
             (touch.event_id, touch.t),
         )
         state = ContactsState(state.contacts, state.last_end, state.last_outcome, state.last_root, given)
