@@ -68,12 +68,17 @@ def touches(n: int, customers: int) -> list[Touch]:
 
 
 def baseline_judge() -> ModuleType:
-    """The judge of BASELINE with its two detectors, as modules of their own."""
+    """The judge of BASELINE with its two detectors, its alert context and its sentences, as
+    modules of their own."""
     here = Path(tempfile.mkdtemp(prefix="cem-bench-rules-"))
     mods: dict[str, ModuleType] = {}
-    saved = {k: sys.modules.get(k) for k in ("processors.repeat_contact", "processors.re_entry")}
+    names = ("repeat_contact", "re_entry", "told_us", "summary", "judge")
+    saved = {f"processors.{n}": sys.modules.get(f"processors.{n}") for n in names}
+    import processors
+
+    saved_attrs = {n: getattr(processors, n, None) for n in names}
     try:
-        for name in ("repeat_contact", "re_entry", "judge"):
+        for name in names:
             src = subprocess.run(["git", "-C", str(ROOT), "show", f"{BASELINE}:processors/{name}.py"],  # noqa: S603, S607
                                  check=True, capture_output=True, text=True).stdout  # fmt: skip
             path = here / f"{name}.py"
@@ -81,10 +86,8 @@ def baseline_judge() -> ModuleType:
             spec = importlib.util.spec_from_file_location(f"processors.{name}", path)
             assert spec is not None and spec.loader is not None
             mod = importlib.util.module_from_spec(spec)
-            if name != "judge":
+            if name != "judge":  # the judge's imports find these, not today's
                 sys.modules[f"processors.{name}"] = mod
-                import processors  # noqa: PLC0415
-
                 setattr(processors, name, mod)
             spec.loader.exec_module(mod)
             mods[name] = mod
@@ -94,6 +97,12 @@ def baseline_judge() -> ModuleType:
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
+        for n, attr in saved_attrs.items():
+            if attr is None:
+                if hasattr(processors, n):
+                    delattr(processors, n)
+            else:
+                setattr(processors, n, attr)
     return mods["judge"]
 
 
