@@ -290,15 +290,22 @@ def _replay(
         interested = rules.interested(touch)
         if interested or touch.is_contact or touch.fields:
             contacts, role, root = contacts_step(states[0], touch, contacts_window, grace, fields_window)
-            new_states = list(states)
-            new_states[0] = contacts
+            # a new tuple of states only when one changed (most steps change nothing)
+            new_states: list[Any] | None = None
+            if contacts is not states[0]:
+                new_states = list(states)
+                new_states[0] = contacts
             friction: list[str] = []
             reentered: tuple[str, ...] = ()
             alerts: list[AlertDraft] = []
             for j in interested:
                 d = detectors[j]
-                st, v = d.step(states[j + 1], touch, role, root)
-                new_states[j + 1] = st
+                was = states[j + 1]
+                st, v = d.step(was, touch, role, root)
+                if st is not was:
+                    if new_states is None:
+                        new_states = list(states)
+                    new_states[j + 1] = st
                 if v is NO_VERDICT:
                     continue
                 if v.flagged:
@@ -308,7 +315,8 @@ def _replay(
                 if v.alerts:
                     alerts.extend(v.alerts)
                 capped = capped or v.capped
-            states = tuple(new_states)
+            if new_states is not None:
+                states = tuple(new_states)
             event_flags: Flags = (tuple(friction), reentered, role, root[0]) if friction or role else NO_FLAGS
         else:  # no rule looks at it: the states stay as they are
             alerts, event_flags = NO_ALERTS, NO_FLAGS
