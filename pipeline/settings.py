@@ -9,6 +9,7 @@ without copying the file. A bad value is reported by its dotted name (`kafka.par
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 from functools import cached_property
@@ -26,12 +27,15 @@ from pydantic_settings import (
 )
 
 from pipeline.sources.settings import AdaptSettings, CollectorSettings
-from processors.model import ReEntryRules, RepeatContactRules, Rules
+from processors.model import MICROS_PER_DAY, ReEntryRules, RepeatContactRules, Rules
+from processors.rules import KnownEntryRule, RuleFile, RuleFileError, duration_us, parse_rule_file
 from sinks.clickhouse.settings import ClickHouseSettings
 from sinks.settings import ConfigError as ConfigError  # the error every settings problem raises
 from sinks.settings import Section, describe_errors, yaml_error
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "cem.yaml"
+DEFAULT_RULES = DEFAULT_CONFIG.parent / "rules.yaml"
+log = logging.getLogger("cem.settings")
 FIELD_VOCABULARY = (
     "name",
     "email",
@@ -252,6 +256,12 @@ class ReEntryConfig(Section):
 
 
 class RulesSettings(Section):
+    """The judge's settings. The friction rules themselves are in the rule file (`file`,
+    default config/rules.yaml; docs/rules.md). The `repeat_contact` and `re_entry` keys of
+    earlier versions still work: a key set here (in config/cem.yaml or CEM_RULES__...)
+    overrides the same parameter of the rule of that name in the rule file."""
+
+    file: Path | None = Field(None, description="the friction rules (docs/rules.md); default config/rules.yaml")
     repeat_contact: RepeatContactConfig = RepeatContactConfig()
     re_entry: ReEntryConfig = ReEntryConfig()
     vip_tiers: list[str] = ["gold", "platinum"]
@@ -268,18 +278,82 @@ class RulesSettings(Section):
     def _lower(cls, v: list[str]) -> list[str]:
         return [s.strip().lower() for s in v]
 
+    @property
+    def rules_path(self) -> Path:
+        return self.file if self.file is not None else DEFAULT_RULES
+
+    def rule_file(self) -> RuleFile:
+        """The rule file, validated, with the legacy keys set here applied; ConfigError names
+        the rule and the key of a problem."""
+        path = self.rules_path
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"rules.file: cannot read the rule file {path} ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise yaml_error(path, e) from None
+        try:
+            parsed = parse_rule_file(data, str(path))
+        except RuleFileError as e:
+            raise ConfigError(str(e)) from None
+        return self._legacy(parsed)
+
+    def _legacy(self, parsed: RuleFile) -> RuleFile:
+        """The rule file with the legacy keys set here applied; one that changes what the file
+        says is logged, so that an old config/cem.yaml does not silently win over the rule file."""
+        rc, re = self.repeat_contact, self.re_entry
+        # (legacy key, the rule's name or "contacts", its key there, the value in the file's terms)
+        wanted: list[tuple[str, str, str, Any]] = []
+        for k in sorted(rc.model_fields_set):
+            v = getattr(rc, k)
+            if k == "window_days":
+                wanted += [(k, "repeat_contact", "window", f"{v}d"), (k, "contacts", "window", f"{v}d")]
+            elif k == "transfer_grace_minutes":
+                wanted.append((k, "contacts", "transfer_grace", f"{v}m"))
+            elif k == "alert_cooldown_minutes":
+                wanted.append((k, "repeat_contact", "cooldown", f"{v}m"))
+            else:
+                wanted.append((k, "repeat_contact", k, v))
+        names = {"window_days": "window", "alert_threshold": "threshold", "max_evidence": "max_evidence"}
+        for k in sorted(re.model_fields_set):
+            v = getattr(re, k)
+            wanted.append((k, "re_entry", names[k], f"{v}d" if k == "window_days" else v))
+        legacy = (("repeat_contact", "repeat"), ("re_entry", "known_entry"))
+        targets: dict[str, Any] = {"contacts": parsed.contacts}
+        targets |= {r.name: r for r in parsed.rules if (r.name, r.template) in legacy}
+        for k, name, key, value in wanted:
+            target = targets.get(name)
+            if target is None:
+                continue
+            before = getattr(target, key)
+            same = duration_us(before) == duration_us(value) if isinstance(value, str) else before == value
+            if not same:
+                section = "repeat_contact" if name in ("repeat_contact", "contacts") else "re_entry"
+                log.warning(
+                    "rules.%s.%s (config/cem.yaml or CEM_RULES__...) overrides %s: %s instead of %s",
+                    section, k, f"contacts.{key}" if name == "contacts" else f"{key} of rule {name!r}", value, before,
+                )  # fmt: skip
+            targets[name] = target.model_copy(update={key: value})
+        rules = [targets.get(r.name, r) if r.name in ("repeat_contact", "re_entry") else r for r in parsed.rules]
+        return RuleFile.model_construct(contacts=targets["contacts"], rules=rules)
+
     def to_rules(self) -> Rules:
+        parsed = self.rule_file()
+        contacts_days = max(1, duration_us(parsed.contacts.window) // MICROS_PER_DAY)
+        entry_windows = [duration_us(r.window) for r in parsed.rules if isinstance(r, KnownEntryRule) and r.enabled]
+        fields_days = max(entry_windows) // MICROS_PER_DAY if entry_windows else self.re_entry.window_days
         return Rules(
             repeat_contact=RepeatContactRules(
-                self.repeat_contact.window_days,
-                self.repeat_contact.transfer_grace_minutes,
+                contacts_days,
+                duration_us(parsed.contacts.transfer_grace) // 60_000_000,
                 self.repeat_contact.alert_cooldown_minutes,
                 self.repeat_contact.max_evidence,
             ),
-            re_entry=ReEntryRules(self.re_entry.window_days, self.re_entry.alert_threshold, self.re_entry.max_evidence),
+            re_entry=ReEntryRules(max(1, fields_days), self.re_entry.alert_threshold, self.re_entry.max_evidence),
             vip_tiers=frozenset(self.vip_tiers),
             allowed_lateness_days=self.allowed_lateness_days,
             max_events_per_customer=self.max_events_per_customer,
+            friction=tuple(parsed.rules),
         )
 
 
@@ -401,7 +475,9 @@ def _loopback(host: str) -> bool:
 def load_settings(**overrides: Any) -> Settings:
     """Load and validate; raise ConfigError naming each bad key."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        settings.rules_obj  # noqa: B018  (the rule file is checked at start-up, with the rest)
+        return settings
     except ValidationError as e:
         raise describe_errors(e) from None
     except SettingsError as e:  # a CEM_* variable for a list or a section that is not JSON

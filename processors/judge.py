@@ -19,9 +19,9 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors import re_entry, repeat_contact
 from processors.model import AlertDraft, Rules, Touch
 from processors.summary import summarize
+from processors.templates import NO_VERDICT, ContactsState, contacts_step
 from processors.told_us import already_told_us
 
 ALERT_NAMESPACE = uuid.UUID("6f1d8c52-2f43-4f0e-9a57-8e3cf1a0c2b1")
@@ -48,15 +48,15 @@ class Stored:
     reentered: tuple[str, ...] = ()
     revision: int = 0
     contact: str = ""  # "" (not an assisted contact) | new | continuation
+    chain: str = ""  # a contact's chain: the event id of its first contact ("" for other events)
     # The detectors' states after folding the kept events up to this one: the next event,
     # in order or not, continues from here instead of replaying the kept history, and a
     # replay stops where the states it computes meet these again. Valid however much
     # history was pruned, because the detectors only look one window back (at most 30
     # days, and the kept history covers window + lateness). Not serialized: the first
-    # replay after decoding rebuilds them. (Two fields, not a tuple: one object fewer per
-    # kept event for the garbage collector to walk.)
-    rc_after: repeat_contact.State | None = field(default=None, repr=False, compare=False)
-    re_after: re_entry.State | None = field(default=None, repr=False, compare=False)
+    # replay after decoding rebuilds them. The contacts fold's state first, then one per
+    # detector, in the order of `Rules.detectors`.
+    after: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> tuple[int, str, str]:
@@ -96,12 +96,13 @@ class CustomerState:
     def to_snapshot(self) -> list[Any]:
         """The state in the compact form snapshots keep (pipeline/engine/snapshots.py), for orjson:
         [customer_id, profile, max_t, events, alerts], each event as
-        [touch row, friction, re-entered fields, revision, contact role]."""
+        [touch row, friction, re-entered fields, revision, contact role, chain] (states written
+        before chains were kept have no chain: it is then "", and the next replay sets it)."""
         return [
             self.customer_id,
             self.profile,
             self.max_t,
-            [(s.touch.to_row(), s.friction, s.reentered, s.revision, s.contact) for s in self.events],
+            [(s.touch.to_row(), s.friction, s.reentered, s.revision, s.contact, s.chain) for s in self.events],
             list(self.alerts.values()),
         ]
 
@@ -112,8 +113,8 @@ class CustomerState:
             customer_id,
             _profile(profile),
             [
-                Stored(Touch.from_row(row), tuple(f), tuple(r), revision, contact)
-                for row, f, r, revision, contact in events
+                Stored(Touch.from_row(e[0]), tuple(e[1]), tuple(e[2]), e[3], e[4], e[5] if len(e) > 5 else "")
+                for e in events
             ],
             max_t,
             {a["alert_id"]: _published(a) for a in alerts},
@@ -140,6 +141,7 @@ class RowVersion:
     reentered: tuple[str, ...]
     revision: int
     contact: str = ""
+    chain: str = ""  # the event id of the first contact of a contact's chain
 
 
 @dataclass(slots=True)  # a value (why not frozen: model.py)
@@ -186,8 +188,8 @@ def alert_body(draft: AlertDraft, first_t: int) -> dict[str, Any]:
         "customer_id": draft.customer_id,
         "severity": draft.severity,
         "t": draft.t,
-        "matter": draft.subject if draft.kind == "repeat_contact" else None,
-        "field": draft.subject if draft.kind == "re_entry" else None,
+        "matter": (draft.subject or None) if draft.key == "matter" else None,
+        "field": draft.subject if draft.key == "field" else None,
         "count": draft.count,
         "window_days": draft.window_days,
         "channels": list(draft.channels),
@@ -199,38 +201,68 @@ def alert_body(draft: AlertDraft, first_t: int) -> dict[str, Any]:
         "trigger": draft.trigger_event_id,
         "trigger_channel": draft.trigger_uid.split("/", 1)[0],
         "summary": summarize(draft, first_t),
+        "rule_version": draft.rule_version,
     }
 
 
-Flags = tuple[tuple[str, ...], tuple[str, ...], str]  # friction, re-entered fields, contact role
+Flags = tuple[tuple[str, ...], tuple[str, ...], str, str]  # friction, re-entered fields, contact role, chain
 
 
-Tail = tuple[repeat_contact.State, re_entry.State]
+Tail = tuple[Any, ...]  # the contacts fold's state, then each detector's
 #: the events before an alert's trigger that its "already told us" context looks at: the
 #: context lists the last few contacts and fields given, and a long history must not make
 #: every alert cost more
 CONTEXT_EVENTS = 200
-FIRST: Tail = (repeat_contact.State(), re_entry.State())  # before any event
 DUPLICATE = Judgement(duplicate=True)
-_FRICTION = {  # (repeat contact?, re-entry?) -> the kinds flagged on the row
-    (False, False): (),
-    (True, False): ("repeat_contact",),
-    (False, True): ("re_entry",),
-    (True, True): ("repeat_contact", "re_entry"),
-}
+NO_FLAGS: Flags = ((), (), "", "")
+NO_ALERTS: list[AlertDraft] = []  # never appended to
+
+
+def first_states(rules: Rules) -> Tail:
+    """The states before any event."""
+    return (ContactsState(), *(d.first for d in rules.detectors))
 
 
 def _key(stored: Stored) -> tuple[int, str, str]:
     return stored.key
 
 
+def _seed(tail: Tail, state: CustomerState, rules: Rules, at: Stored) -> Tail:
+    """Cooldowns of known-entry rules before `at` are what was published, not what the
+    (possibly pruned) replay says: outputs before it cannot change."""
+    todo = rules.seeded
+    if not todo:
+        return tail
+    if not state.alerts:
+        for j in todo:
+            if tail[j + 1].last_alert:
+                break
+        else:
+            return tail
+    last: dict[str, dict[str, int]] = {}
+    for a in state.alerts.values():
+        if a.status == "open" and a.order_key < at.key and a.body["field"] is not None:
+            of_kind = last.setdefault(a.body["kind"], {})
+            f = a.body["field"]
+            of_kind[f] = max(of_kind.get(f, a.order_key[0]), a.order_key[0])
+    seeded = list(tail)
+    for j in todo:
+        d = rules.detectors[j]
+        seeded[j + 1] = d.seeded(tail[j + 1], last.get(d.name, {}), at.touch.t)
+    return tuple(seeded)
+
+
+def _same_but_context(old: dict[str, Any], body: dict[str, Any]) -> bool:
+    return len(old) == len(body) + 1 and all(old.get(k) == v for k, v in body.items())
+
+
 def _replay(
     events: list[Stored], start: int, state: CustomerState, rules: Rules, tail: Tail | None
 ) -> tuple[list[Flags], dict[str, tuple[tuple[int, str, str], dict[str, Any]]], int, bool]:
     """Flags for events[start:stop + 1] and the alerts they trigger, `stop`, and whether a
-    detector's cap bit on the way; records each
-    event's detector states in `Stored.rc_after` / `re_after`. Replays from the first kept event, or
-    continues from `tail` (the states after events[:start]) when the caller has it.
+    detector's cap bit on the way; records each event's fold states in `Stored.after`.
+    Replays from the first kept event, or continues from `tail` (the states after
+    events[:start]) when the caller has it.
 
     Stops early where the states after an event equal those recorded for it before the new
     event came: the fold from there on is the same function of the same inputs, so the
@@ -238,42 +270,74 @@ def _replay(
     only looks back as far as the detectors' windows, whose contents the states hold.) A late
     page view stops the replay at the next event; without this, every late event replayed
     the customer's whole kept history."""
-    rc_state, re_state = tail if tail is not None else FIRST
+    states = tail if tail is not None else first_states(rules)
     flags: list[Flags] = []
     drafts: dict[str, tuple[tuple[int, str, str], dict[str, Any]]] = {}
-    rc_rules, re_rules, vip = rules.repeat_contact, rules.re_entry, rules.vip_tiers
+    detectors = rules.detectors
+    contacts_window = rules.repeat_contact.window_days * 86_400_000_000
+    grace = rules.repeat_contact.transfer_grace_minutes * 60_000_000
+    fields_window = rules.re_entry.window_days * 86_400_000_000  # as far back as a context's fields go
     capped = False
+    # whether the new event (events[start]) can be in the "already told us" context of the
+    # alerts after it: a contact or an event with fields (the context looks only at those)
+    new = events[start].touch
+    context_changes = new.is_contact or bool(new.fields)
     for i in range(start if tail is not None else 0, len(events)):
         stored = events[i]
         touch = stored.touch
-        if i == start and (state.alerts or re_state.last_alert):
-            # Cooldowns before this point are what was published, not what the (possibly
-            # pruned) replay says: outputs before `start` cannot change.
-            last: dict[str, int] = {}
-            for a in state.alerts.values():
-                if a.body["kind"] == "re_entry" and a.status == "open" and a.order_key < stored.key:
-                    f = a.body["field"]
-                    last[f] = max(last.get(f, a.order_key[0]), a.order_key[0])
-            re_state = re_entry.seeded(re_state, last, touch.t, re_rules)
-        rc_state, rc = repeat_contact.detect(rc_state, touch, rc_rules, vip)
-        re_state, re = re_entry.detect(re_state, touch, re_rules, vip)
-        rc_before, re_before = stored.rc_after, stored.re_after
-        stored.rc_after, stored.re_after = rc_state, re_state
+        if i == start:
+            states = _seed(states, state, rules, stored)
+        interested = rules.interested(touch)
+        if interested or touch.is_contact or touch.fields:
+            contacts, role, root = contacts_step(states[0], touch, contacts_window, grace, fields_window)
+            # a new tuple of states only when one changed (most steps change nothing)
+            new_states: list[Any] | None = None
+            if contacts is not states[0]:
+                new_states = list(states)
+                new_states[0] = contacts
+            friction: list[str] = []
+            reentered: tuple[str, ...] = ()
+            alerts: list[AlertDraft] = []
+            for j in interested:
+                d = detectors[j]
+                was = states[j + 1]
+                st, v = d.step(was, touch, role, root)
+                if st is not was:
+                    if new_states is None:
+                        new_states = list(states)
+                    new_states[j + 1] = st
+                if v is NO_VERDICT:
+                    continue
+                if v.flagged:
+                    friction.append(d.name)
+                    if v.reentered:
+                        reentered = v.reentered if not reentered else tuple(dict.fromkeys((*reentered, *v.reentered)))
+                if v.alerts:
+                    alerts.extend(v.alerts)
+                capped = capped or v.capped
+            if new_states is not None:
+                states = tuple(new_states)
+            event_flags: Flags = (tuple(friction), reentered, role, root[0]) if friction or role else NO_FLAGS
+        else:  # no rule looks at it: the states stay as they are
+            alerts, event_flags = NO_ALERTS, NO_FLAGS
+        before = stored.after
+        stored.after = states
         if i < start:
             continue
-        capped = capped or rc.capped or re.capped
-        friction = _FRICTION[rc.repeat, bool(re.reentered)]
-        contact = "" if not touch.is_contact else ("continuation" if rc.continues else "new")
-        flags.append((friction, re.reentered, contact))
-        for draft in (rc.alert, *re.alerts):
-            if draft is None:
-                continue
+        flags.append(event_flags)
+        for draft in alerts:
             aid = alert_id(draft.kind, draft.customer_id, draft.subject, draft.trigger_uid)
             body = alert_body(draft, min(draft.first_t or draft.t, draft.t))
-            lo = max(0, i - CONTEXT_EVENTS)
-            body["context"] = already_told_us([s.touch for s in events[lo : i + 1]], i - lo, draft, rules)
+            old = state.alerts.get(aid) if i > start and not context_changes else None
+            if old is not None and "context" in old.body and _same_but_context(old.body, body):
+                # the new event is not in this alert's context: what it was still is (a replay
+                # after a late event recomputes many alerts; their contexts are the costly part)
+                body["context"] = old.body["context"]
+            else:
+                lo = max(0, i - CONTEXT_EVENTS)
+                body["context"] = already_told_us([s.touch for s in events[lo : i + 1]], i - lo, draft, rules)
             drafts[aid] = (stored.key, body)
-        if i > start and rc_before is not None and rc_before == rc_state and re_before == re_state:
+        if i > start and before is not None and before == states:
             return flags, drafts, i, capped
     return flags, drafts, len(events) - 1, capped
 
@@ -305,23 +369,20 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
         start = bisect_right(events, key, key=_key)
         events.insert(start, new)
     # continue from the detectors' states before it (None after decoding: a full replay)
-    if start == 0:
-        tail: Tail | None = FIRST
-    else:
-        before = events[start - 1]
-        tail = None if before.rc_after is None or before.re_after is None else (before.rc_after, before.re_after)
+    tail: Tail | None = first_states(rules) if start == 0 else events[start - 1].after
     flags, drafts, stop, capped = _replay(events, start, state, rules, tail)
 
     rows: list[RowVersion] = []
-    for stored, (friction, reentered, contact) in zip(events[start : stop + 1], flags, strict=True):
-        if stored.revision == 0 or (friction, reentered, contact) != (
+    for stored, (friction, reentered, contact, chain) in zip(events[start : stop + 1], flags, strict=True):
+        if stored.revision == 0 or (friction, reentered, contact, chain) != (
             stored.friction,
             stored.reentered,
             stored.contact,
+            stored.chain,
         ):
-            stored.friction, stored.reentered, stored.contact = friction, reentered, contact
+            stored.friction, stored.reentered, stored.contact, stored.chain = friction, reentered, contact, chain
             stored.revision += 1
-            rows.append(RowVersion(stored.touch, friction, reentered, stored.revision, contact))
+            rows.append(RowVersion(stored.touch, friction, reentered, stored.revision, contact, chain))
 
     alerts: list[AlertVersion] = []
     for aid, (order_key, body) in drafts.items():
@@ -370,19 +431,22 @@ def _prune(state: CustomerState, rules: Rules) -> tuple[bool, tuple[str, ...]]:
         del events[:cut]
         if gone:
             unlinked = tuple(sorted(gone - links(events)))
-    # Alerts of events left behind can no longer change; the newest open re-entry alert of a
-    # field still feeds its cooldown, one window beyond the kept events.
+    # Alerts of events left behind can no longer change; the newest open alert of a field of
+    # a known-entry rule still feeds its cooldown, one window beyond the kept events.
     if state.alerts and events:
         alert_from = keep_from - rules.re_entry.window_days * 86_400_000_000
         first = events[0].key
-        cooling: dict[str, Published] = {}
+        cooling: dict[tuple[str, str], Published] = {}
         for a in state.alerts.values():
-            if a.order_key < first and a.body["kind"] == "re_entry" and a.status == "open":
-                f = a.body["field"]
-                if f not in cooling or cooling[f].order_key < a.order_key:
-                    cooling[f] = a
+            f = a.body["field"]
+            if a.order_key < first and f is not None and a.status == "open":
+                k = (a.body["kind"], f)
+                if k not in cooling or cooling[k].order_key < a.order_key:
+                    cooling[k] = a
         stale = [
-            aid for aid, a in state.alerts.items() if a.order_key < first and cooling.get(a.body["field"]) is not a
+            aid
+            for aid, a in state.alerts.items()
+            if a.order_key < first and cooling.get((a.body["kind"], a.body["field"])) is not a
         ]
         for aid in stale:
             del state.alerts[aid]

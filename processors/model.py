@@ -129,6 +129,11 @@ class ReEntryRules:
 
 @dataclass(frozen=True, slots=True)
 class Rules:
+    """What the judge applies. `friction` holds the rule file's rules (processors/rules.py);
+    None: contract v1's two rules, with the parameters of `repeat_contact` and `re_entry`.
+    `repeat_contact` also says how contacts continue one another (its window and transfer
+    grace) and how far back an alert's context looks for contacts; `re_entry`, for fields."""
+
     repeat_contact: RepeatContactRules = field(default_factory=RepeatContactRules)
     re_entry: ReEntryRules = field(default_factory=ReEntryRules)
     vip_tiers: frozenset[str] = frozenset({"gold", "platinum"})
@@ -136,12 +141,52 @@ class Rules:
     # Events kept per customer beyond the horizon's pruning: the oldest go first. A producer
     # that defaults every customer id to "unknown" makes one customer of millions of events.
     max_events_per_customer: int = 2000
+    friction: tuple[Any, ...] | None = None
+    # the compiled detectors (processors/templates.py), made once
+    detectors: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
+    #: how far behind the newest event a customer's events are kept for recomputation
+    horizon_us: int = field(default=0, init=False, repr=False, compare=False)
+    #: the indices of the detectors whose cooldowns are seeded from published alerts
+    seeded: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
+    # (channel, type, is contact, has fields) -> the indices of the detectors such an event
+    # can concern: most events (page views, searches) concern none, and skip them all
+    _interested: dict[tuple[str, str, bool, bool], tuple[int, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
-    @property
-    def horizon_us(self) -> int:
-        """How far behind the newest event a customer's events are kept for recomputation."""
-        longest = max(self.repeat_contact.window_days, self.re_entry.window_days)
-        return (longest + self.allowed_lateness_days) * MICROS_PER_DAY
+    def interested(self, touch: Touch) -> tuple[int, ...]:
+        kind = (touch.channel, touch.type, touch.is_contact, bool(touch.fields))
+        found = self._interested.get(kind)
+        if found is None:
+            found = self._interested[kind] = tuple(i for i, d in enumerate(self.detectors) if d.could(*kind))
+        return found
+
+    def __post_init__(self) -> None:
+        from processors.rules import legacy_rules  # rules imports this module
+        from processors.templates import Chain, KnownEntry, Repeat, Sequence
+
+        rc, re = self.repeat_contact, self.re_entry
+        specs = self.friction
+        if specs is None:
+            specs = tuple(legacy_rules(rc.window_days, rc.alert_cooldown_minutes, rc.max_evidence,
+                                       re.window_days, re.alert_threshold, re.max_evidence))  # fmt: skip
+        made: list[Any] = []
+        for spec in specs:
+            if not spec.enabled:
+                continue
+            if spec.template == "repeat":
+                made.append(Repeat(spec, self.vip_tiers))
+            elif spec.template == "known_entry":
+                made.append(KnownEntry(spec, self.vip_tiers))
+            elif spec.template == "sequence":
+                made.append(Sequence(spec, self.vip_tiers))
+            else:
+                made.append(Chain(spec, self.vip_tiers, rc.window_days * MICROS_PER_DAY))
+        object.__setattr__(self, "detectors", tuple(made))
+        longest = max([rc.window_days * MICROS_PER_DAY, re.window_days * MICROS_PER_DAY] + [d.window_us for d in made])
+        object.__setattr__(self, "horizon_us", longest + self.allowed_lateness_days * MICROS_PER_DAY)
+        seeded = tuple(i for i, d in enumerate(made) if hasattr(d, "seeded"))
+        object.__setattr__(self, "seeded", seeded)
 
 
 @dataclass(slots=True)  # a value (why not frozen: above)
@@ -164,3 +209,6 @@ class AlertDraft:
     evidence: tuple[str, ...]
     loyalty_tier: str
     first_t: int = 0  # event time of the first evidence (0: `t`)
+    key: str = ""  # what `subject` is: "matter", "field", or "" (the rule groups by nothing)
+    rule_version: int = 1
+    summary: str = ""  # the rule's sentence template (processors/summary.py)

@@ -3,6 +3,7 @@ does not have to repeat themselves. Names, ids and times only; never personal va
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,13 +14,14 @@ MAX_CONTACTS = 10
 MAX_FIELDS = 20
 
 
+@functools.lru_cache(maxsize=65_536)  # replays recompute contexts over the same events' times
 def _at(us: int) -> str:
     return from_micros(us).isoformat().replace("+00:00", "Z")
 
 
 def already_told_us(events: Sequence[Touch], trigger_index: int, draft: AlertDraft, rules: Rules) -> dict[str, Any]:
-    """Previous contacts (on the alert's matter, for repeat_contact; any matter in the repeat
-    window, for re_entry) and the fields the customer already gave, where and when."""
+    """Previous contacts (on the alert's matter, for a rule keyed by matter; any matter in the
+    contacts' window, otherwise) and the fields the customer already gave, where and when."""
     trigger = events[trigger_index]
     before = events[:trigger_index]
     contact_from = trigger.t - rules.repeat_contact.window_days * MICROS_PER_DAY
@@ -27,7 +29,9 @@ def already_told_us(events: Sequence[Touch], trigger_index: int, draft: AlertDra
     earlier = [
         e
         for e in before
-        if e.is_contact and e.t >= contact_from and (draft.kind != "repeat_contact" or e.matter == draft.subject)
+        if e.is_contact
+        and e.t >= contact_from
+        and (draft.key != "matter" or not draft.subject or e.matter == draft.subject)
     ][-MAX_CONTACTS:]
     contacts = [
         {"event_id": e.event_id, "at": _at(e.t), "channel": e.channel, "matter": e.matter, "agent_id": e.agent_id,

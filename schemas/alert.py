@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-AlertKind = Literal["repeat_contact", "re_entry"]
+#: the name of the rule that raised the alert (config/rules.yaml): repeat_contact and re_entry
+#: (contract v1), or any other rule of the rule file
+AlertKind = str
 Severity = Literal["medium", "high"]
 
 
@@ -71,3 +73,7 @@ class FrictionAlert(BaseModel):
     # Which revision of this alert this is: grows by one each time the alert is re-published
     # (updated or retracted), so readers keep the highest.
     revision: int = 1
+    # the version of the rule (config/rules.yaml) when it raised the alert
+    rule_version: int = 1
+    # written by `cem rules backfill` over the history, not by the live judge
+    backfilled: bool = False

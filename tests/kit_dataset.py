@@ -84,6 +84,12 @@ EXPECTED: dict[str, list[tuple[Any, ...]]] = {
         ("A-2", 1, 0, 0.0),
     ],
     "booking_checkin_funnel": [(3, 2, 1, 0.3333)],
+    # repeat contacts: c-2, w-2 (C-1042, alerts high: gold) and k2 (K-1, medium); re-entries:
+    # C-1042's five flagged rows, K-1's kb4; the default file's other rules find nothing here
+    "friction_by_rule": [
+        ("repeat_contact", 3, 2, 3, 2, 0),
+        ("re_entry", 6, 2, 2, 2, 0),
+    ],
 }
 
 

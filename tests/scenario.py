@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.engine.decode import Rejected, decode_profile, decode_touchpoint
-from pipeline.settings import FIELD_VOCABULARY, MATTER_VOCABULARY, Topics
+from pipeline.settings import FIELD_VOCABULARY, MATTER_VOCABULARY, RulesSettings, Topics
 from processors.identity import profile_fingerprints, resolve
 from processors.judge import AlertVersion, CustomerState, Profile, RowVersion, apply_profile, judge
 from processors.model import Rules
@@ -27,6 +27,8 @@ EXPECTED = ROOT / "scenarios" / "airline_story.expected.json"
 SECRET = b"test-secret"
 TOPICS = Topics()
 MATTERS = frozenset(MATTER_VOCABULARY)
+#: the rules of the default rule file (config/rules.yaml), as the worker runs them
+DEFAULT_RULES = RulesSettings().to_rules()
 
 
 def load_lines(path: Path = STORY) -> list[dict[str, Any]]:
@@ -52,8 +54,9 @@ class PureResult:
 
 
 def run_pure(lines: Iterable[dict[str, Any]], rules: Rules | None = None) -> PureResult:
-    """Profiles are applied first (as the scenario requires), then touchpoints in the given order."""
-    rules = rules or Rules()
+    """Profiles are applied first (as the scenario requires), then touchpoints in the given order;
+    with the default rule file's rules unless told."""
+    rules = rules or DEFAULT_RULES
     lines = list(lines)
     index: dict[str, str] = {}
     states: dict[str, CustomerState] = {}

@@ -28,6 +28,8 @@ def to_alert(a: AlertVersion) -> FrictionAlert:
         trigger_event_id=b["trigger"],
         context=AlertContext.model_validate(b.get("context", {})),
         revision=a.revision,
+        rule_version=b.get("rule_version", 1),
+        backfilled=b.get("backfilled", False),
         **{name: b[name] for name in _SAME_NAME},
     )
 

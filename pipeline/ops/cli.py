@@ -401,6 +401,8 @@ def render_timeline(customer_id: str, rows: list[tuple[Any, ...]]) -> Table:
             marks.append("[bold red]REPEAT CONTACT[/]")
         if "re_entry" in friction:
             marks.append(f"[bold yellow]RE-ENTERED {escape(', '.join(reentered))}[/]")
+        # the rule file's other rules, by name
+        marks += [f"[bold magenta]{escape(r.upper())}[/]" for r in friction if r not in ("repeat_contact", "re_entry")]
         ident = "" if resolved_by == "customer_id" else f" (by {resolved_by})"
         table.add_row(
             f"{at:%Y-%m-%d %H:%M}", escape(channel), escape(what), " ".join(marks) or "-", escape(event_id + ident)
@@ -411,7 +413,7 @@ def render_timeline(customer_id: str, rows: list[tuple[Any, ...]]) -> Table:
 @alerts_app.command("tail")
 def alerts_tail(
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest alert.")] = False,
-    kind: Annotated[list[str] | None, typer.Option(help="repeat_contact or re_entry (repeatable).")] = None,
+    kind: Annotated[list[str] | None, typer.Option(help="A rule's name, e.g. repeat_contact (repeatable).")] = None,
     min_severity: Annotated[str | None, typer.Option(help="medium or high.")] = None,
     tier: Annotated[list[str] | None, typer.Option(help="Loyalty tier (repeatable).")] = None,
     matter: Annotated[list[str] | None, typer.Option(help="Matter or field (repeatable).")] = None,
@@ -632,6 +634,11 @@ def demo(
     from pipeline.ops.demo import run_demo
 
     run_demo(settings(), story, customers, console)
+
+
+from pipeline.ops.rules_cli import rules_app  # noqa: E402  (it reads this module's console and settings)
+
+app.add_typer(rules_app, name="rules")
 
 
 def main() -> None:

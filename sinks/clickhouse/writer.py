@@ -25,14 +25,15 @@ from clickhouse_driver import Client
 from clickhouse_driver.errors import ServerException, TypeMismatchError
 
 TIMELINE_COLUMNS = (
-    "customer_id", "occurred_at", "event_id", "channel", "type", "matter", "contact", "place", "agent_id",
-    "fields", "friction", "reentered_fields", "loyalty_tier", "profile_version", "resolved_by",
+    "customer_id", "occurred_at", "event_id", "channel", "type", "matter", "contact", "outcome", "chain", "place",
+    "agent_id", "fields", "crm_known", "friction", "reentered_fields", "loyalty_tier", "profile_version", "resolved_by",
     "_topic", "_partition", "_offset", "_version", "ingested_at",
 )  # fmt: skip
 ALERT_COLUMNS = (
-    "alert_id", "status", "kind", "customer_id", "severity", "occurred_at", "detected_at",
+    "alert_id", "status", "kind", "rule_version", "customer_id", "severity", "occurred_at", "detected_at",
     "matter", "field", "count", "window_days", "channels", "distinct_agents", "places",
     "known_in_crm", "evidence", "loyalty_tier", "summary", "trigger_event_id", "trigger_channel", "context", "revision",
+    "backfilled",
     "_topic", "_partition", "_offset", "ingested_at",
 )  # fmt: skip
 

@@ -53,7 +53,7 @@ class _Strict(BaseModel):
 class Match(_Strict):
     """Which alerts a route (or `cem alerts tail`) takes. Every given criterion must hold."""
 
-    kind: list[Literal["repeat_contact", "re_entry"]] | None = None
+    kind: list[str] | None = Field(None, description="rule names (config/rules.yaml): repeat_contact, re_entry, ...")
     min_severity: Literal["medium", "high"] | None = None
     tier: list[str] | None = None
     matter: list[str] | None = Field(None, description="the matter of repeat_contact or the field of re_entry")

@@ -63,9 +63,17 @@ def build_report(client: Any, db: str, window_days: int = 7) -> Report:
     params = kit.default_params(db, window_days)
     qs = kit.queries()
     daily = client.execute(
-        f"SELECT day, sum(contacts), sum(repeat_contacts), sum(reentry_touchpoints), "
-        f"sum(repeat_contact_alerts) + sum(re_entry_alerts) FROM {db}.kpi_daily_view GROUP BY day ORDER BY day"
+        f"SELECT day, sum(contacts), sum(repeat_contacts), sum(reentry_touchpoints) "
+        f"FROM {db}.kpi_daily_view GROUP BY day ORDER BY day"
     )
+    # alerts of every rule (the kpi table counts each rule's alerts as the metric <rule>_alert)
+    alerted = dict(
+        client.execute(
+            f"SELECT day, sum(n) FROM (SELECT day, metric, uniqExactMerge(ids) AS n FROM {db}.kpi_daily "
+            f"WHERE metric LIKE '%alert' GROUP BY day, metric) AS per_metric GROUP BY day"
+        )
+    )
+    daily = [(*r, alerted.get(r[0], 0)) for r in daily]
     ((touchpoints, customers, contacts, repeats, reentries),) = client.execute(
         f"SELECT count(), uniqExact(customer_id), countIf(contact = 'new'), countIf(has(friction, 'repeat_contact')), "
         f"countIf(has(friction, 're_entry')) FROM {db}.timeline"
@@ -76,6 +84,7 @@ def build_report(client: Any, db: str, window_days: int = 7) -> Report:
     _, fcr_rows = kit.run(client, qs["one_contact_resolution"], **params)
     _, place_rows = kit.run(client, qs["re_entry_rate_by_field_and_place"], **params)
     top_cols, top_rows = kit.run(client, qs["top_customers_by_friction"], **params)
+    rule_cols, rule_rows = kit.run(client, qs["friction_by_rule"], **params)
 
     charts: dict[str, str] = {}
     if daily:
@@ -129,6 +138,8 @@ def build_report(client: Any, db: str, window_days: int = 7) -> Report:
         place_rows=[r for r in place_rows if r[3]][:15],
         top_cols=top_cols,
         top_rows=top_rows,
+        rule_cols=rule_cols,
+        rule_rows=rule_rows,
         window_days=window_days,
     )
     return Report(html, len(charts), generated)

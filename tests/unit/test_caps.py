@@ -10,6 +10,10 @@ from processors.model import RepeatContactRules, Rules
 from tests.unit.test_rules import contact, entry
 
 
+def names(rules: Rules) -> list[str]:
+    return [d.name for d in rules.detectors]
+
+
 def test_thousands_of_contacts_on_one_matter_keep_state_and_alerts_bounded() -> None:
     rules = Rules()
     state = CustomerState("C")
@@ -25,8 +29,10 @@ def test_thousands_of_contacts_on_one_matter_keep_state_and_alerts_bounded() -> 
     # one alert an hour per matter (the cooldown), plus the medium -> high step at the start
     assert opened <= 4000 // rules.repeat_contact.alert_cooldown_minutes + 2, opened
     assert evidence == rules.repeat_contact.max_evidence and capped > 0
-    last = state.events[-1].rc_after
-    assert last is not None and len(last.recent) <= rules.repeat_contact.max_evidence and len(last.contacts) <= 200
+    after = state.events[-1].after
+    assert after is not None
+    contacts, last = after[0], after[1 + names(rules).index("repeat_contact")]
+    assert len(last.recent) <= rules.repeat_contact.max_evidence and len(contacts.contacts) <= 200
 
 
 def test_a_field_entered_thousands_of_times_keeps_its_entries_bounded() -> None:
@@ -34,8 +40,10 @@ def test_a_field_entered_thousands_of_times_keeps_its_entries_bounded() -> None:
     state = CustomerState("C")
     for n in range(1000):
         state, _ = judge(state, entry(f"w{n}", timedelta(minutes=n), f"web:form-{n % 5}", "passport_number"), rules, 0)
-    last = state.events[-1].re_after
-    assert last is not None and len(last.entries) <= rules.re_entry.max_evidence
+    after = state.events[-1].after
+    assert after is not None
+    last = after[1 + names(rules).index("re_entry")]
+    assert len(last.entries) <= rules.re_entry.max_evidence
 
 
 def test_the_cooldown_holds_back_a_matters_next_alert_unless_it_is_more_severe() -> None:

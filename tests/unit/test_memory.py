@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import gc
 
+import pytest
 from clickhouse_driver.columns.service import get_column_by_spec
 from clickhouse_driver.context import Context
 
 import sinks.clickhouse.client  # noqa: F401  # makes the driver's column back-references weak
 from pipeline.engine.rows import timeline_row
+from pipeline.settings import RulesSettings
 from processors.judge import CustomerState, judge
 from processors.model import Rules, Touch
 from sinks.clickhouse.writer import TIMELINE_COLUMNS, Columns
@@ -41,14 +43,16 @@ def test_the_drivers_columns_leave_no_cyclic_garbage() -> None:
     assert cyclic_garbage(make) == []
 
 
-def test_judging_and_buffering_rows_leave_no_cyclic_garbage() -> None:
+@pytest.mark.parametrize("rules", [Rules(), RulesSettings().to_rules()], ids=["two rules", "default rule file"])
+def test_judging_and_buffering_rows_leave_no_cyclic_garbage(rules: Rules) -> None:
     def make() -> None:
         state, rows = CustomerState("C-1"), Columns(len(TIMELINE_COLUMNS))
         for i in range(50):
             at = 1_772_700_000_000_000 + i * 3_600_000_000
             touch = Touch("C-1", "call_center", f"c{i}", at, "call", matter="refund", is_contact=True,
-                          fields=("passport_number",), place=f"call_center:q{i % 3}")  # fmt: skip
-            state, verdict = judge(state, touch, Rules(), 0)
+                          fields=("passport_number",), place=f"call_center:q{i % 3}", outcome="transferred",
+                          previous_contact_id=f"c{i - 1}" if i % 4 else "")  # fmt: skip
+            state, verdict = judge(state, touch, rules, 0)
             for row in verdict.rows:
                 rows.add(timeline_row(row, 0))
 

@@ -47,7 +47,7 @@ def test_report_renders_charts_tables_and_numbers(tmp_path: Path) -> None:
     assert {"cards", "chart-daily_contacts", "chart-daily_friction", "chart-top_matters", "chart-top_places"} <= set(
         page.ids
     )
-    assert {"ocr", "reentry", "top-customers"} <= set(page.ids)
+    assert {"rules", "ocr", "reentry", "top-customers"} <= set(page.ids)
     assert page.sources == []  # self-contained: no scripts, stylesheets or images to fetch
     text = " ".join(page.text)
     # cards: 20 touchpoints, 5 customers, 9 new contacts, 3 of them repeats
@@ -56,5 +56,6 @@ def test_report_renders_charts_tables_and_numbers(tmp_path: Path) -> None:
     # the OCR table: refund_status 4 contacts, OCR 75%, FCR (calls) 66.7%
     assert "refund_status 4 75.0% 3 66.7%" in text
     assert "C-1042 gold 2 5 4 4" in text
+    assert "repeat_contact 3 2 3 2 0" in text and "re_entry 6 2 2 2 0" in text  # friction by rule
     assert "web:profile/edit" not in text  # places without re-entries are left out of that table
     Path(tmp_path / "report.html").write_text(report.html)
