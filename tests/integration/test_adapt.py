@@ -121,8 +121,9 @@ def _wait_rows(space: Namespace, n: int, adapter: subprocess.Popen[bytes]) -> No
 
 def test_connect_transfers_and_a_callback(space: Namespace) -> None:
     """A call transferred twice, then a callback days later on the same matter: one contact,
-    one continuation chain, one repeat contact. Every record arrives twice, and two contacts
-    also arrive in an older version (Connect updates records after the contact)."""
+    one continuation chain (three legs and three agents: passed around, a rule of the default
+    file), one repeat contact. Every record arrives twice, and two contacts also arrive in an
+    older version (Connect updates records after the contact)."""
     space.start_worker()
     t = space.settings.kafka.topics
     profile = {
@@ -163,14 +164,17 @@ def test_connect_transfers_and_a_callback(space: Namespace) -> None:
     assert _rows(space) == {
         "c-1": ("C-CC", "call", "new", [], "ag-1", "call_center:general", "phone"),
         "c-2": ("C-CC", "call", "continuation", [], "ag-2", "call_center:loyalty", "phone"),  # the newer record
-        "c-3": ("C-CC", "call", "continuation", [], "ag-3", "call_center:baggage-desk", "phone"),
+        "c-3": ("C-CC", "call", "continuation", ["passed_around"], "ag-3", "call_center:baggage-desk", "phone"),
         "c-4": ("C-CC", "call", "new", ["repeat_contact"], "ag-4", "call_center:baggage-desk", "phone"),
     }
     alerts = space.ch().execute(
         f"SELECT kind, matter, count, severity, trigger_event_id, evidence FROM {space.db}.friction_alerts "
         "WHERE status = 'open'"
     )
-    assert alerts == [("repeat_contact", "baggage_allowance", 2, "medium", "c-4", ["c-1", "c-4"])]
+    assert sorted(alerts) == [
+        ("passed_around", "baggage_allowance", 3, "medium", "c-3", ["c-1", "c-2", "c-3"]),
+        ("repeat_contact", "baggage_allowance", 2, "medium", "c-4", ["c-1", "c-4"]),
+    ]
     # each contact went out once; the malformed record is a dead letter naming the field
     sent = [json.loads(r.value)["event_id"] for r in read_to_end(space.settings, t.callcenter)]
     assert sorted(sent) == ["c-1", "c-2", "c-3", "c-4"]
