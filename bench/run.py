@@ -266,9 +266,11 @@ def start_workers(run: Run, n: int, label: str) -> list[tuple[Watched, int]]:
     out = []
     for i in range(n):
         port = 6200 + i
+        # a disk of its own per worker, as on separate machines (a RocksDB database has one owner)
+        env = run.env | {"CEM_WORKER__DATA_DIR": f"{run.env['CEM_WORKER__DATA_DIR']}/w{i}"}
         w = Watched(
             [sys.executable, "-m", "pipeline.ops.cli", "worker", "--loglevel", "info", "--web-port", str(port)],
-            run.env,
+            env,
             ROOT / ".local" / "bench" / run.tag / f"{label}-worker{i}.log",
         )
         out.append((w, port))
