@@ -77,6 +77,14 @@ class ResolveStage:
                 # read up to where the fetch found them, the others' forwarded by their workers.
                 batch = await self._with_profiles_before(batch)
                 if any(r.topic != self.topics.profiles for r in batch):
+                    # This worker's own profiles are forwarded and committed before it waits for
+                    # the others': another worker may be waiting for them as this one waits for
+                    # its (both waited out worker.profile_wait_s, and filed touchpoints unresolved).
+                    crm = [r for r in batch if r.topic == self.topics.profiles]
+                    if crm:
+                        await self.resolve_batch(crm)
+                        await self.source.commit(crm)
+                        batch = [r for r in batch if r.topic != self.topics.profiles]
                     await self._others_indexed()
                 await self.resolve_batch(batch)
                 failpoint("resolve.forwarded")
