@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -113,15 +112,7 @@ class Context:
         a pack); by default the whole message."""
         self.stats.deadletter[why.reason] += 1
         original = record.value if value is None else value
-        headers = [
-            ("cem.error.reason", why.reason.encode()),
-            ("cem.error.field", why.field.encode()),
-            ("cem.error.detail", why.describe().encode()),
-            ("cem.source.topic", record.topic.encode()),
-            ("cem.source.partition", str(record.partition).encode()),
-            ("cem.source.offset", str(record.offset).encode()),
-            ("cem.error.at", datetime.now(UTC).isoformat().encode()),
-        ]
+        headers = why.headers(record.topic, record.partition, record.offset)
         log.info("dead-letter %s: %s", where(record), why.describe())
         # A message the producer cannot send would stop the partition for good: past the limit,
         # the copy is cut, and a header says how long the original was (it is still on its topic).

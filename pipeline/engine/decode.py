@@ -26,6 +26,18 @@ class Rejected:
         where = f" at {self.field}" if self.field else ""
         return f"{self.reason}{where}: {self.detail}"
 
+    def headers(self, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+        """The dead-letter topic's headers for a message parked for this reason."""
+        return [
+            ("cem.error.reason", self.reason.encode()),
+            ("cem.error.field", self.field.encode()),
+            ("cem.error.detail", self.describe().encode()),
+            ("cem.source.topic", topic.encode()),
+            ("cem.source.partition", str(partition).encode()),
+            ("cem.source.offset", str(offset).encode()),
+            ("cem.error.at", datetime.now(UTC).isoformat().encode()),
+        ]
+
 
 def _from_validation(e: ValidationError) -> Rejected:
     err = e.errors(include_url=False)[0]

@@ -144,15 +144,7 @@ class Adapter:
         self.counts[f"deadletter:{why.reason}"] += 1
         # the reason names a field, never a value: contact records carry phone numbers
         log.info("dead-letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, why.describe())
-        headers = [
-            ("cem.error.reason", why.reason.encode()),
-            ("cem.error.field", why.field.encode()),
-            ("cem.error.detail", why.describe().encode()),
-            ("cem.source.topic", record.topic.encode()),
-            ("cem.source.partition", str(record.partition).encode()),
-            ("cem.source.offset", str(record.offset).encode()),
-            ("cem.error.at", datetime.now(UTC).isoformat().encode()),
-        ]
+        headers = why.headers(record.topic, record.partition, record.offset)
         original = record.value or b""
         room = MESSAGE_BYTES - len(record.key or b"") - sum(len(k) + len(v) for k, v in headers) - 64
         if len(original) > room:
