@@ -316,7 +316,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         state = part.customers.pop(cid, erasure=True)
         if silent:
             return
-        # A snapshot being made of this partition holds a RocksDB snapshot, which keeps the old
+        # A snapshot being made of this partition holds a RocksDB iterator, which keeps the old
         # value in the files, and would publish it: it is abandoned; the next one comes at once.
         self.snapshots.abandon({part.number})
         # the partition's next snapshot replaces those that still hold the customer: soon

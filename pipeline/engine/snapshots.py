@@ -14,7 +14,7 @@ number:
   but no fewer than `worker.snapshot_min_touchpoints`; or when `worker.snapshot_interval_s`
   has passed with any change, so that the snapshot the log is read from is always far
   younger than the topic's retention (`kafka.internal_retention_days`).
-* A snapshot is read from a RocksDB snapshot of the partition's database: one consistent
+* A snapshot is read through a RocksDB iterator over the partition's database: one consistent
   moment, at the offset stored with it (`from_offset`), holding only written state (see
   state_store.py). Its chunks, of about `CHUNK_BYTES`, are the stored values joined (no
   decoding), a few between two batches, and sent by a task of their own.
@@ -155,7 +155,7 @@ class Walk:
     snapshot: str
     from_offset: int
     touches_at_start: int
-    entries: Iterator[tuple[bytes, bytes]]  # the stored customers, of a RocksDB snapshot
+    entries: Iterator[tuple[bytes, bytes]]  # the stored customers, as they were when it started
     outbox: asyncio.Queue[tuple[bytes, bytes] | None]  # (key, value) of encoded chunks; None: all encoded
     chunks: int = 0
     customers: int = 0
@@ -166,7 +166,7 @@ class Walk:
     sender: asyncio.Task[None] | None = None
 
     def close(self) -> None:
-        """Let go of the RocksDB snapshot (a database is not closed while one is held)."""
+        """Let go of the RocksDB iterator (a database is not closed while one is held)."""
         close = getattr(self.entries, "close", None)
         if close is not None:
             close()
@@ -232,9 +232,9 @@ class Snapshots:
             if not self.wanted(parts):
                 return
             part = max((p for p in parts.values() if self.due(p, now)), key=lambda p: p.touches_since)
-            # the database's own offset and a RocksDB snapshot, with no await between: one moment
+            # the database's own offset and an iterator over it, with no await between: one moment
             from_offset = part.persisted_offset
-            entries = part.customers.values(snapshot=part.customers.db.snapshot())
+            entries = part.customers.values()
             walk = Walk(part, uuid.uuid4().hex, from_offset, part.touches_since, entries, asyncio.Queue())
             walk.sender = asyncio.create_task(self._send(walk), name=f"snapshot {part.number}")
             self.walk = self.sending = walk

@@ -349,19 +349,16 @@ class Customers:
         self.db.write(batch)
 
     # ---------------------------------------------------------------- walking
-    def values(self, start: bytes = PREFIX, snapshot: Any = None) -> Generator[tuple[bytes, bytes]]:
-        """(key, value) of the stored customers from `start`, in key order (of a RocksDB
-        snapshot, if given)."""
+    def values(self, start: bytes = PREFIX) -> Generator[tuple[bytes, bytes]]:
+        """(key, value) of the stored customers from `start`, in key order, as the database
+        is now: a RocksDB iterator sees the database as it was when it was made, whatever
+        is written while it is read. (rocksdict's `Snapshot.iter` does not: it reads the
+        live database, so it is not used.)"""
         opts = ReadOptions()
         opts.set_iterate_upper_bound(END)
-        it = (snapshot if snapshot is not None else self.db).iter(opts)
+        it = self.db.iter(opts)  # made now, not when the generator is first advanced
         it.seek(start)
-        try:
-            while it.valid():
-                yield it.key(), it.value()
-                it.next()
-        finally:
-            del it
+        return _entries(it)
 
     def count(self) -> int:
         """Customers in the database."""
@@ -374,6 +371,15 @@ class Customers:
         self.closed = True
         self.decoded.drop_partition(self.number)
         self.db.close()
+
+
+def _entries(it: Any) -> Generator[tuple[bytes, bytes]]:
+    try:
+        while it.valid():
+            yield it.key(), it.value()
+            it.next()
+    finally:
+        del it
 
 
 def after(prefix: bytes) -> bytes:

@@ -251,6 +251,41 @@ def test_a_snapshot_is_the_written_state_at_the_offset_on_disk(tmp_path: Path) -
     assert part.snapshot_keys == set(keys[:2]) and part.touches_since == 0 and part.held == 3
 
 
+def test_a_snapshot_begun_before_a_batch_is_persisted_does_not_hold_it(tmp_path: Path, monkeypatch: Any) -> None:
+    """A snapshot is read over many batches; what they persist meanwhile (changed, new and
+    deleted customers) must not reach it, or it would not be the state at its offset."""
+    customers = store(tmp_path)
+    for i in range(50):
+        judged(customers, f"C-{i}")
+    customers.seal(5, T0)
+    part = Partition(0, customers, touches_since=50, persisted_offset=customers.persist() or 0)
+    sends = FakeSends()
+    snaps = Snapshots("t", lambda: sends, min_touchpoints=1, interval_s=300, counters=Counter(), live_keys=_no_keys)  # type: ignore[arg-type, return-value]
+
+    async def run() -> None:
+        monkeypatch.setattr("pipeline.engine.snapshots.STEP_S", 0.0)
+        snaps.step({0: part})  # begun: nothing encoded yet
+        assert snaps.walk is not None and snaps.walk.customers == 0
+        for i in range(50):
+            judged(customers, f"C-{i}", 1)
+        judged(customers, "C-new")
+        customers.pop("C-3", erasure=False)
+        customers.seal(9, T0 + 1)
+        customers.persist()
+        customers.db.flush()
+        monkeypatch.setattr("pipeline.engine.snapshots.STEP_S", 1.0)
+        while snaps.walk is not None or snaps.sending is not None:
+            snaps.step({0: part})
+            await asyncio.sleep(0)
+
+    asyncio.run(run())
+    states = [s for k, v in sends.sent if b"/c/" in k and v is not None for s in decode_chunk(v)]
+    assert sorted(s.customer_id for s in states) == sorted(f"C-{i}" for i in range(50))
+    assert all(len(s.events) == 1 for s in states)
+    manifest = orjson.loads(next(v for k, v in sends.sent if k.endswith(b"/m") and v is not None))
+    assert manifest["from_offset"] == 5
+
+
 def test_a_partition_resumed_from_disk_reads_its_old_snapshot_keys_before_deleting_them(tmp_path: Path) -> None:
     customers = store(tmp_path)
     judged(customers, "C-1")
@@ -385,7 +420,7 @@ def test_an_erasure_during_a_snapshot_ends_it_and_leaves_the_files(tmp_path: Pat
     )  # type: ignore[arg-type, return-value]
 
     async def run() -> None:
-        snaps.step({0: part})  # a walk holds a RocksDB snapshot now
+        snaps.step({0: part})  # a walk holds a RocksDB iterator now
         assert snaps.sending is not None
         snaps.abandon({0})  # what the judge does on an erasure
         customers.pop("C-gone-4711", erasure=True)
