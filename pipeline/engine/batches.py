@@ -76,14 +76,14 @@ class BatchSource:
 
     async def catch_up(self, topic: str, timeout_s: float, limit: int) -> tuple[list[Any], bool]:
         """The records of `topic` (on this consumer's partitions) that were on the broker when
-        the last fetch returned and are not read yet: read them now, before the batch in hand
+        the last fetch returned (at least) and are not read yet: read them now, before the batch in hand
         is processed. They belong to that batch, and are committed with it. At most about
         `limit` of them: the second value says whether there are more."""
         tps = self.assigned(topic)
-        target = {tp: self.consumer.highwater(tp) for tp in tps}
-        unknown = [tp for tp, high in target.items() if high is None]  # not fetched yet: ask
-        if unknown:
-            target |= await self.consumer.end_offsets(unknown)
+        # The broker's end offsets, asked now (one request), not the high watermarks of the
+        # last fetches: a partition whose fetched records are not all handed out is left out
+        # of the next fetches, so its high watermark can be older than the records in hand.
+        target: dict[TopicPartition, int] = await self.consumer.end_offsets(tps) if tps else {}
         out: list[Any] = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import socket
@@ -363,6 +364,13 @@ def send_all(prod: KafkaProducer, records: Iterable[Record]) -> int:
         count += 1
     prod.flush()
     return count
+
+
+def send_in_order(prod: KafkaProducer, records: Iterable[Record], profiles_topic: str) -> int:
+    """Send records so that each run of CRM profiles is on the broker before what follows it
+    (a producer sends its partitions in any order): a touchpoint is resolved with the profiles
+    appended before it (docs/architecture.md)."""
+    return sum(send_all(prod, run) for _, run in itertools.groupby(records, key=lambda r: r.topic == profiles_topic))
 
 
 def preflight(settings: Settings) -> None:

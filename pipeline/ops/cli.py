@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -343,7 +342,7 @@ def produce(
     ] = False,
 ) -> None:
     """Produce a file of messages to Kafka."""
-    from pipeline.kafka.admin import producer, read_jsonl, send_all, wait_until_processed
+    from pipeline.kafka.admin import producer, read_jsonl, send_all, send_in_order, wait_until_processed
 
     s = settings()
     records = list(read_jsonl(file, s))
@@ -353,11 +352,7 @@ def produce(
         records = [r for r in records if r.topic != s.kafka.topics.profiles]
         send_all(prod, profiles)
         wait_until_processed(s, timeout_s=120)
-    # The CRM profiles before the touchpoints after them in the file are on the broker first:
-    # a touchpoint is resolved with the profiles appended before it (docs/architecture.md).
-    n = 0
-    for _, run in itertools.groupby(records, key=lambda r: r.topic == s.kafka.topics.profiles):
-        n += send_all(prod, run)
+    n = send_in_order(prod, records, s.kafka.topics.profiles)
     prod.close()
     console.print(f"produced {n} message(s)")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.kafka.admin import producer, send_all, wait_until_processed
+from pipeline.kafka.admin import producer, send_all, send_in_order, wait_until_processed
 from sinks.clickhouse import kit
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.settings import ClickHouseSettings
@@ -186,7 +186,7 @@ def test_replica_and_shard_outages_while_the_worker_writes(
         space.start_worker()
         prod = producer(space.settings)
         started = time.monotonic()
-        send_all(prod, profiles + parts[0])
+        send_in_order(prod, profiles + parts[0], space.settings.kafka.topics.profiles)
         wait_until_processed(space.settings, timeout_s=300)
         healthy_s = time.monotonic() - started
 

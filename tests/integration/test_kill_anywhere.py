@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pipeline.kafka.admin import Record, producer, send_all, wait_until_processed
+from pipeline.kafka.admin import Record, producer, send_in_order, wait_until_processed
 from tests.integration.conftest import Namespace
 from tests.integration.test_faults import open_on_the_topic, records, wait_until
 from tests.journeys import Journeys, generate
@@ -117,14 +117,15 @@ class Feeder:
     def _run(self) -> None:
         try:
             prod = producer(self.space.settings)
+            crm = self.space.settings.kafka.topics.profiles
             for n, recs in enumerate(self.slices):
                 self.released.acquire()
-                if n == 0:  # as fast as `cem produce` sends a file
-                    send_all(prod, recs)
+                if n == 0:  # as `cem produce` sends a file
+                    send_in_order(prod, recs, crm)
                     continue
                 step = max(1, len(recs) // 10)
                 for k in range(0, len(recs), step):
-                    send_all(prod, recs[k : k + step])
+                    send_in_order(prod, recs[k : k + step], crm)
                     time.sleep(self.slice_s / 10)
             prod.close()
         except BaseException as e:  # reported by join()
@@ -240,7 +241,8 @@ def verify(space: Namespace, exp: Expected) -> None:
     rows = ch.execute(f"SELECT event_id, customer_id, friction, reentered_fields FROM {space.db}.timeline")
     ids = [r[0] for r in rows]
     twice = {e for e in ids if ids.count(e) > 1} if len(ids) != len(set(ids)) else set()
-    assert not twice, f"{len(twice)} touchpoints show twice, e.g. {sorted(twice)[:5]}"
+    filed = {e: sorted(c for i, c, _, _ in rows if i == e) for e in sorted(twice)[:5]}
+    assert not twice, f"{len(twice)} touchpoints show twice, e.g. {filed}"
     got = {e: (c, list(f), list(r)) for e, c, f, r in rows}
     want = {e: (r["customer_id"], r["friction"], r["reentered"]) for e, r in exp.pure.rows.items()}
     missing = set(want) - set(got)
