@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := scripts/stack.sh
 
-.PHONY: help setup stack-install up down status demo test test-fuzz test-faults test-state-disk test-scaleout test-cluster bench bench-quick bench-scale bench-collector test-unit test-integration lint typecheck check clean wipe
+.PHONY: help setup stack-install up down status demo test test-fuzz test-faults test-scaleout test-cluster bench bench-quick bench-scale bench-collector test-unit test-integration lint typecheck check clean wipe
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -40,11 +40,8 @@ test: setup check ## lint, type-check, unit and integration tests (starts its ow
 test-fuzz: setup ## 10,000 malformed messages among valid ones: all in the DLQ with reasons, no restart (CI)
 	$(BIN)/pytest tests/integration/test_fuzz_deadletter.py -m faults -s
 
-test-faults: setup ## fault injection: SIGKILL before and after snapshots and at 15 moments of one run (once with the disk lost), SIGTERM, broker restart, ClickHouse outage (about 8 min)
-	$(BIN)/pytest tests/integration/test_faults.py tests/integration/test_kill_anywhere.py -m "faults and not scaleout" -s
-
-test-state-disk: setup ## the state on disk: SIGKILL with the disk kept and lost, a partition moved and back (not in CI yet: a touchpoint is sometimes filed under two customers, docs/architecture.md)
-	$(BIN)/pytest tests/integration/test_state_on_disk.py -m faults -s
+test-faults: setup ## fault injection: SIGKILL before and after snapshots and at 15 moments of one run (once with the disk lost), SIGKILL with the disk kept and lost, a partition moved and back, SIGTERM, broker restart, ClickHouse outage (about 10 min)
+	$(BIN)/pytest tests/integration/test_faults.py tests/integration/test_kill_anywhere.py tests/integration/test_state_on_disk.py -m "faults and not scaleout" -s
 
 test-scaleout: setup ## two workers on 8 partitions: one killed mid-stream; one killed at 13 moments while the other runs (about 4 min)
 	$(BIN)/pytest tests/integration/test_faults.py tests/integration/test_kill_anywhere.py -m scaleout -s

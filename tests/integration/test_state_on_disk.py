@@ -65,8 +65,7 @@ def test_disk_kept_disk_lost_and_a_partition_moved_and_back(space: Namespace, ex
 
     # 1. SIGKILL, the disk kept: every partition resumes from its database. The kills of this
     # test come once what was sent is judged: kills in the middle of the stream are
-    # test_kill_anywhere's (here they showed a touchpoint resolved without its profile and
-    # again with it, in stage A, not in the state on disk: still open).
+    # test_kill_anywhere's.
     a, _ = start_ready(space)
     feeder.release()
     feeder.release()
@@ -81,9 +80,7 @@ def test_disk_kept_disk_lost_and_a_partition_moved_and_back(space: Namespace, ex
 
     # 2. a second worker takes half the partitions (rebuilt there from Kafka: its disk is
     # empty), works on them, and dies: they come back to A, whose copies are behind. B dies
-    # once what it was given is judged: crash windows are test_kill_anywhere's; stage A's own
-    # (a batch resolved again after a kill, docs/architecture.md "What remains") are not
-    # what this phase is about.
+    # once what it was given is judged: crash windows are test_kill_anywhere's.
     feeder.release()
     b = space.start_worker(env=ENV)
     wait_until(lambda: _ready(space, b) and _ready(space, a) and len(space.stats(b)["partitions"]) > 0, 120,
