@@ -7,8 +7,12 @@ aiokafka, then every step the two stages do in Python, in one process:
   rekey    the rows packed per partition and read back, the hop between the stages that
            any co-partitioned design keeps
   judge    the detectors over the customer's state, as stage B
+  state    the customer's state read from and written to its partition's RocksDB database
+           (decoded-state cache in front), sealed and persisted with each insert's worth of
+           rows, as stage B (pipeline/engine/state_store.py, settings as configured)
   rows     the timeline rows for ClickHouse
-  snapshot the whole state encoded once, as a snapshot does (its share per touchpoint)
+  snapshot the whole stored state read and joined into chunks once, as a snapshot does
+           (its share per touchpoint)
 
 No broker writes and no ClickHouse: this is the ceiling for any design that runs cem's core
 in Python on this machine, and its breakdown says where the time per event goes.
@@ -16,9 +20,12 @@ in Python on this machine, and its breakdown says where the time per event goes.
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,9 +33,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.engine import memory
 from pipeline.engine.decode import Rejected, decode_profile, decode_touchpoint
-from pipeline.engine.rekey import pack, read_items
+from pipeline.engine.rekey import pack, partition_of, read_items
 from pipeline.engine.rows import timeline_row
-from pipeline.engine.snapshots import encode_chunk
+from pipeline.engine.snapshots import encode_stored
+from pipeline.engine.state_store import Customers, Decoded, Disk
 from pipeline.kafka import clients
 from pipeline.settings import Settings
 from processors.identity import profile_fingerprints, resolve
@@ -38,7 +46,7 @@ from processors.normalize import to_touch
 from schemas.profile import ProfileSnapshot
 from sinks.clickhouse.writer import now_seconds
 
-STEPS = ("decode", "resolve", "rekey", "judge", "rows", "snapshot")
+STEPS = ("decode", "resolve", "rekey", "judge", "state", "rows", "snapshot")
 
 
 async def _read_all(settings: Settings, topics: list[str], expected: int) -> list[Any]:
@@ -59,12 +67,37 @@ async def _read_all(settings: Settings, topics: list[str], expected: int) -> lis
 
 
 async def core_ceiling(settings: Settings, expected_profiles: int, expected_touchpoints: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="cem-a3-") as tmp:
+        disk = Disk(Path(tmp), settings.state, settings.secret)
+        decoded = Decoded(settings.state.cache_customers)
+        parts = [
+            Customers(p, await disk.open(str(p)), decoded, disk.secret, disk.key_id)
+            for p in range(settings.kafka.partitions)
+        ]
+        try:
+            return await _measure(settings, parts, expected_profiles, expected_touchpoints)
+        finally:
+            for customers in parts:
+                customers.close()
+
+
+def _persist(parts: list[Customers], offset: int) -> None:
+    """What the judge does once an insert's rows are written: the changed states to disk."""
+    for customers in parts:
+        if customers.dirty:
+            customers.seal(offset, 0)
+            customers.persist()
+
+
+async def _measure(
+    settings: Settings, parts: list[Customers], expected_profiles: int, expected_touchpoints: int
+) -> dict[str, Any]:
     t = settings.kafka.topics
     vocabulary = frozenset(settings.rules.field_vocabulary)
     matters = frozenset(settings.rules.matter_vocabulary)
     rules, secret = settings.rules_obj, settings.secret
     index: dict[str, str] = {}
-    states: dict[str, CustomerState] = {}
+    n_parts = len(parts)
     for rec in await _read_all(settings, [t.profiles], expected_profiles):
         p = decode_profile(rec.key, rec.value, vocabulary=vocabulary, max_bytes=settings.worker.max_message_bytes)
         if isinstance(p, ProfileSnapshot):
@@ -72,8 +105,11 @@ async def core_ceiling(settings: Settings, expected_profiles: int, expected_touc
             fps = profile_fingerprints(ids.email, ids.phone, ids.loyalty_id, secret)
             index.update(dict.fromkeys(fps, p.customer_id))
             profile = Profile(p.version, p.loyalty_tier.lower(), tuple(p.known_fields), tuple(fps))
-            states[p.customer_id] = apply_profile(states.get(p.customer_id) or CustomerState(p.customer_id), profile)[0]
+            customers = parts[partition_of(p.customer_id, n_parts)]
+            customers.put(apply_profile(customers.get(p.customer_id) or CustomerState(p.customer_id), profile)[0])
+    _persist(parts, 1)
     records = await _read_all(settings, list(t.channels), expected_touchpoints)
+    await asyncio.sleep(0)
 
     memory.tune()  # as the worker does: at 30k customers the default thresholds cost a third
     spent: dict[str, float] = defaultdict(float)
@@ -81,6 +117,7 @@ async def core_ceiling(settings: Settings, expected_profiles: int, expected_touc
     now = datetime.now(UTC)
     max_future = timedelta(hours=settings.worker.max_future_skew_hours)
     started = clock()
+    pending = 0
     for i in range(0, len(records), settings.worker.batch_size):
         wall = now_seconds()
         now_us = wall * 1_000_000
@@ -107,23 +144,39 @@ async def core_ceiling(settings: Settings, expected_profiles: int, expected_touc
             resolved.append((res.customer_id, orjson.dumps(touch.to_row())))
             spent["resolve"] += clock() - t1
         t3 = clock()
-        items = [item for _, value in pack(resolved, settings.kafka.partitions) for item in read_items(value)]
+        packs = pack(resolved, n_parts)
+        items = [(partition, item) for partition, value in packs for item in read_items(value)]
         spent["rekey"] += clock() - t3
-        for item in items:
+        for partition, item in items:
             assert isinstance(item, Touch)
             t4 = clock()
+            customers = parts[partition]
             cid = item.customer_id
-            state = states.get(cid)
-            if state is None:
-                state = states[cid] = CustomerState(cid)
-            state, verdict = judge(state, item, rules, now_us)
+            state = customers.get(cid) or CustomerState(cid)
             t5 = clock()
-            spent["judge"] += t5 - t4
+            state, verdict = judge(state, item, rules, now_us)
+            t6 = clock()
+            customers.put(state)
+            t7 = clock()
+            spent["state"] += (t5 - t4) + (t7 - t6)
+            spent["judge"] += t6 - t5
             rows.extend(timeline_row(r, wall) for r in verdict.rows)
-            spent["rows"] += clock() - t5
-    t6 = clock()
-    encode_chunk(states.values())
-    spent["snapshot"] = clock() - t6
+            spent["rows"] += clock() - t7
+        pending += len(rows)
+        if pending >= settings.worker.insert_rows:
+            t8 = clock()
+            _persist(parts, i + 2)
+            spent["state"] += clock() - t8
+            pending = 0
+    t9 = clock()
+    _persist(parts, len(records) + 2)
+    spent["state"] += clock() - t9
+    t10 = clock()
+    for customers in parts:
+        values = [value for _, value in customers.values()]
+        for k in range(0, len(values), 500):
+            encode_stored(values[k : k + 500])
+    spent["snapshot"] = clock() - t10
     seconds = clock() - started
     n = len(records)
     return {

@@ -558,7 +558,7 @@ def main() -> None:
     run.results["bare"] = {"seconds": round(secs, 2), "touchpoints_per_s": round(len(wl.touchpoints) / secs)}
     step("(a2) Faust's own ceiling: take_events + orjson, nothing else")
     run.results["faust_ceiling"] = faust_ceiling(run, len(wl.touchpoints))
-    step("(a3) cem's own work without Faust or I/O: decode, resolve, re-key, judge, rows, snapshot")
+    step("(a3) cem's own work without Faust or I/O: decode, resolve, re-key, judge, state on disk, rows, snapshot")
     run.results["core"] = asyncio.run(core_ceiling(run.settings, len(wl.profiles), len(wl.touchpoints)))
     step("(a4) the hottest customer: the judge's time per event as one customer's history grows")
     run.results["hot_customer"] = hot_customer()

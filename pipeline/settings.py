@@ -150,6 +150,14 @@ class WorkerSettings(Section):
         0.5, gt=0, le=60, description="longest a judged row waits for its ClickHouse insert (alerts do not wait)"
     )
     session_timeout_s: float = Field(10.0, gt=0)
+    # Kafka's static membership (KIP-345), as Kafka Streams advises for local state: the
+    # member id is kept with the state on disk, so a worker restarted on its disk rejoins as
+    # itself and has its partitions back at once, not after session_timeout_s; a new disk is
+    # a new member. The cost: a worker stopped for good keeps its partitions from the others
+    # for session_timeout_s.
+    static_membership: bool = Field(
+        True, description="a worker restarted on its disk gets its partitions back at once (group.instance.id)"
+    )
     fetch_max_wait_ms: int = Field(
         20, ge=0, le=5000, description="longest the broker holds a fetch that finds nothing new (latency vs requests)"
     )

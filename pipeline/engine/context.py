@@ -35,6 +35,7 @@ class Context:
         self.stats = Stats()
         fetch = {"fetch_max_wait_ms": settings.worker.fetch_max_wait_ms}  # see clients.group_consumer
         self.disk = Disk(settings.state_dir, settings.state, settings.secret)  # every RocksDB database of the worker
+        self.member = self.disk.member_id() if settings.worker.static_membership else None  # its groups' member id
         self.index = IdentityIndex(
             clients.aiokafka(settings.kafka) | fetch, settings.kafka.topics.identity, self.disk,
             cache_entries=settings.state.identity_cache_entries, resume_hours=settings.state.identity_resume_hours,

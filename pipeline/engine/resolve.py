@@ -57,7 +57,7 @@ class ResolveStage:
         self.profile_wait_s = s.worker.profile_wait_s
         self._crm_indexed: dict[TopicPartition, int] = {}  # CRM partition -> end known to be indexed here
         self.source = BatchSource(
-            clients.group_consumer(s, s.worker.resolve_group),
+            clients.group_consumer(s, s.worker.resolve_group, ctx.member),
             [*self.topics.channels, self.topics.profiles],
             batch_size=s.worker.batch_size,
             on_commit_failure=self._count_commit_failure,

@@ -24,6 +24,7 @@ import logging
 import shutil
 import struct
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -139,6 +140,17 @@ class Disk:
                     log.error("state database %s cannot be opened (%s): deleted, to be rebuilt from Kafka", path, e)
                     shutil.rmtree(path, ignore_errors=True)
                     removed = True
+
+    def member_id(self) -> str:
+        """This disk's member id in the worker's consumer groups (worker.static_membership),
+        made the first time: a worker restarted on this disk rejoins as the same member."""
+        path = self.root / "member-id"
+        if not path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            made = path.with_suffix(".new")
+            made.write_text(f"cem-{uuid.uuid4().hex}")
+            made.replace(path)  # whole or not at all
+        return path.read_text().strip()
 
     def names(self, parent: str) -> list[str]:
         """The databases under `parent` (e.g. a topic's partitions)."""

@@ -64,10 +64,12 @@ def aiokafka(k: KafkaSettings) -> dict[str, Any]:
     return kafka_python(k) | {"bootstrap_servers": k.bootstrap_servers}
 
 
-def group_consumer(settings: Settings, group_id: str) -> dict[str, Any]:
-    """An aiokafka consumer of the worker's: a member of `group_id` that commits by hand."""
+def group_consumer(settings: Settings, group_id: str, member: str | None = None) -> dict[str, Any]:
+    """An aiokafka consumer of the worker's: a member of `group_id` that commits by hand;
+    `member`: its static member id (group.instance.id), if it has one."""
     w = settings.worker
     return aiokafka(settings.kafka) | {
+        "group_instance_id": member,
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",

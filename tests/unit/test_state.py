@@ -439,3 +439,12 @@ def test_an_erasure_during_a_snapshot_ends_it_and_leaves_the_files(tmp_path: Pat
 def test_after_bounds_every_key_with_the_prefix() -> None:
     assert after(b"r/a") == b"r/b" and after(b"r/a\xff\xff") == b"r/b"
     assert after(b"c/") == b"c0"
+
+
+def test_a_disk_keeps_its_member_id_and_another_disk_has_its_own(tmp_path: Path) -> None:
+    """Static membership: a worker restarted on its disk rejoins its groups as the same member
+    (and has its partitions back at once); a new disk is a new member."""
+    settings = StateSettings()
+    first = Disk(tmp_path / "a", settings, b"s").member_id()
+    assert first.startswith("cem-") and Disk(tmp_path / "a", settings, b"s").member_id() == first
+    assert Disk(tmp_path / "b", settings, b"s").member_id() != first
