@@ -136,7 +136,9 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
     # ------------------------------------------------------------------ the loop
     async def run(self) -> None:
         s = self.ctx.settings
-        self.consumer = self.partitions.consumer = AIOKafkaConsumer(**clients.group_consumer(s, s.worker.judge_group, self.ctx.member))
+        self.consumer = self.partitions.consumer = AIOKafkaConsumer(
+            **clients.group_consumer(s, s.worker.judge_group, self.ctx.member)
+        )
         await self.consumer.start()
         try:
             self.consumer.subscribe([self.topic], listener=self)
