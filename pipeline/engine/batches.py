@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from pipeline.kafka.reading import commit
 
@@ -74,27 +75,42 @@ class BatchSource:
         """This consumer's partitions of `topic`."""
         return [tp for tp in self.consumer.assignment() if tp.topic == topic] if self.consumer is not None else []
 
-    async def catch_up(self, topic: str, timeout_s: float, limit: int) -> tuple[list[Any], bool]:
+    async def catch_up(self, topic: str, timeout_s: float, limit: int) -> tuple[list[Any], bool, set[int]]:
         """The records of `topic` (on this consumer's partitions) that were on the broker when
-        the last fetch returned (at least) and are not read yet: read them now, before the batch in hand
-        is processed. They belong to that batch, and are committed with it. At most about
-        `limit` of them: the second value says whether there are more."""
+        the last fetch returned (at least) and are not read yet: read them now, before the
+        batch in hand is processed. They belong to that batch, and are committed with it. At
+        most about `limit` of them: the second value says whether there are more; the third is
+        the partitions of `topic` covered (the caller waits for the others elsewhere)."""
         tps = self.assigned(topic)
+        if not tps:
+            return [], False, set()
         # The broker's end offsets, asked now (one request), not the high watermarks of the
         # last fetches: a partition whose fetched records are not all handed out is left out
         # of the next fetches, so its high watermark can be older than the records in hand.
-        target: dict[TopicPartition, int] = await self.consumer.end_offsets(tps) if tps else {}
+        try:
+            target: dict[TopicPartition, int] = await self.consumer.end_offsets(tps)
+        except KafkaError as e:  # the broker away for a moment: what the fetches said
+            log.warning("end offsets of %s not read (%s): catching up to the last fetches' high watermarks", topic, e)
+            target = {tp: self.consumer.highwater(tp) or 0 for tp in tps}
         out: list[Any] = []
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            behind = [tp for tp in tps if target[tp] > await self.consumer.position(tp)]
-            if not behind:
+        while True:
+            # a rebalance during an await may have taken some of them: those are not ours to read
+            tps = [tp for tp in tps if tp in self.consumer.assignment()]
+            try:
+                behind = [tp for tp in tps if target[tp] > await self.consumer.position(tp)]
+            except IllegalStateError:  # taken meanwhile: looked at again without it
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.01)
+                continue
+            if not behind or time.monotonic() >= deadline:
                 break
             if len(out) >= limit:
-                return out, True
+                return out, True, {tp.partition for tp in tps}
             got = await self.consumer.getmany(*behind, timeout_ms=100, max_records=self.batch_size)
             out.extend(r for records in got.values() for r in records)
-        return out, False
+        return out, False, {tp.partition for tp in tps}
 
     async def _next(self) -> list[Any]:
         got = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_size)

@@ -75,7 +75,7 @@ class ResolveStage:
                 # The CRM profiles on the broker before these touchpoints were read are in the
                 # identity index before they are resolved: this worker's own CRM partitions
                 # read up to where the fetch found them, the others' forwarded by their workers.
-                batch = await self._with_profiles_before(batch)
+                batch, covered = await self._with_profiles_before(batch)
                 if any(r.topic != self.topics.profiles for r in batch):
                     # This worker's own profiles are forwarded and committed before it waits for
                     # the others': another worker may be waiting for them as this one waits for
@@ -85,23 +85,23 @@ class ResolveStage:
                         await self.resolve_batch(crm)
                         await self.source.commit(crm)
                         batch = [r for r in batch if r.topic != self.topics.profiles]
-                    await self._others_indexed()
+                    await self._others_indexed(covered)
                 await self.resolve_batch(batch)
                 failpoint("resolve.forwarded")
                 await self.source.commit(batch)
         finally:
             bootstrap.cancel()
 
-    async def _with_profiles_before(self, batch: list[Any]) -> list[Any]:
+    async def _with_profiles_before(self, batch: list[Any]) -> tuple[list[Any], set[int]]:
         """The batch, with the CRM profiles of this worker's partitions that were on the broker
-        when it was read. More of them than a batch holds (a backlog of profiles): those are
-        forwarded and committed on their own first, a batch at a time, so that neither memory
-        nor the time between two awaits grows with the backlog."""
+        when it was read, and those partitions. More of them than a batch holds (a backlog of
+        profiles): those are forwarded and committed on their own first, a batch at a time,
+        so that neither memory nor the time between two awaits grows with the backlog."""
         profiles = self.topics.profiles
         while True:
-            more, full = await self.source.catch_up(profiles, self.profile_wait_s, self.source.batch_size)
+            more, full, covered = await self.source.catch_up(profiles, self.profile_wait_s, self.source.batch_size)
             if not full:
-                return batch + more
+                return batch + more, covered
             crm = [r for r in batch if r.topic == profiles] + more
             batch = [r for r in batch if r.topic != profiles]
             await self.resolve_batch(crm)
@@ -150,11 +150,11 @@ class ResolveStage:
             await asyncio.sleep(0.005)
         return True
 
-    async def _others_indexed(self) -> None:
+    async def _others_indexed(self, mine: set[int]) -> None:
         """Before a batch's touchpoints are resolved: wait (at most `worker.profile_wait_s`)
-        for the CRM profiles that other workers' CRM partitions held when the batch was read
-        to be in this worker's index. Costs one request when no profile came meanwhile."""
-        mine = {tp.partition for tp in self.source.assigned(self.topics.profiles)}
+        for the CRM profiles that the CRM partitions other than `mine` (those `catch_up` read)
+        held when the batch was read to be in this worker's index. Costs one request when no
+        profile came meanwhile."""
         if mine >= (self.source.consumer.partitions_for_topic(self.topics.profiles) or set()):
             return  # this worker reads every CRM partition: `catch_up` covered them, no request
         ends = {tp: end for tp, end in (await self._end_offsets(self.topics.profiles)).items()

@@ -19,8 +19,11 @@ snapshot chunk is the values joined, without decoding either.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import logging
+import os
+import re
 import shutil
 import struct
 import time
@@ -28,7 +31,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from rocksdict import (
@@ -63,6 +66,7 @@ END = b"c0"  # the first key after every customer's ("/" + 1)
 _MAX_T = struct.Struct(">q")
 KEYS_HELD = 10_000
 ENCODE_STEP = 500  # states encoded between two turns of the event loop (~12 ms)
+MEMBER_ID = re.compile(r"cem-[0-9a-f]{32}")
 OPEN_RETRY_S = 10.0  # a database is still locked by a process that is exiting
 
 
@@ -92,6 +96,7 @@ class Disk:
         # stored with each partition's offset: keys made with another secret are not found
         # (a rotated privacy.fingerprint_secret), so such a database is rebuilt, not used
         self.key_id = hashlib.blake2b(b"cem state keys", digest_size=8, key=self.secret).hexdigest()
+        self._member_lock: IO[str] | None = None  # held while the worker lives (member_id)
         self._cache = Cache(settings.block_cache_mib * MiB)
         self._buffers = WriteBufferManager(settings.write_buffer_mib * MiB, False)
 
@@ -143,14 +148,31 @@ class Disk:
 
     def member_id(self) -> str:
         """This disk's member id in the worker's consumer groups (worker.static_membership),
-        made the first time: a worker restarted on this disk rejoins as the same member."""
+        made the first time: a worker restarted on this disk rejoins as the same member. Held
+        locked for the life of the process: two workers with one id would take each other's
+        place in the groups back and forth, both judging the same partitions."""
+        self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / "member-id"
-        if not path.exists():
-            self.root.mkdir(parents=True, exist_ok=True)
+        if self._member_lock is None:
+            lock = (self.root / "member-id.lock").open("a")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock.close()
+                raise RuntimeError(
+                    f"another worker is using {self.root} (state.dir): each worker needs its own"
+                ) from None
+            self._member_lock = lock
+        member = path.read_text().strip() if path.exists() else ""
+        if not MEMBER_ID.fullmatch(member):  # new, or cut short by a crash while it was written
+            member = f"cem-{uuid.uuid4().hex}"
             made = path.with_suffix(".new")
-            made.write_text(f"cem-{uuid.uuid4().hex}")
-            made.replace(path)  # whole or not at all
-        return path.read_text().strip()
+            with made.open("w") as f:
+                f.write(member)
+                f.flush()
+                os.fsync(f.fileno())
+            made.replace(path)
+        return member
 
     def names(self, parent: str) -> list[str]:
         """The databases under `parent` (e.g. a topic's partitions)."""

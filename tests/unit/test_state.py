@@ -448,3 +448,11 @@ def test_a_disk_keeps_its_member_id_and_another_disk_has_its_own(tmp_path: Path)
     first = Disk(tmp_path / "a", settings, b"s").member_id()
     assert first.startswith("cem-") and Disk(tmp_path / "a", settings, b"s").member_id() == first
     assert Disk(tmp_path / "b", settings, b"s").member_id() != first
+    # one worker per disk: a second one would take the first one's place in the groups
+    held = Disk(tmp_path / "a", settings, b"s")
+    assert held.member_id() == first
+    with pytest.raises(RuntimeError, match="another worker"):
+        Disk(tmp_path / "a", settings, b"s").member_id()
+    # an id cut short by a crash is made anew
+    (tmp_path / "b" / "member-id").write_text("cem-12")
+    assert Disk(tmp_path / "b", settings, b"s").member_id() not in ("cem-12", first)
