@@ -136,14 +136,10 @@ def run(variants: list[tuple[str, Callable[..., Any], Any, Rules]], items: list[
              "flagged_row_versions": counts[label][1]} for label, *_ in variants]  # fmt: skip
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--touchpoints", type=int, default=200_000)
-    ap.add_argument("--customers", type=int, default=20_000)
-    ap.add_argument("--repeat", type=int, default=5)
-    args = ap.parse_args()
+def compare(touchpoints: int, customers: int, repeat: int) -> dict[str, Any]:
+    """The variants' figures, best of `repeat` interleaved rounds (`make bench`'s (a5))."""
     memory.tune()
-    items = touches(args.touchpoints, args.customers)
+    items = touches(touchpoints, customers)
     default = RulesSettings().to_rules()
     two = Rules(friction=tuple(r for r in default.friction or () if r.name in ("repeat_contact", "re_entry")))
     data = yaml.safe_load((ROOT / "config" / "rules.yaml").read_text())
@@ -151,18 +147,28 @@ def main() -> None:
     ten = Rules(friction=tuple(parse_rule_file(data).rules))
     assert len(ten.detectors) == 10
     old = baseline_judge()
-    results = run(
+    variants = run(
         [
             ("hard-coded detectors (" + BASELINE + ")", old.judge, old.CustomerState, Rules()),
             ("rule file: repeat_contact + re_entry", judge, CustomerState, two),
-            ("rule file: the default (5 rules)", judge, CustomerState, default),
+            (f"rule file: the default ({len(default.detectors)} rules)", judge, CustomerState, default),
             ("rule file: 10 rules", judge, CustomerState, ten),
         ],
         items,
-        args.repeat,
+        repeat,
     )
-    print(f"{len(items):,} touchpoints, {args.customers:,} customers, best of {args.repeat} interleaved rounds")
-    for r in results:
+    return {"touchpoints": len(items), "customers": customers, "repeat": repeat, "variants": variants}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--touchpoints", type=int, default=200_000)
+    ap.add_argument("--customers", type=int, default=20_000)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    out = compare(args.touchpoints, args.customers, args.repeat)
+    print(f"{out['touchpoints']:,} touchpoints, {args.customers:,} customers, best of {args.repeat} interleaved rounds")
+    for r in out["variants"]:
         print(f"  {r['variant']:<42} {r['touchpoints_per_s']:>9,}/s  {r['us_per_touchpoint']:>6} us  "
               f"alerts {r['alert_versions']:>6,}  flagged rows {r['flagged_row_versions']:>6,}")  # fmt: skip
 

@@ -5,6 +5,7 @@ in one run, on the same pre-produced topics, on the local stack (`make up`).
   (a2)        a Faust agent that does no work: the ceiling of any Faust stage
   (a3) core   cem's own Python work per event without Faust or I/O (bench/core_ceiling.py)
   (a4) hot    the judge's time per event for one customer with a history of 1k, 4k, 16k events
+  (a5) rules  the judge with the rule file against the two hard-coded detectors it replaced (bench/rules.py)
   (b) baseline the straightforward Faust pipeline in bench/baseline.py
   (c) cem     `cem worker`, until the last timeline row is in ClickHouse
 
@@ -41,6 +42,7 @@ from rich.table import Table
 
 from bench.core_ceiling import core_ceiling
 from bench.hot_customer import hot_customer
+from bench.rules import compare as compare_rules
 from bench.workload import Workload, generate
 from pipeline.kafka import clients
 from pipeline.kafka.admin import create_topics, end_offsets, ensure_topics, producer, read_to_end, wait_until_processed
@@ -366,6 +368,17 @@ def run_cem(run: Run, wl: Workload, workers: int, label: str) -> tuple[dict[str,
     }, procs
 
 
+def rules_rows(rules: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(a5): each variant's judge rate, and its ratio to the hard-coded detectors'."""
+    base, *others = rules["variants"]
+    note = f"in process, {rules['touchpoints']:,} touchpoints, best of {rules['repeat']} interleaved rounds"
+    rows = [("(a5) judge, hard-coded detectors", f"{base['touchpoints_per_s']:,}/s", note)]
+    for v in others:
+        ratio = v["touchpoints_per_s"] / max(1, base["touchpoints_per_s"])
+        rows.append((f"(a5) judge, {v['variant']}", f"{v['touchpoints_per_s']:,}/s", f"{ratio:.2f}x the hard-coded"))
+    return rows
+
+
 def idle_rss(run: Run) -> int:
     """RSS of a worker that holds nothing: what memory per customer is measured against."""
     empty = variant(run, "idle", same_inputs=False)
@@ -497,6 +510,7 @@ def report(run: Run, scale: Scale) -> Path:
         ("(a4) hottest customer, judge us/event", " / ".join(map(str, r["hot_customer"]["us_per_event"].values())),
          f"after {' / '.join(f'{k:,}' for k in r['hot_customer']['us_per_event'])} events of one customer "
          f"(flat: per-customer caps); {r['hot_customer']['events_kept']:,} kept"),
+        *rules_rows(r["rules"]),
         ("(b) baseline Faust pipeline", f"{b['touchpoints_per_s']:,}/s",
          "" if b["complete"] else f"stopped after {b['seconds']}s ({b['rows']:,} rows)"),
         *one,
@@ -562,6 +576,8 @@ def main() -> None:
     run.results["core"] = asyncio.run(core_ceiling(run.settings, len(wl.profiles), len(wl.touchpoints)))
     step("(a4) the hottest customer: the judge's time per event as one customer's history grows")
     run.results["hot_customer"] = hot_customer()
+    step("(a5) the judge with the rule file against the two hard-coded detectors it replaced")
+    run.results["rules"] = compare_rules(*((50_000, 5_000, 3) if args.quick else (200_000, 20_000, 5)))
     step("(b) baseline Faust pipeline")
     run.results["baseline"] = run_baseline(run, wl, scale)
     settle(run)
