@@ -19,6 +19,7 @@ next offset, "at": unix time}.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -62,8 +63,10 @@ class IdentityIndex:
         # after UNREAD_S.
         self._unread: dict[str, tuple[str | None, float]] = {}
         self._unread_swept = time.monotonic()
-        self._removed: list[bytes] = []  # keys of entries removed since the last purge
+        # the lowest and highest key of the entries removed since the last purge (what it rewrites)
+        self._removed: tuple[bytes, bytes] | None = None
         self._purged_at = 0.0
+        self._purging: asyncio.Task[None] | None = None
 
     def holds(self, ends: dict[int, int]) -> bool:
         """Whether everything up to these end offsets (partition -> offset) has been read."""
@@ -136,7 +139,8 @@ class IdentityIndex:
         if customer_id is None:
             batch.delete(key)
             if old is not None:
-                self._removed.append(key)
+                low, high = self._removed or (key, key)
+                self._removed = (min(low, key), max(high, key))
         else:
             batch.put(key, customer_id.encode())
             batch.put(self._reverse(customer_id) + fingerprint.encode(), b"")
@@ -147,13 +151,30 @@ class IdentityIndex:
     def _purge(self) -> None:
         """Removed entries (an erasure's among them) leave the files, not only the index: at
         most every PURGE_S, the memtable is flushed (retiring the write-ahead log that held
-        them) and the files that held their keys are rewritten."""
-        if not self._removed or time.monotonic() - self._purged_at < PURGE_S:
+        them) and the files that held their keys are rewritten. In a thread of its own
+        (RocksDB lets go of the GIL meanwhile, and takes writes beside it): on a large index
+        that is seconds of work, which on the event loop stopped the heartbeats. Not while the
+        index is first read: its removals span the whole index then, and one purge follows."""
+        if self._removed is None or not self.loaded.is_set() or time.monotonic() - self._purged_at < PURGE_S:
             return
-        assert self.db is not None
-        self.db.flush()
-        self.db.compact_range(min(self._removed), max(self._removed))
-        self._removed, self._purged_at = [], time.monotonic()
+        if self._purging is not None and not self._purging.done():
+            return
+        db, (low, high) = self.db, self._removed
+        assert db is not None
+        self._removed, self._purged_at = None, time.monotonic()
+
+        def purge() -> None:
+            db.flush()
+            db.compact_range(low, high)
+
+        self._purging = asyncio.create_task(asyncio.to_thread(purge), name="identity purge")
+
+    async def _purged(self) -> None:
+        """The purge under way, finished (before the database is closed)."""
+        if self._purging is not None:
+            with contextlib.suppress(Exception):
+                await self._purging
+            self._purging = None
 
     def _sweep_unread(self) -> None:
         now = time.monotonic()
@@ -232,6 +253,7 @@ class IdentityIndex:
                         self.loaded.set()
         finally:
             await consumer.stop()
+            await self._purged()
             if self.db is not None:
                 self.db.close()
                 self.db = None

@@ -4,6 +4,7 @@ offsets, a compacted topic's live values, and committing a batch's offsets. One 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -12,6 +13,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 
 log = logging.getLogger("cem.kafka")
+
+METADATA_TIMEOUT_S = 30.0  # longest a metadata update is waited for
 
 
 def reader(client_config: dict[str, Any]) -> AIOKafkaConsumer:
@@ -29,7 +32,12 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     not know the topic yet (one made a moment ago); empty if it does not exist."""
     parts = consumer.partitions_for_topic(topic)
     if not parts:
-        await consumer._client.force_metadata_update()
+        # A client asks only for the topics it tracks: this one is tracked from now on. The
+        # update has no timeout of its own, and one was seen never to finish (a worker held
+        # the reader, and every partition load waiting for it, for half an hour): bounded.
+        client = consumer._client
+        update = client.force_metadata_update() if topic in client._topics else client.add_topic(topic)
+        await asyncio.wait_for(update, METADATA_TIMEOUT_S)
         parts = consumer.partitions_for_topic(topic)
     return set(parts or ())
 
