@@ -50,7 +50,9 @@ STEPS = ("decode", "resolve", "rekey", "judge", "state", "rows", "snapshot")
 
 
 async def _read_all(settings: Settings, topics: list[str], expected: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(**clients.aiokafka(settings.kafka), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **clients.aiokafka(settings.kafka), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(settings.kafka.partitions)]

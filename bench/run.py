@@ -161,7 +161,9 @@ def produce(run: Run, records: Sequence[tuple[str, bytes | None, bytes]]) -> flo
 # ---------------------------------------------------------------------------- (a) bare
 async def bare_consume(run: Run, expected: int) -> float:
     t = run.settings.kafka.topics
-    consumer = AIOKafkaConsumer(**clients.aiokafka(run.settings.kafka), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **clients.aiokafka(run.settings.kafka), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for topic in t.channels for p in range(run.settings.kafka.partitions)]

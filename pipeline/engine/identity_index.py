@@ -32,7 +32,7 @@ from rocksdict import Rdict, ReadOptions, WriteBatch
 
 from pipeline.engine.failpoints import failpoint
 from pipeline.engine.state_store import Disk, after
-from pipeline.kafka.reading import end_offsets_of
+from pipeline.kafka.reading import assign_at, end_offsets_of
 
 log = logging.getLogger("cem.identity")
 
@@ -200,7 +200,9 @@ class IdentityIndex:
     async def follow(self) -> None:
         """Load the topic (from the positions on disk, else whole), then follow it for as long
         as the worker runs."""
-        consumer = AIOKafkaConsumer(**self.client_config, enable_auto_commit=False)
+        # earliest: a position the consumer ever resets itself (one behind the topic's start)
+        # is read again from the start, never skipped to the end
+        consumer = AIOKafkaConsumer(**self.client_config, enable_auto_commit=False, auto_offset_reset="earliest")
         await consumer.start()
         try:
             stored = await self._open()
@@ -210,17 +212,12 @@ class IdentityIndex:
                 if not ends:
                     await asyncio.sleep(0.2)
             tps = list(ends)
-            consumer.assign(tps)
-            starts = await consumer.beginning_offsets(tps)
+            starts = await consumer.beginning_offsets(tps)  # before assigning, as the ends
             if any(not starts[tp] <= stored.get(tp.partition, -1) <= ends[tp] for tp in tps):
                 stored = {}  # not this topic's positions (recreated, or behind its retention)
                 assert self.db is not None
                 self.db.delete_range(b"\0", b"\xff")
-            for tp in tps:
-                if tp.partition in stored:
-                    consumer.seek(tp, stored[tp.partition])
-                else:
-                    await consumer.seek_to_beginning(tp)
+            assign_at(consumer, {tp: stored.get(tp.partition, starts[tp]) for tp in tps})
             written_at = time.monotonic()
             log.info("identity index: reading %s", "what came since the last run" if stored else "the whole topic")
             while True:

@@ -23,8 +23,21 @@ def reader(client_config: dict[str, Any]) -> AIOKafkaConsumer:
     # A fetch that finds nothing is held at the broker for fetch_max_wait_ms, and the requests
     # sent after it on the same connection (the next read's end offsets) wait behind it.
     return AIOKafkaConsumer(
-        **client_config, enable_auto_commit=False, max_partition_fetch_bytes=8 * 2**20, fetch_max_wait_ms=20
-    )
+        **client_config, enable_auto_commit=False, auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 2**20, fetch_max_wait_ms=20,
+    )  # fmt: skip
+
+
+def assign_at(consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]) -> None:
+    """Assign these partitions to a group-less consumer, each at its offset, in one step. A
+    partition assigned without a position is reset by the consumer itself, in the background,
+    to its `auto_offset_reset`; a `seek` made while that reset is under way can be undone
+    when it lands, and the read then starts elsewhere (an identity index read from the
+    beginning started one partition at its end, and lost 848 of its 897 entries). With no
+    await between the assignment and the seeks, no partition is ever without a position."""
+    consumer.assign(list(positions))
+    for tp, offset in positions.items():
+        consumer.seek(tp, offset)
 
 
 async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
@@ -66,9 +79,8 @@ async def read_compacted(
     tps = [tp for tp, end in ends.items() if end > 0]
     if not tps:
         return out
-    consumer.assign(tps)
+    assign_at(consumer, await consumer.beginning_offsets(tps))
     try:
-        await consumer.seek_to_beginning(*tps)
         while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             got = await consumer.getmany(*tps, timeout_ms=1000)
             for tp, records in got.items():
