@@ -69,16 +69,19 @@ class ContactEvent(TouchpointBase):
     previous_contact_id: EventId | None = None
 
 
+BookingType = Literal[
+    "booking_created",
+    "booking_changed",
+    "booking_cancelled",
+    "checkin_started",
+    "checkin_completed",
+    "payment_failed",
+    "passenger_details",
+]
+
+
 class BookingEvent(TouchpointBase):
-    type: Literal[
-        "booking_created",
-        "booking_changed",
-        "booking_cancelled",
-        "checkin_started",
-        "checkin_completed",
-        "payment_failed",
-        "passenger_details",
-    ]
+    type: BookingType
     booking_ref: NonEmpty | None = None
     step: NonEmpty | None = None
     amount: StrictInt | StrictFloat | None = None

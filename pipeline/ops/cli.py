@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import SecretStr
@@ -17,6 +17,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from pipeline.sources.settings import SourcesConfig
 
 app = typer.Typer(help="cem-pipeline: watch customer friction live.", no_args_is_help=True, add_completion=False)
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
@@ -556,22 +559,13 @@ def collect(
     """Run the HTTP collector that tracking SDKs post to (the Segment / RudderStack API): web
     touchpoints to Kafka, answered once Kafka has them (docs/sources.md)."""
     import asyncio
-    import logging
 
     from pipeline.ops.signals import run_until_signalled
     from pipeline.sources.collector import serve
-    from pipeline.sources.settings import load_sources_config
 
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     if port is not None:
         os.environ["CEM_COLLECTOR__PORT"] = str(port)
-    s = settings()
-    try:
-        sources = load_sources_config(s.collector.sources_file)
-    except ConfigError as e:
-        err.print(f"[red]config error[/]: {escape(str(e))}")
-        raise typer.Exit(2) from None
+    s, sources = _sources_service(loglevel)
     if not s.collector.write_keys:
         err.print("[red]config error[/]: collector.write_keys is empty: no SDK could send (CEM_COLLECTOR__WRITE_KEYS)")
         raise typer.Exit(2)
@@ -579,24 +573,31 @@ def collect(
     run_until_signalled(lambda: serve(s, sources, stop), stop.set)
 
 
-@app.command()
-def adapt(loglevel: Annotated[str, typer.Option(help="Log level.")] = "info") -> None:
-    """Turn Amazon Connect contact records and CloudEvents on their raw topics into touchpoints
-    (docs/sources.md). Run one or more beside the workers."""
+def _sources_service(loglevel: str) -> tuple[Settings, SourcesConfig]:
+    """What `cem collect` and `cem adapt` start with: logging, the settings and the sources
+    file (a config error ends the command with its sentence, exit code 2)."""
     import logging
 
-    from pipeline.ops.signals import run_until_signalled
-    from pipeline.sources.adapt import Adapter
     from pipeline.sources.settings import load_sources_config
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     s = settings()
     try:
-        sources = load_sources_config(s.collector.sources_file)
+        return s, load_sources_config(s.collector.sources_file)
     except ConfigError as e:
         err.print(f"[red]config error[/]: {escape(str(e))}")
         raise typer.Exit(2) from None
+
+
+@app.command()
+def adapt(loglevel: Annotated[str, typer.Option(help="Log level.")] = "info") -> None:
+    """Turn Amazon Connect contact records and CloudEvents on their raw topics into touchpoints
+    (docs/sources.md). Run one or more beside the workers."""
+    from pipeline.ops.signals import run_until_signalled
+    from pipeline.sources.adapt import Adapter
+
+    s, sources = _sources_service(loglevel)
     adapter = Adapter(s, sources)
     run_until_signalled(adapter.run, adapter.stop)
 

@@ -45,7 +45,7 @@ from pipeline.settings import Settings
 from pipeline.sources.batching import Dispatcher, Outgoing
 from pipeline.sources.settings import SourcesConfig
 from processors.sources.cloudevents import map_event
-from processors.sources.common import Ignored, Invalid, Mapped
+from processors.sources.common import Ignored, Invalid, Mapped, Outcome
 from processors.sources.segment import map_message
 from processors.sources.snowplow import map_event as map_snowplow
 from schemas.segment import SegmentBatch, SegmentMessage
@@ -309,28 +309,11 @@ class Collector:
                 raise Refused(400, "invalid_field", f"this endpoint takes {kind} messages", "type")
             items = [("", {**obj, "type": kind})]
             shared_context = None
-        out: list[Outgoing] = []
-        ignored = 0
-        for where, raw in items:
-            if shared_context and "context" not in raw:
-                raw = {**raw, "context": shared_context}
-            size = len(orjson.dumps(raw))
-            if size > self.c.max_message_bytes:
-                limit = self.c.max_message_bytes
-                raise Refused(413, "too_large", f"a message is over the limit of {limit} bytes", where)
-            try:
-                msg = SegmentMessage.model_validate(raw)
-            except ValidationError as e:
-                raise _pydantic_refusal(e, where) from None
-            result = map_message(msg, self.mapping, now)
-            if isinstance(result, Ignored):
-                ignored += 1
-                continue
-            if isinstance(result, Invalid):
-                raise Refused(400, "invalid_field", result.detail, _join(where, result.field))
-            out.append(self._checked(result, where, now))
-        self.metrics.messages.labels("ignored").inc(ignored)
-        return out
+        if shared_context:
+            items = [(where, raw if "context" in raw else {**raw, "context": shared_context}) for where, raw in items]
+        return self._each(
+            items, "a message", SegmentMessage, lambda msg: map_message(msg, self.mapping, now), now
+        )  # fmt: skip
 
     def prepare_snowplow(self, obj: dict[str, Any], now: datetime) -> list[Outgoing]:
         """A tp2 request's events checked, mapped and validated, or Refused for the first one
@@ -339,18 +322,27 @@ class Collector:
             payload = SnowplowPayload.model_validate(obj)
         except ValidationError as e:
             raise _pydantic_refusal(e, "") from None
+        items = [(f"data.{i}", raw) for i, raw in enumerate(payload.data)]
+        return self._each(
+            items, "an event", SnowplowEvent, lambda ev: map_snowplow(ev, self.snowplow, self.vocabulary, now), now
+        )  # fmt: skip
+
+    def _each(
+        self, items: list[tuple[str, Any]], what: str, model: Any, mapping: Callable[[Any], Outcome], now: datetime
+    ) -> list[Outgoing]:
+        """Each item (where, raw) of a request sized, parsed with `model`, mapped and checked,
+        or Refused for the first one that cannot be (all or nothing)."""
         out: list[Outgoing] = []
         ignored = 0
-        for i, raw in enumerate(payload.data):
-            where = f"data.{i}"
+        for where, raw in items:
             if len(orjson.dumps(raw)) > self.c.max_message_bytes:
                 limit = self.c.max_message_bytes
-                raise Refused(413, "too_large", f"an event is over the limit of {limit} bytes", where)
+                raise Refused(413, "too_large", f"{what} is over the limit of {limit} bytes", where)
             try:
-                event = SnowplowEvent.model_validate(raw)
+                parsed = model.model_validate(raw)
             except ValidationError as e:
                 raise _pydantic_refusal(e, where) from None
-            result = map_snowplow(event, self.snowplow, self.vocabulary, now)
+            result = mapping(parsed)
             if isinstance(result, Ignored):
                 ignored += 1
                 continue

@@ -4,21 +4,12 @@ hands over its attributes and data."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from processors.sources.common import Ignored, Invalid, Mapped, Outcome
-
-BookingType = Literal[
-    "booking_created",
-    "booking_changed",
-    "booking_cancelled",
-    "checkin_started",
-    "checkin_completed",
-    "payment_failed",
-    "passenger_details",
-]
+from schemas.touchpoints import BookingType
 
 #: CloudEvents `type` -> booking type. A type matches a name when it is the name or ends with
 #: "." + the name, so `com.airline.booking.created` is `booking.created`.
