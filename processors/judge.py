@@ -21,7 +21,7 @@ from typing import Any
 
 from processors.model import AlertDraft, Rules, Touch
 from processors.summary import summarize
-from processors.templates import NO_VERDICT, ContactsState, contacts_step
+from processors.templates import NO_VERDICT, contacts_step
 from processors.told_us import already_told_us
 
 ALERT_NAMESPACE = uuid.UUID("6f1d8c52-2f43-4f0e-9a57-8e3cf1a0c2b1")
@@ -220,7 +220,7 @@ NO_ALERTS: list[AlertDraft] = []  # never appended to
 
 def first_states(rules: Rules) -> Tail:
     """The states before any event."""
-    return (ContactsState(), *(d.first for d in rules.detectors))
+    return rules.first
 
 
 def _key(stored: Stored) -> tuple[int, str, str]:
@@ -229,16 +229,9 @@ def _key(stored: Stored) -> tuple[int, str, str]:
 
 def _seed(tail: Tail, state: CustomerState, rules: Rules, at: Stored) -> Tail:
     """Cooldowns of known-entry rules before `at` are what was published, not what the
-    (possibly pruned) replay says: outputs before it cannot change."""
+    (possibly pruned) replay says: outputs before it cannot change. (Called only when there
+    are alerts or cooldowns: with neither, seeding changes nothing.)"""
     todo = rules.seeded
-    if not todo:
-        return tail
-    if not state.alerts:
-        for j in todo:
-            if tail[j + 1].last_alert:
-                break
-        else:
-            return tail
     last: dict[str, dict[str, int]] = {}
     for a in state.alerts.values():
         if a.status == "open" and a.order_key < at.key and a.body["field"] is not None:
@@ -273,7 +266,8 @@ def _replay(
     states = tail if tail is not None else first_states(rules)
     flags: list[Flags] = []
     drafts: dict[str, tuple[tuple[int, str, str], dict[str, Any]]] = {}
-    detectors = rules.detectors
+    # (by_kind: rules.interested, without a call per event)
+    detectors, by_kind, seeded = rules.detectors, rules.by_kind, rules.seeded
     contacts_window = rules.repeat_contact.window_days * 86_400_000_000
     grace = rules.repeat_contact.transfer_grace_minutes * 60_000_000
     fields_window = rules.re_entry.window_days * 86_400_000_000  # as far back as a context's fields go
@@ -285,9 +279,17 @@ def _replay(
     for i in range(start if tail is not None else 0, len(events)):
         stored = events[i]
         touch = stored.touch
-        if i == start:
-            states = _seed(states, state, rules, stored)
-        interested = rules.interested(touch)
+        if i == start and seeded:
+            if state.alerts:
+                states = _seed(states, state, rules, stored)
+            else:
+                for j in seeded:
+                    if states[j + 1].last_alert:
+                        states = _seed(states, state, rules, stored)
+                        break
+        interested = by_kind.get((touch.channel, touch.type, touch.is_contact, bool(touch.fields)))
+        if interested is None:
+            interested = rules.interested(touch)
         if interested or touch.is_contact or touch.fields:
             contacts, role, root = contacts_step(states[0], touch, contacts_window, grace, fields_window)
             # a new tuple of states only when one changed (most steps change nothing)
@@ -361,8 +363,10 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
     key = new.key
     events = state.events
     # alerts triggered by events older than these were left behind by pruning: never retracted
-    kept_from = events[0].key if events else key
-    if not events or events[-1].key < key:  # in order: the common case
+    kept_from = (events[0].key if events else key) if state.alerts else key
+    last = events[-1].touch if events else None
+    if last is None or last.t < touch.t or (last.t == touch.t and (last.channel, last.event_id) < key[1:]):
+        # in order: the common case (the order key's comparison, without making the last one's)
         start = len(events)
         events.append(new)
     else:  # keys are unique: (channel, event_id) is

@@ -148,22 +148,24 @@ class Rules:
     horizon_us: int = field(default=0, init=False, repr=False, compare=False)
     #: the indices of the detectors whose cooldowns are seeded from published alerts
     seeded: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
+    #: the contacts fold's state and each detector's before any event (values: shared)
+    first: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
     # (channel, type, is contact, has fields) -> the indices of the detectors such an event
     # can concern: most events (page views, searches) concern none, and skip them all
-    _interested: dict[tuple[str, str, bool, bool], tuple[int, ...]] = field(
+    by_kind: dict[tuple[str, str, bool, bool], tuple[int, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
     def interested(self, touch: Touch) -> tuple[int, ...]:
         kind = (touch.channel, touch.type, touch.is_contact, bool(touch.fields))
-        found = self._interested.get(kind)
+        found = self.by_kind.get(kind)
         if found is None:
-            found = self._interested[kind] = tuple(i for i, d in enumerate(self.detectors) if d.could(*kind))
+            found = self.by_kind[kind] = tuple(i for i, d in enumerate(self.detectors) if d.could(*kind))
         return found
 
     def __post_init__(self) -> None:
         from processors.rules import legacy_rules  # rules imports this module
-        from processors.templates import Chain, KnownEntry, Repeat, Sequence
+        from processors.templates import Chain, ContactsState, KnownEntry, Repeat, Sequence
 
         rc, re = self.repeat_contact, self.re_entry
         specs = self.friction
@@ -187,6 +189,7 @@ class Rules:
         object.__setattr__(self, "horizon_us", longest + self.allowed_lateness_days * MICROS_PER_DAY)
         seeded = tuple(i for i, d in enumerate(made) if hasattr(d, "seeded"))
         object.__setattr__(self, "seeded", seeded)
+        object.__setattr__(self, "first", (ContactsState(), *(d.first for d in made)))
 
 
 @dataclass(slots=True)  # a value (why not frozen: above)

@@ -10,6 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.engine.state_store import decode, encode
 from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import ReEntryRules, RepeatContactRules, Rules
 from processors.normalize import to_touch
@@ -91,12 +92,18 @@ def events(
     return out
 
 
-def final_outputs(evs: list[tuple[str, Any]], rules: Rules, known: tuple[str, ...]) -> tuple[Any, Any]:
+def final_outputs(
+    evs: list[tuple[str, Any]], rules: Rules, known: tuple[str, ...], stored: frozenset[int] = frozenset()
+) -> tuple[Any, Any]:
+    """`stored`: before which events the state is written to disk and read back (the worker's
+    decoded cache let it go)."""
     state = CustomerState("C")
     apply_profile(state, Profile(1, "gold" if "address" in known else "silver", known))
     rows: dict[str, Any] = {}
     alerts: dict[str, Any] = {}
-    for channel, ev in evs:
+    for i, (channel, ev) in enumerate(evs):
+        if i in stored:
+            state = decode(encode(state))
         state, verdict = judge(state, to_touch(channel, ev, "C", "customer_id"), rules, now_us=0)
         for r in verdict.rows:
             rows[r.touch.uid] = (r.friction, r.reentered)
@@ -228,6 +235,24 @@ def test_any_rule_file_gives_event_time_results_in_any_arrival_order(
     """Late events rewrite flags and retract alerts, for every template and any parameters."""
     order = data.draw(st.permutations(evs))
     assert final_outputs(order, rules, tuple(known)) == final_outputs(in_event_time_order(evs), rules, tuple(known))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    evs=events(span_minutes=6 * 24 * 60, booking_types=BOOKING_TYPES),
+    rules=rule_files(),
+    known=st.lists(st.sampled_from(FIELDS), max_size=2, unique=True),
+    data=st.data(),
+)
+def test_a_state_read_back_from_disk_continues_as_if_it_had_stayed_in_memory(
+    evs: list[tuple[str, Any]], rules: Rules, known: list[str], data: Any
+) -> None:
+    """A state read back from the disk has lost what the judge keeps in memory only (each
+    event's detector states, the ids seen): read back at any moments, in any arrival order,
+    under any rules, it gives the results of a state never let go."""
+    order = data.draw(st.permutations(evs))
+    moments = frozenset(data.draw(st.lists(st.integers(0, len(evs)), unique=True)))
+    assert final_outputs(order, rules, tuple(known), moments) == final_outputs(order, rules, tuple(known))
 
 
 def test_generated_rule_files_flag_and_alert() -> None:
