@@ -21,7 +21,7 @@ from typing import Any
 
 from processors.model import AlertDraft, Rules, Touch
 from processors.summary import summarize
-from processors.templates import NO_VERDICT, contacts_step
+from processors.templates import NO_ROOT, NO_VERDICT, contacts_step
 from processors.told_us import already_told_us
 
 ALERT_NAMESPACE = uuid.UUID("6f1d8c52-2f43-4f0e-9a57-8e3cf1a0c2b1")
@@ -291,7 +291,10 @@ def _replay(
         if interested is None:
             interested = rules.interested(touch)
         if interested or touch.is_contact or touch.fields:
-            contacts, role, root = contacts_step(states[0], touch, contacts_window, grace, fields_window)
+            if touch.is_contact or touch.fields:
+                contacts, role, root = contacts_step(states[0], touch, contacts_window, grace, fields_window)
+            else:  # the contacts fold has nothing to do with it
+                contacts, role, root = states[0], "", NO_ROOT
             # a new tuple of states only when one changed (most steps change nothing)
             new_states: list[Any] | None = None
             if contacts is not states[0]:
