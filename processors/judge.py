@@ -229,8 +229,8 @@ def _key(stored: Stored) -> tuple[int, str, str]:
 
 def _seed(tail: Tail, state: CustomerState, rules: Rules, at: Stored) -> Tail:
     """Cooldowns of known-entry rules before `at` are what was published, not what the
-    (possibly pruned) replay says: outputs before it cannot change. Called only when there
-    are alerts or cooldowns."""
+    (possibly pruned) replay says: outputs before it cannot change. (Called only when there
+    are alerts or cooldowns: with neither, seeding changes nothing.)"""
     todo = rules.seeded
     last: dict[str, dict[str, int]] = {}
     for a in state.alerts.values():
@@ -279,11 +279,14 @@ def _replay(
     for i in range(start if tail is not None else 0, len(events)):
         stored = events[i]
         touch = stored.touch
-        if i == start:
-            for j in seeded:  # with no alert and no cooldown, seeding changes nothing: not called
-                if state.alerts or states[j + 1].last_alert:
-                    states = _seed(states, state, rules, stored)
-                    break
+        if i == start and seeded:
+            if state.alerts:
+                states = _seed(states, state, rules, stored)
+            else:
+                for j in seeded:
+                    if states[j + 1].last_alert:
+                        states = _seed(states, state, rules, stored)
+                        break
         interested = by_kind.get((touch.channel, touch.type, touch.is_contact, bool(touch.fields)))
         if interested is None:
             interested = rules.interested(touch)

@@ -222,17 +222,13 @@ def rule_files(draw: st.DrawFn) -> Rules:
     )
 
 
-#: any rule file, any events of every kind it can look at, any CRM fields, and draws
-RULE_FILE_CASES = given(
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
     evs=events(span_minutes=6 * 24 * 60, booking_types=BOOKING_TYPES),
     rules=rule_files(),
     known=st.lists(st.sampled_from(FIELDS), max_size=2, unique=True),
     data=st.data(),
 )
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@RULE_FILE_CASES
 def test_any_rule_file_gives_event_time_results_in_any_arrival_order(
     evs: list[tuple[str, Any]], rules: Rules, known: list[str], data: Any
 ) -> None:
@@ -242,7 +238,12 @@ def test_any_rule_file_gives_event_time_results_in_any_arrival_order(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@RULE_FILE_CASES
+@given(
+    evs=events(span_minutes=6 * 24 * 60, booking_types=BOOKING_TYPES),
+    rules=rule_files(),
+    known=st.lists(st.sampled_from(FIELDS), max_size=2, unique=True),
+    data=st.data(),
+)
 def test_a_state_read_back_from_disk_continues_as_if_it_had_stayed_in_memory(
     evs: list[tuple[str, Any]], rules: Rules, known: list[str], data: Any
 ) -> None:
