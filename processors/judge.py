@@ -19,9 +19,11 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from processors.model import AlertDraft, Rules, Touch
 from processors.summary import summarize
-from processors.templates import NO_ROOT, NO_VERDICT, contacts_step
+from processors.templates import NO_ROOT, NO_VERDICT, contacts_step, pack_states, unpack_states
 from processors.told_us import already_told_us
 
 ALERT_NAMESPACE = uuid.UUID("6f1d8c52-2f43-4f0e-9a57-8e3cf1a0c2b1")
@@ -53,10 +55,10 @@ class Stored:
     # in order or not, continues from here instead of replaying the kept history, and a
     # replay stops where the states it computes meet these again. Valid however much
     # history was pruned, because the detectors only look one window back (at most 30
-    # days, and the kept history covers window + lateness). Not serialized: the first
-    # replay after decoding rebuilds them. The contacts fold's state first, then one per
-    # detector, in the order of `Rules.detectors`.
-    after: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
+    # days, and the kept history covers window + lateness). Only the last event's are
+    # stored (`CustomerState.stored`); a replay after decoding rebuilds the others. The
+    # contacts fold's state first, then one per detector, in the order of `Rules.detectors`.
+    after: tuple[Any, ...] | PlainStates | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> tuple[int, str, str]:
@@ -78,19 +80,98 @@ class Published:
 
 
 @dataclass(slots=True)
+class PlainStates:
+    """Fold states as stored (templates.pack_states), not yet unpacked: an event that no rule
+    looks at passes them on as they are, and they are stored again as they are."""
+
+    plain: list[Any]
+
+
+@dataclass(slots=True)
+class Packed:
+    """The kept events of a state read back from its stored form (`CustomerState.stored`),
+    still encoded. An event that comes in order after them (the common case) is judged from
+    what is known of them here, without decoding them; they are decoded
+    (`CustomerState.unpack`) when an event goes among them, an alert's context looks at them,
+    or pruning cuts them. Decoding a long history for every event was most of the cost of
+    keeping states on disk (docs/architecture.md)."""
+
+    raw: bytes  # their JSON array, each event in `to_snapshot`'s form
+    count: int
+    first: tuple[int, str, str]  # order keys of the first and of the last
+    last: tuple[int, str, str]
+    ids: list[str]  # their event ids (the duplicate check)
+    states: Any  # the fold states after the last (templates.pack_states); None: not known
+    tag: str  # the rules they were folded by (`Rules.tag`)
+
+
 class CustomerState:
-    customer_id: str
-    profile: Profile | None = None
-    events: list[Stored] = field(default_factory=list)
-    max_t: int | None = None
-    alerts: dict[str, Published] = field(default_factory=dict)
-    # event_id of the kept events, for the duplicate check; rebuilt when missing. The ids
-    # alone, not (channel, event_id) pairs: the strings are the touches' own, so the set
-    # costs no object per event (a pair cost 56 bytes per kept event: 8 % of the state).
-    seen: set[str] | None = field(default=None, repr=False, compare=False)
-    # two kept events of different channels share an event_id: `seen` cannot tell which one
-    # pruning removes, so pruning drops it to be rebuilt (rare: ids are unique per channel)
-    ids_shared: bool = field(default=False, repr=False, compare=False)
+    """A customer's profile, kept events (in event-time order) and published alerts."""
+
+    __slots__ = ("customer_id", "profile", "_events", "max_t", "alerts", "seen", "ids_shared", "packed", "rules")
+
+    def __init__(
+        self, customer_id: str, profile: Profile | None = None, events: list[Stored] | None = None,
+        max_t: int | None = None, alerts: dict[str, Published] | None = None,
+    ) -> None:  # fmt: skip
+        self.customer_id = customer_id
+        self.profile = profile
+        self._events: list[Stored] = [] if events is None else events  # after `packed`'s
+        self.max_t = max_t
+        self.alerts: dict[str, Published] = {} if alerts is None else alerts
+        # event_id of the kept events, for the duplicate check; rebuilt when missing. The ids
+        # alone, not (channel, event_id) pairs: the strings are the touches' own, so the set
+        # costs no object per event (a pair cost 56 bytes per kept event: 8 % of the state).
+        self.seen: set[str] | None = None
+        # two kept events of different channels share an event_id: `seen` cannot tell which one
+        # pruning removes, so pruning drops it to be rebuilt (rare: ids are unique per channel)
+        self.ids_shared = False
+        self.packed: Packed | None = None  # the oldest kept events, still encoded
+        self.rules: Rules | None = None  # what made the events' fold states (`Stored.after`)
+
+    @property
+    def events(self) -> list[Stored]:
+        """Every kept event, decoded."""
+        if self.packed is not None:
+            self.unpack()
+        return self._events
+
+    @events.setter
+    def events(self, events: list[Stored]) -> None:
+        self._events, self.packed, self.seen = events, None, None
+
+    def has_events(self) -> bool:
+        return self.packed is not None or bool(self._events)
+
+    def first_key(self) -> tuple[int, str, str] | None:
+        if self.packed is not None:
+            return self.packed.first
+        return self._events[0].key if self._events else None
+
+    def unpack(self, rules: Rules | None = None) -> int:
+        """Decode the packed events, in front of the others; returns how many. With the rules
+        they were folded by, the last of them continues from its stored fold states."""
+        packed = self.packed
+        if packed is None:
+            return 0
+        self.packed = None
+        older = [_stored(e) for e in orjson.loads(packed.raw)]
+        if rules is not None and packed.states is not None and packed.tag == rules.tag:
+            older[-1].after = PlainStates(packed.states)
+        self._events = older + self._events
+        return len(older)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CustomerState):
+            return NotImplemented
+        mine = (self.customer_id, self.profile, self.events, self.max_t, self.alerts)
+        return mine == (other.customer_id, other.profile, other.events, other.max_t, other.alerts)
+
+    __hash__ = None  # type: ignore[assignment]  # changes in place
+
+    def __repr__(self) -> str:
+        return (f"CustomerState({self.customer_id!r}, {self.profile!r}, events={self.events!r}, "
+                f"max_t={self.max_t!r}, alerts={self.alerts!r})")  # fmt: skip
 
     # --- serialization ---
     def to_snapshot(self) -> list[Any]:
@@ -98,27 +179,62 @@ class CustomerState:
         [customer_id, profile, max_t, events, alerts], each event as
         [touch row, friction, re-entered fields, revision, contact role, chain] (states written
         before chains were kept have no chain: it is then "", and the next replay sets it)."""
-        return [
-            self.customer_id,
-            self.profile,
-            self.max_t,
-            [(s.touch.to_row(), s.friction, s.reentered, s.revision, s.contact, s.chain) for s in self.events],
-            list(self.alerts.values()),
-        ]
+        return [self.customer_id, self.profile, self.max_t, [_row(s) for s in self.events], list(self.alerts.values())]
+
+    def stored(self) -> tuple[list[Any], bytes]:
+        """The stored form (pipeline/engine/state_store.py), in two parts: [customer_id, profile,
+        max_t, alerts, [count, first key, last key, event ids, fold states, rules tag]], and
+        the events' JSON array in `to_snapshot`'s form. Events still packed are not decoded: their
+        bytes are kept, and the new ones' appended."""
+        packed, events = self.packed, self._events
+        rows = orjson.dumps([_row(s) for s in events]) if events else b"[]"
+        ids = [s.touch.event_id for s in events]
+        count, states, tag = len(events), None, ""
+        first = last = None
+        if events:
+            first, last = events[0].key, events[-1].key
+            after, rules = events[-1].after, self.rules
+            if type(after) is PlainStates and rules is not None:
+                states, tag = after.plain, rules.tag
+            elif type(after) is tuple and rules is not None:
+                states, tag = pack_states(after, rules.detectors), rules.tag
+        if packed is not None:
+            first, count = packed.first, packed.count + count
+            if events:
+                rows, ids = packed.raw[:-1] + b"," + rows[1:], packed.ids + ids
+            else:
+                rows, ids, last, states, tag = packed.raw, packed.ids, packed.last, packed.states, packed.tag
+        known = [count, first, last, ids, states, tag]
+        return [self.customer_id, self.profile, self.max_t, list(self.alerts.values()), known], rows
+
+    @classmethod
+    def from_stored(cls, head: list[Any], rows: bytes) -> CustomerState:
+        customer_id, profile, max_t, alerts, (count, first, last, ids, states, tag) = head
+        state = cls(customer_id, _profile(profile), [], max_t, {a["alert_id"]: _published(a) for a in alerts})
+        if count:
+            first, last = (first[0], first[1], first[2]), (last[0], last[1], last[2])
+            state.packed = Packed(rows, count, first, last, ids, states, tag)
+        return state
 
     @classmethod
     def from_snapshot(cls, data: list[Any]) -> CustomerState:
-        customer_id, profile, max_t, events, alerts = data
+        """A state from `to_snapshot`'s form, or from the stored form's whole JSON (six values)."""
+        if len(data) == 6:
+            customer_id, profile, max_t, alerts, _, events = data
+        else:
+            customer_id, profile, max_t, events, alerts = data
         return cls(
-            customer_id,
-            _profile(profile),
-            [
-                Stored(Touch.from_row(e[0]), tuple(e[1]), tuple(e[2]), e[3], e[4], e[5] if len(e) > 5 else "")
-                for e in events
-            ],
-            max_t,
+            customer_id, _profile(profile), [_stored(e) for e in events], max_t,
             {a["alert_id"]: _published(a) for a in alerts},
-        )
+        )  # fmt: skip
+
+
+def _row(s: Stored) -> tuple[Any, ...]:
+    return (s.touch.to_row(), s.friction, s.reentered, s.revision, s.contact, s.chain)
+
+
+def _stored(e: list[Any]) -> Stored:
+    return Stored(Touch.from_row(e[0]), tuple(e[1]), tuple(e[2]), e[3], e[4], e[5] if len(e) > 5 else "")
 
 
 def _profile(p: dict[str, Any] | None) -> Profile | None:
@@ -216,6 +332,7 @@ CONTEXT_EVENTS = 200
 DUPLICATE = Judgement(duplicate=True)
 NO_FLAGS: Flags = ((), (), "", "")
 NO_ALERTS: list[AlertDraft] = []  # never appended to
+NO_DRAFTS: dict[str, tuple[tuple[int, str, str], dict[str, Any]]] = {}  # never added to
 
 
 def first_states(rules: Rules) -> Tail:
@@ -225,6 +342,29 @@ def first_states(rules: Rules) -> Tail:
 
 def _key(stored: Stored) -> tuple[int, str, str]:
     return stored.key
+
+
+def _passes(touch: Touch, state: CustomerState, rules: Rules, tail: Tail | PlainStates) -> bool:
+    """Whether the states pass the event unchanged (`_replay` would do nothing else with it):
+    no rule looks at it, and no cooldown is seeded before it."""
+    if touch.is_contact or touch.fields:
+        return False
+    interested = rules.by_kind.get((touch.channel, touch.type, False, False))
+    if interested is None:
+        interested = rules.interested(touch)
+    if interested:
+        return False
+    if rules.seeded:
+        if state.alerts:
+            return False
+        for j in rules.seeded:
+            if type(tail) is PlainStates:
+                p = tail.plain[j + 1]
+                if p != 0 and p[1]:  # the detector's cooldowns (`last_alert`)
+                    return False
+            elif tail[j + 1].last_alert:  # type: ignore[index]
+                return False
+    return True
 
 
 def _seed(tail: Tail, state: CustomerState, rules: Rules, at: Stored) -> Tail:
@@ -339,45 +479,83 @@ def _replay(
                 # after a late event recomputes many alerts; their contexts are the costly part)
                 body["context"] = old.body["context"]
             else:
+                if state.packed is not None:  # in order after packed events: this one is the last
+                    shift = state.unpack(rules)
+                    events = state._events
+                    i, start = i + shift, start + shift
                 lo = max(0, i - CONTEXT_EVENTS)
                 body["context"] = already_told_us([s.touch for s in events[lo : i + 1]], i - lo, draft, rules)
             drafts[aid] = (stored.key, body)
-        if i > start and before is not None and before == states:
-            return flags, drafts, i, capped
+        if i > start and before is not None:
+            if type(before) is PlainStates:
+                before = unpack_states(before.plain, detectors)
+            if before == states:
+                return flags, drafts, i, capped
     return flags, drafts, len(events) - 1, capped
 
 
 def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tuple[CustomerState, Judgement]:
+    packed = state.packed
+    if packed is not None and (packed.states is None or packed.tag != rules.tag):
+        state.unpack(rules)  # their fold states are not known (or were made by other rules): replayed
+        packed = None
     seen = state.seen
     if seen is None:
-        seen = state.seen = {s.touch.event_id for s in state.events}
-        state.ids_shared = len(seen) < len(state.events)
+        seen = state.seen = {s.touch.event_id for s in state._events}
+        count = len(state._events)
+        if packed is not None:
+            seen.update(packed.ids)
+            count += packed.count
+        state.ids_shared = len(seen) < count
     event_id = touch.event_id
     if event_id in seen:
         channel = touch.channel
-        if any(s.touch.event_id == event_id and s.touch.channel == channel for s in state.events):
+        state.unpack(rules)
+        if any(s.touch.event_id == event_id and s.touch.channel == channel for s in state._events):
             return state, DUPLICATE
         state.ids_shared = True
     else:
         seen.add(event_id)
+    state.rules = rules
     touch = attach_profile(state, touch)
     late = state.max_t is not None and touch.t < state.max_t - rules.allowed_lateness_days * 86_400_000_000
     new = Stored(touch)
     key = new.key
-    events = state.events
+    packed, events = state.packed, state._events
     # alerts triggered by events older than these were left behind by pruning: never retracted
-    kept_from = (events[0].key if events else key) if state.alerts else key
-    last = events[-1].touch if events else None
-    if last is None or last.t < touch.t or (last.t == touch.t and (last.channel, last.event_id) < key[1:]):
-        # in order: the common case (the order key's comparison, without making the last one's)
+    kept_from = (state.first_key() or key) if state.alerts else key
+    if events:
+        last = events[-1].touch
+        # the order key's comparison, without making the last one's
+        in_order = last.t < touch.t or (last.t == touch.t and (last.channel, last.event_id) < key[1:])
+    else:
+        in_order = packed is None or packed.last < key
+    if in_order:  # the common case
         start = len(events)
         events.append(new)
     else:  # keys are unique: (channel, event_id) is
+        if packed is not None:
+            state.unpack(rules)
+            packed, events = None, state._events
         start = bisect_right(events, key, key=_key)
         events.insert(start, new)
     # continue from the detectors' states before it (None after decoding: a full replay)
-    tail: Tail | None = first_states(rules) if start == 0 else events[start - 1].after
-    flags, drafts, stop, capped = _replay(events, start, state, rules, tail)
+    tail: Tail | PlainStates | None = events[start - 1].after if start else None
+    if not start:
+        tail = first_states(rules) if packed is None else PlainStates(packed.states)
+    if tail is None and packed is not None:  # no states to continue from: from the first event
+        start += state.unpack(rules)
+        events = state._events
+    if tail is not None and in_order and _passes(touch, state, rules, tail):
+        new.after = tail  # as _replay would, without a call (and without unpacking them)
+        flags, drafts, stop, capped = [NO_FLAGS], NO_DRAFTS, start, False
+    else:
+        if type(tail) is PlainStates:
+            tail = unpack_states(tail.plain, rules.detectors)
+        flags, drafts, stop, capped = _replay(events, start, state, rules, tail)  # type: ignore[arg-type]
+    if events is not state._events:  # the packed events were decoded on the way (an alert's context)
+        start += len(state._events) - len(events)
+        events = state._events
 
     rows: list[RowVersion] = []
     for stored, (friction, reentered, contact, chain) in zip(events[start : stop + 1], flags, strict=True):
@@ -422,10 +600,15 @@ def _prune(state: CustomerState, rules: Rules) -> tuple[bool, tuple[str, ...]]:
     returns whether the cap bit, and the anonymous ids no kept event carries any more."""
     assert state.max_t is not None
     keep_from = state.max_t - rules.horizon_us
-    events = state.events
-    over = len(events) - rules.max_events_per_customer
+    packed, events = state.packed, state._events
+    count = len(events) + (packed.count if packed is not None else 0)
+    over = count - rules.max_events_per_customer
     unlinked: tuple[str, ...] = ()
-    if events and (events[0].touch.t < keep_from or over > 0):
+    first = state.first_key()
+    if first is not None and (first[0] < keep_from or over > 0):
+        if packed is not None:
+            state.unpack(rules)
+            events = state._events
         cut = bisect_right(events, (keep_from, "", ""), key=_key)  # the first event at or after keep_from
         cut = max(cut, over)
         seen = state.seen
@@ -440,9 +623,9 @@ def _prune(state: CustomerState, rules: Rules) -> tuple[bool, tuple[str, ...]]:
             unlinked = tuple(sorted(gone - links(events)))
     # Alerts of events left behind can no longer change; the newest open alert of a field of
     # a known-entry rule still feeds its cooldown, one window beyond the kept events.
-    if state.alerts and events:
+    first = state.first_key()
+    if state.alerts and first is not None:
         alert_from = keep_from - rules.re_entry.window_days * 86_400_000_000
-        first = events[0].key
         cooling: dict[tuple[str, str], Published] = {}
         for a in state.alerts.values():
             f = a.body["field"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +156,9 @@ class Rules:
     by_kind: dict[tuple[str, str, bool, bool], tuple[int, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    #: names what the detectors' states depend on: states stored with another tag were folded
+    #: by other rules, and are recomputed (processors/judge.py, `Packed`)
+    tag: str = field(default="", init=False, repr=False, compare=False)
 
     def interested(self, touch: Touch) -> tuple[int, ...]:
         kind = (touch.channel, touch.type, touch.is_contact, bool(touch.fields))
@@ -190,6 +194,8 @@ class Rules:
         seeded = tuple(i for i, d in enumerate(made) if hasattr(d, "seeded"))
         object.__setattr__(self, "seeded", seeded)
         object.__setattr__(self, "first", (ContactsState(), *(d.first for d in made)))
+        what = repr((rc, re, sorted(self.vip_tiers), [s.model_dump_json() for s in specs if s.enabled]))
+        object.__setattr__(self, "tag", hashlib.blake2b(what.encode(), digest_size=8).hexdigest())
 
 
 @dataclass(slots=True)  # a value (why not frozen: above)

@@ -193,6 +193,13 @@ class Detector:
         state as it is, and no verdict)."""
         raise NotImplementedError
 
+    def pack(self, state: Any) -> Any:
+        """`state` as plain values (`pack_states`)."""
+        raise NotImplementedError
+
+    def unpack(self, plain: Any) -> Any:
+        raise NotImplementedError
+
 
 class Repeat(Detector):
     """Matching events of one key reaching `threshold` within the window: every event from the
@@ -209,6 +216,12 @@ class Repeat(Detector):
         self.threshold, self.max_evidence = rule.threshold, rule.max_evidence
         self.first = RepeatState()
         self.conditions = rule.match
+
+    def pack(self, state: RepeatState) -> list[Any]:
+        return _pack_repeat(state)
+
+    def unpack(self, plain: list[Any]) -> RepeatState:
+        return _unpack_repeat(plain)
 
     def could(self, channel: str, type_: str, is_contact: bool, has_fields: bool) -> bool:
         return could_match(_listed(self.conditions), channel, type_, is_contact, has_fields)
@@ -299,6 +312,12 @@ class KnownEntry(Detector):
         self.threshold, self.max_evidence = rule.threshold, rule.max_evidence
         self.first = EntryState()
         self.conditions = rule.match
+
+    def pack(self, state: EntryState) -> list[Any]:
+        return _pack_entries(state)
+
+    def unpack(self, plain: list[Any]) -> EntryState:
+        return _unpack_entries(plain)
 
     def could(self, channel: str, type_: str, is_contact: bool, has_fields: bool) -> bool:
         return has_fields and could_match(_listed(self.conditions), channel, type_, is_contact, has_fields)
@@ -409,6 +428,12 @@ class Sequence(Detector):
         self.first = SequenceState()
         self.all_conditions = [_listed(rule.first), _listed(rule.then), _listed(rule.without)]
 
+    def pack(self, state: SequenceState) -> list[Any]:
+        return _pack_sequence(state)
+
+    def unpack(self, plain: list[Any]) -> SequenceState:
+        return _unpack_sequence(plain)
+
     def could(self, channel: str, type_: str, is_contact: bool, has_fields: bool) -> bool:
         return any(c and could_match(c, channel, type_, is_contact, has_fields) for c in self.all_conditions)
 
@@ -501,6 +526,12 @@ class Chain(Detector):
         self.window_days = _days(self.window_us)
         self.first = ChainState()
 
+    def pack(self, state: ChainState) -> list[Any]:
+        return _pack_chains(state)
+
+    def unpack(self, plain: list[Any]) -> ChainState:
+        return _unpack_chains(plain)
+
     def could(self, channel: str, type_: str, is_contact: bool, has_fields: bool) -> bool:
         return is_contact
 
@@ -541,3 +572,67 @@ class Chain(Detector):
             summary=self.summary,
         )  # fmt: skip
         return state, Verdict(flagged=True, alerts=(alert,))
+
+
+# --------------------------------------------------------------------------- stored form
+# The fold states after a customer's last kept event are stored with the customer, so that an
+# event that comes in order is judged without decoding their history (processors/judge.py,
+# `Packed`). Plain values for orjson (which writes tuples as arrays); read back, every tuple
+# is a tuple again, since the detectors build on them.
+
+
+def pack_states(states: tuple[Any, ...], detectors: tuple[Detector, ...]) -> list[Any]:
+    """The contacts fold's state, then each detector's (0: a detector's first state)."""
+    c = states[0]
+    out: list[Any] = [[c.contacts, c.last_end, c.last_outcome, c.last_root, c.given]]
+    for d, s in zip(detectors, states[1:], strict=True):
+        out.append(0 if s is d.first else d.pack(s))
+    return out
+
+
+def unpack_states(plain: list[Any], detectors: tuple[Detector, ...]) -> tuple[Any, ...]:
+    contacts, last_end, last_outcome, last_root, given = plain[0]
+    c = ContactsState(
+        tuple([(e, t, tuple(r)) for e, t, r in contacts]) if contacts else (),
+        last_end, last_outcome, tuple(last_root), tuple(map(tuple, given)) if given else (),
+    )  # fmt: skip
+    return (c, *[d.first if p == 0 else d.unpack(p) for d, p in zip(detectors, plain[1:], strict=True)])
+
+
+def _pack_hits(hits: tuple[Hit, ...] | tuple[Step, ...]) -> list[tuple[int, str, str, str, str]]:
+    return [(h.t, h.key, h.channel, h.agent_id, h.event_id) for h in hits]
+
+
+def _pack_repeat(state: RepeatState) -> list[Any]:
+    return [_pack_hits(state.recent), state.last_alert]
+
+
+def _unpack_repeat(p: list[Any]) -> RepeatState:
+    return RepeatState(tuple([Hit(*h) for h in p[0]]), tuple(map(tuple, p[1])))
+
+
+def _pack_entries(state: EntryState) -> list[Any]:
+    return [[(e.t, e.field, e.place, e.event_id, e.reentry) for e in state.entries], state.last_alert]
+
+
+def _unpack_entries(p: list[Any]) -> EntryState:
+    return EntryState(tuple([Entry(*e) for e in p[0]]), tuple(map(tuple, p[1])))
+
+
+def _pack_sequence(state: SequenceState) -> list[Any]:
+    return [_pack_hits(state.pending), state.last_alert]
+
+
+def _unpack_sequence(p: list[Any]) -> SequenceState:
+    return SequenceState(tuple([Step(*h) for h in p[0]]), tuple(map(tuple, p[1])))
+
+
+def _pack_chains(state: ChainState) -> list[Any]:
+    return [(c.root, c.matter, c.last_t, c.first_t, c.count, c.legs, c.alerted) for c in state.chains]
+
+
+def _unpack_chains(p: list[Any]) -> ChainState:
+    return ChainState(
+        tuple([Link(r, m, last, first, n, tuple(map(tuple, legs)), alerted)
+               for r, m, last, first, n, legs, alerted in p])
+    )  # fmt: skip

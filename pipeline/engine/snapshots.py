@@ -46,13 +46,14 @@ from aiokafka import AIOKafkaConsumer
 
 from pipeline.engine.failpoints import failpoint
 from pipeline.engine.sends import SNAPSHOT_MESSAGE_BYTES, Sends
-from pipeline.engine.state_store import Customers, decode
+from pipeline.engine.state_store import Customers, decode, json_of
 from pipeline.kafka.reading import read_compacted
 from processors.judge import CustomerState
 
 log = logging.getLogger("cem.state")
 
-FORMAT = 1  # of the manifest and chunks below
+FORMAT = 2  # of the manifest and chunks below (2: chunks may hold states in the stored form)
+READABLE = (1, 2)  # a worker of before reads only 1: it passes the snapshots of 2 by, whole
 #: uncompressed size of a chunk (about 5x less on the wire): encoding one takes ~20 ms here
 CHUNK_BYTES = 2 * 2**20
 MANIFEST = "m"
@@ -124,7 +125,7 @@ def encode_chunks(states: list[CustomerState], limit: int = SNAPSHOT_MESSAGE_BYT
 def encode_stored(values: list[bytes], limit: int = SNAPSHOT_MESSAGE_BYTES) -> list[tuple[bytes, int]]:
     """Chunk values made of stored states (state_store.encode) as they are: the same chunks
     as `encode_chunks`, without decoding a state unless it alone is over the limit."""
-    raw = b"[" + b",".join(memoryview(v)[8:] for v in values) + b"]"
+    raw = b"[" + b",".join(json_of(v) for v in values) + b"]"
     value = zlib.compress(raw, 1)
     if len(value) <= limit:
         return [(value, len(raw))]
@@ -350,7 +351,7 @@ def newest_complete(live: dict[bytes, bytes]) -> tuple[dict[str, Any], list[byte
     for key, value in live.items():
         if key.startswith(b"s/") and key.endswith(b"/" + MANIFEST.encode()):
             m = orjson.loads(value)
-            if m.get("format") == FORMAT:
+            if m.get("format") in READABLE:
                 manifests.append(m)
     for m in reversed(manifests):
         chunks = [live.get(chunk_key(m["snapshot"], n)) for n in range(m["chunks"])]

@@ -11,9 +11,13 @@ the stored offset (nothing to replay but messages not yet persisted), and a stat
 it never holds an event whose rows were not written (the judge would drop that event as
 already seen when it came again).
 
-Values are `max_t` (8 bytes, big-endian; -1: no events) then the state's snapshot form as
-JSON (`CustomerState.to_snapshot`): the idle sweep reads `max_t` without decoding, and a
-snapshot chunk is the values joined, without decoding either.
+Values are `max_t` (8 bytes, big-endian; -1: no events), the length of the JSON before the
+events (4 bytes), then the state's stored form as JSON (`CustomerState.stored`): [customer_id,
+profile, max_t, alerts, what the judge needs to know of the events, events]. The idle sweep
+reads `max_t` without decoding; a state is read without decoding its events (they are
+decoded only when the judge needs them), and written back with their bytes as they were;
+a snapshot chunk is the JSON of the values joined, without decoding them. (Values written
+before the events were kept apart hold the snapshot form right after `max_t`: still read.)
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ BUILDING_KEY = b"\x00building"  # a load from Kafka under way: an interrupted on
 PREFIX = b"c/"
 END = b"c0"  # the first key after every customer's ("/" + 1)
 _MAX_T = struct.Struct(">q")
+_HEAD = struct.Struct(">qI")  # max_t, and the length of the JSON before the events
+_OLD_FORM = ord("[")  # a value of the form before: the JSON right after max_t
 KEYS_HELD = 10_000
 ENCODE_STEP = 500  # states encoded between two turns of the event loop (~12 ms)
 MEMBER_ID = re.compile(r"cem-[0-9a-f]{32}")
@@ -71,12 +77,23 @@ OPEN_RETRY_S = 10.0  # a database is still locked by a process that is exiting
 
 
 def encode(state: CustomerState) -> bytes:
-    max_t = state.max_t if state.events and state.max_t is not None else -1
-    return _MAX_T.pack(max_t) + orjson.dumps(state.to_snapshot())
+    max_t = state.max_t if state.has_events() and state.max_t is not None else -1
+    head, events = state.stored()
+    before = orjson.dumps(head)
+    return _HEAD.pack(max_t, len(before)) + before[:-1] + b"," + events + b"]"
 
 
 def decode(value: bytes) -> CustomerState:
-    return CustomerState.from_snapshot(orjson.loads(memoryview(value)[8:]))
+    if value[8] == _OLD_FORM:
+        return CustomerState.from_snapshot(orjson.loads(memoryview(value)[8:]))
+    split = _HEAD.unpack_from(value)[1]
+    body = memoryview(value)[_HEAD.size :]
+    return CustomerState.from_stored(orjson.loads(bytes(body[: split - 1]) + b"]"), bytes(body[split:-1]))
+
+
+def json_of(value: bytes) -> memoryview:
+    """The JSON of a stored value: a list that `CustomerState.from_snapshot` reads."""
+    return memoryview(value)[8 if value[8] == _OLD_FORM else _HEAD.size :]
 
 
 def max_t_of(value: bytes) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import ReEntryRules, RepeatContactRules, Rules
 from processors.normalize import to_touch
 from processors.rules import parse_rule_file
+from processors.templates import pack_states, unpack_states
 from schemas.touchpoints import BookingEvent, ContactEvent, WebEvent
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -253,6 +255,28 @@ def test_a_state_read_back_from_disk_continues_as_if_it_had_stayed_in_memory(
     order = data.draw(st.permutations(evs))
     moments = frozenset(data.draw(st.lists(st.integers(0, len(evs)), unique=True)))
     assert final_outputs(order, rules, tuple(known), moments) == final_outputs(order, rules, tuple(known))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    evs=events(span_minutes=6 * 24 * 60, booking_types=BOOKING_TYPES),
+    rules=rule_files(),
+    known=st.lists(st.sampled_from(FIELDS), max_size=2, unique=True),
+    data=st.data(),
+)
+def test_the_detectors_states_read_back_are_the_states_written(
+    evs: list[tuple[str, Any]], rules: Rules, known: list[str], data: Any
+) -> None:
+    """The fold states stored with a customer (so that an event in order is judged without
+    decoding their history) read back equal, tuples as tuples, after any event of any rules."""
+    state = CustomerState("C")
+    apply_profile(state, Profile(1, "gold", tuple(known)))
+    for channel, ev in data.draw(st.permutations(evs)):
+        state, _ = judge(state, to_touch(channel, ev, "C", "customer_id"), rules, now_us=0)
+        for stored in state.events:
+            if stored.after is not None:
+                plain = orjson.loads(orjson.dumps(pack_states(stored.after, rules.detectors)))
+                assert unpack_states(plain, rules.detectors) == stored.after
 
 
 def test_generated_rule_files_flag_and_alert() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import struct
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,12 @@ from pipeline.engine.snapshots import (
     decode_chunk,
     encode_chunk,
     encode_chunks,
+    encode_stored,
     load,
     manifest_key,
     newest_complete,
 )
-from pipeline.engine.state_store import Customers, Decoded, Disk, after
+from pipeline.engine.state_store import Customers, Decoded, Disk, after, decode, encode
 from pipeline.settings import StateSettings
 from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import MICROS_PER_DAY, Rules, Touch
@@ -456,3 +458,46 @@ def test_a_disk_keeps_its_member_id_and_another_disk_has_its_own(tmp_path: Path)
     # an id cut short by a crash is made anew
     (tmp_path / "b" / "member-id").write_text("cem-12")
     assert Disk(tmp_path / "b", settings, b"s").member_id() not in ("cem-12", first)
+
+
+def _history(n: int) -> CustomerState:
+    state = CustomerState("C-1")
+    apply_profile(state, Profile(1, "gold", ("passport_number",)))
+    for i in range(n):
+        contact = i % 3 == 0
+        touch = Touch("C-1", "call_center" if contact else "web", f"e{i}", T0 + i * 3_600_000_000,
+                      "call" if contact else "form_submit", matter="refund" if contact else "", place=f"web:f{i % 2}",
+                      is_contact=contact, fields=("passport_number",) if i % 4 == 0 else ())  # fmt: skip
+        state, _ = judge(state, touch, RULES, 7)
+    return state
+
+
+def test_an_event_in_order_is_judged_without_decoding_the_history_read_back() -> None:
+    """The stored form keeps what the judge needs of a customer's events apart from them: an
+    event after them is judged, and the state stored again, with them still encoded."""
+    state = _history(12)
+    assert state.alerts  # the history raised alerts, so their cooldowns are stored too
+    back = decode(encode(state))
+    assert back.packed is not None and back.packed.count == 12
+    later = Touch("C-1", "web", "e12", T0 + 12 * 3_600_000_000, "page_view", place="web:home")
+    back, verdict = judge(back, later, RULES, 7)
+    assert back.packed is not None and len(back._events) == 1  # judged without decoding them
+    again = decode(encode(back))
+    assert again.packed is not None and again.packed.count == 13
+    state, expected = judge(state, later, RULES, 7)
+    assert verdict == expected and again == state
+    late = Touch(
+        "C-1", "web", "e13", T0 + 3_600_000_000 // 2, "form_submit", place="web:f9", fields=("passport_number",)
+    )
+    again, verdict = judge(again, late, RULES, 7)  # among them: decoded, and judged again from the first
+    state, expected = judge(state, late, RULES, 7)
+    assert again.packed is None and verdict == expected and again == state
+
+
+def test_a_value_stored_in_the_form_before_is_read() -> None:
+    """A database written before the events were kept apart is still read (and snapshotted)."""
+    state = _history(6)
+    old = struct.pack(">q", state.max_t or -1) + orjson.dumps(state.to_snapshot())
+    assert decode(old) == state
+    ((chunk, _),) = encode_stored([old, encode(state)])
+    assert decode_chunk(chunk) == [state, state]
