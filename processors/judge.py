@@ -96,13 +96,14 @@ class Packed:
     or pruning cuts them. Decoding a long history for every event was most of the cost of
     keeping states on disk (docs/architecture.md)."""
 
-    raw: bytes  # their JSON array, each event in `to_snapshot`'s form
+    raw: bytes  # their JSON array, each event in `to_snapshot`'s form, separated by ",\n"
     count: int
     first: tuple[int, str, str]  # order keys of the first and of the last
     last: tuple[int, str, str]
     ids: list[str]  # their event ids (the duplicate check)
     states: Any  # the fold states after the last (templates.pack_states); None: not known
     tag: str  # the rules they were folded by (`Rules.tag`)
+    anons: dict[str, int]  # the anonymous-id fingerprints they carry, and on how many of them
 
 
 class CustomerState:
@@ -183,12 +184,17 @@ class CustomerState:
 
     def stored(self) -> tuple[list[Any], bytes]:
         """The stored form (pipeline/engine/state_store.py), in two parts: [customer_id, profile,
-        max_t, alerts, [count, first key, last key, event ids, fold states, rules tag]], and
-        the events' JSON array in `to_snapshot`'s form. Events still packed are not decoded: their
-        bytes are kept, and the new ones' appended."""
+        max_t, alerts, [count, first key, last key, event ids, fold states, rules tag,
+        anonymous ids]], and the events' JSON array in `to_snapshot`'s form, one event per
+        line (so that pruning cuts the oldest without decoding the others). Events still
+        packed are not decoded: their bytes are kept, and the new ones' appended."""
         packed, events = self.packed, self._events
-        rows = orjson.dumps([_row(s) for s in events]) if events else b"[]"
+        body = b",\n".join([orjson.dumps(_row(s)) for s in events])
         ids = [s.touch.event_id for s in events]
+        anons: dict[str, int] = {} if packed is None else dict(packed.anons)
+        for s in events:
+            if s.touch.anonymous:
+                anons[s.touch.anonymous] = anons.get(s.touch.anonymous, 0) + 1
         count, states, tag = len(events), None, ""
         first = last = None
         if events:
@@ -198,23 +204,57 @@ class CustomerState:
                 states, tag = after.plain, rules.tag
             elif type(after) is tuple and rules is not None:
                 states, tag = pack_states(after, rules.detectors), rules.tag
-        if packed is not None:
+        if packed is None:
+            rows = b"[" + body + b"]"
+        else:
             first, count = packed.first, packed.count + count
             if events:
-                rows, ids = packed.raw[:-1] + b"," + rows[1:], packed.ids + ids
+                rows, ids = packed.raw[:-1] + b",\n" + body + b"]", packed.ids + ids
             else:
                 rows, ids, last, states, tag = packed.raw, packed.ids, packed.last, packed.states, packed.tag
-        known = [count, first, last, ids, states, tag]
+        known = [count, first, last, ids, states, tag, anons]
         return [self.customer_id, self.profile, self.max_t, list(self.alerts.values()), known], rows
 
     @classmethod
     def from_stored(cls, head: list[Any], rows: bytes) -> CustomerState:
-        customer_id, profile, max_t, alerts, (count, first, last, ids, states, tag) = head
+        customer_id, profile, max_t, alerts, (count, first, last, ids, states, tag, anons) = head
         state = cls(customer_id, _profile(profile), [], max_t, {a["alert_id"]: _published(a) for a in alerts})
         if count:
             first, last = (first[0], first[1], first[2]), (last[0], last[1], last[2])
-            state.packed = Packed(rows, count, first, last, ids, states, tag)
+            state.packed = Packed(rows, count, first, last, ids, states, tag, anons)
         return state
+
+    def cut_packed(self, keep_from: int, over: int) -> tuple[list[str], set[str]] | None:
+        """Prune the oldest packed events, those before `keep_from` and at least `over` of
+        them, decoding only those and the first one kept; returns the ids of those let go and
+        the anonymous ids no packed event carries any more. None: the last packed event would
+        go too (the caller decodes them all)."""
+        packed = self.packed
+        assert packed is not None
+        raw, pos = packed.raw, 1
+        gone_ids: list[str] = []
+        gone_anons: list[str] = []
+        while True:
+            end = raw.find(b",\n", pos)
+            if end < 0:
+                return None
+            row = orjson.loads(raw[pos:end])[0]
+            if row[_T] >= keep_from and len(gone_ids) >= over:
+                break  # the first one kept
+            gone_ids.append(row[_ID])
+            if row[_ANON]:
+                gone_anons.append(row[_ANON])
+            pos = end + 2
+        cut = len(gone_ids)
+        packed.raw, packed.count, packed.ids = b"[" + raw[pos:], packed.count - cut, packed.ids[cut:]
+        packed.first = (row[_T], row[_CHANNEL], row[_ID])
+        counts, unlinked = packed.anons, set()
+        for fp in gone_anons:
+            counts[fp] -= 1
+            if not counts[fp]:
+                del counts[fp]
+                unlinked.add(fp)
+        return gone_ids, unlinked
 
     @classmethod
     def from_snapshot(cls, data: list[Any]) -> CustomerState:
@@ -227,6 +267,10 @@ class CustomerState:
             customer_id, _profile(profile), [_stored(e) for e in events], max_t,
             {a["alert_id"]: _published(a) for a in alerts},
         )  # fmt: skip
+
+
+_FIELDS = list(Touch.__dataclass_fields__)
+_CHANNEL, _ID, _T, _ANON = (_FIELDS.index(f) for f in ("channel", "event_id", "t", "anonymous"))
 
 
 def _row(s: Stored) -> tuple[Any, ...]:
@@ -605,10 +649,22 @@ def _prune(state: CustomerState, rules: Rules) -> tuple[bool, tuple[str, ...]]:
     over = count - rules.max_events_per_customer
     unlinked: tuple[str, ...] = ()
     first = state.first_key()
-    if first is not None and (first[0] < keep_from or over > 0):
-        if packed is not None:
+    if first is not None and (first[0] < keep_from or over > 0) and packed is not None:
+        cut_off = state.cut_packed(keep_from, over)
+        if cut_off is None:  # every packed event goes: decoded, and pruned as below
             state.unpack(rules)
             events = state._events
+        else:
+            gone_ids, gone = cut_off
+            seen = state.seen
+            if state.ids_shared:
+                state.seen = None
+            elif seen is not None:
+                seen.difference_update(gone_ids)
+            if gone:
+                unlinked = tuple(sorted(gone - links(events)))
+            first = None
+    if first is not None and (first[0] < keep_from or over > 0):
         cut = bisect_right(events, (keep_from, "", ""), key=_key)  # the first event at or after keep_from
         cut = max(cut, over)
         seen = state.seen
