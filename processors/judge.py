@@ -96,20 +96,22 @@ class Packed:
     or pruning cuts them. Decoding a long history for every event was most of the cost of
     keeping states on disk (docs/architecture.md)."""
 
-    raw: bytes  # their JSON array, each event in `to_snapshot`'s form, separated by ",\n"
+    raw: bytes  # their JSON array, each event in `to_snapshot`'s form
     count: int
     first: tuple[int, str, str]  # order keys of the first and of the last
     last: tuple[int, str, str]
     ids: list[str]  # their event ids (the duplicate check)
     states: Any  # the fold states after the last (templates.pack_states); None: not known
     tag: str  # the rules they were folded by (`Rules.tag`)
-    anons: dict[str, int]  # the anonymous-id fingerprints they carry, and on how many of them
+    base: Any  # the fold states the first was folded from (plain); 0: the first states; None: not known
 
 
 class CustomerState:
     """A customer's profile, kept events (in event-time order) and published alerts."""
 
-    __slots__ = ("customer_id", "profile", "_events", "max_t", "alerts", "seen", "ids_shared", "packed", "rules")
+    __slots__ = (
+        "customer_id", "profile", "_events", "max_t", "alerts", "seen", "ids_shared", "packed", "rules", "base",
+    )  # fmt: skip
 
     def __init__(
         self, customer_id: str, profile: Profile | None = None, events: list[Stored] | None = None,
@@ -129,6 +131,10 @@ class CustomerState:
         self.ids_shared = False
         self.packed: Packed | None = None  # the oldest kept events, still encoded
         self.rules: Rules | None = None  # what made the events' fold states (`Stored.after`)
+        # The fold states the first kept event was folded from (None: the first states). A
+        # state read back replays its events from here, not from nothing: what pruned
+        # events left in the detectors' states (a chain's first contact) is not lost.
+        self.base: Tail | PlainStates | None = None
 
     @property
     def events(self) -> list[Stored]:
@@ -157,9 +163,13 @@ class CustomerState:
             return 0
         self.packed = None
         older = [_stored(e) for e in orjson.loads(packed.raw)]
-        if rules is not None and packed.states is not None and packed.tag == rules.tag:
-            older[-1].after = PlainStates(packed.states)
         self._events = older + self._events
+        if rules is not None and packed.states is not None and packed.tag == rules.tag:
+            self.base = None if not packed.base else PlainStates(packed.base)
+            # each one's fold states, as the judge had them: a late event among them
+            # continues from its predecessor's, and pruning keeps the base
+            _replay(older, len(older), self, rules, None)
+            older[-1].after = PlainStates(packed.states)
         return len(older)
 
     def __eq__(self, other: object) -> bool:
@@ -184,77 +194,40 @@ class CustomerState:
 
     def stored(self) -> tuple[list[Any], bytes]:
         """The stored form (pipeline/engine/state_store.py), in two parts: [customer_id, profile,
-        max_t, alerts, [count, first key, last key, event ids, fold states, rules tag,
-        anonymous ids]], and the events' JSON array in `to_snapshot`'s form, one event per
-        line (so that pruning cuts the oldest without decoding the others). Events still
-        packed are not decoded: their bytes are kept, and the new ones' appended."""
-        packed, events = self.packed, self._events
-        body = b",\n".join([orjson.dumps(_row(s)) for s in events])
+        max_t, alerts, [count, first key, last key, event ids, fold states after the last,
+        rules tag, fold states before the first]], and the events' JSON array in
+        `to_snapshot`'s form. Events still packed are not decoded: their bytes are kept, and
+        the new ones' appended."""
+        packed, events, rules = self.packed, self._events, self.rules
+        rows = orjson.dumps([_row(s) for s in events]) if events else b"[]"
         ids = [s.touch.event_id for s in events]
-        anons: dict[str, int] = {} if packed is None else dict(packed.anons)
-        for s in events:
-            if s.touch.anonymous:
-                anons[s.touch.anonymous] = anons.get(s.touch.anonymous, 0) + 1
-        count, states, tag = len(events), None, ""
+        count, states, tag, base = len(events), None, "", None
         first = last = None
-        if events:
+        if events and rules is not None:
             first, last = events[0].key, events[-1].key
-            after, rules = events[-1].after, self.rules
-            if type(after) is PlainStates and rules is not None:
-                states, tag = after.plain, rules.tag
-            elif type(after) is tuple and rules is not None:
-                states, tag = pack_states(after, rules.detectors), rules.tag
-        if packed is None:
-            rows = b"[" + body + b"]"
-        else:
-            first, count = packed.first, packed.count + count
+            states, tag = _plain(events[-1].after, rules), rules.tag
+            base = _plain(self.base, rules) if self.base is not None else 0
+        elif events:
+            first, last = events[0].key, events[-1].key
+        if packed is not None:
+            first, count, base = packed.first, packed.count + count, packed.base
             if events:
-                rows, ids = packed.raw[:-1] + b",\n" + body + b"]", packed.ids + ids
+                rows, ids = packed.raw[:-1] + b"," + rows[1:], packed.ids + ids
             else:
                 rows, ids, last, states, tag = packed.raw, packed.ids, packed.last, packed.states, packed.tag
-        known = [count, first, last, ids, states, tag, anons]
+        if states is None:
+            base = None
+        known = [count, first, last, ids, states, tag, base]
         return [self.customer_id, self.profile, self.max_t, list(self.alerts.values()), known], rows
 
     @classmethod
     def from_stored(cls, head: list[Any], rows: bytes) -> CustomerState:
-        customer_id, profile, max_t, alerts, (count, first, last, ids, states, tag, anons) = head
+        customer_id, profile, max_t, alerts, (count, first, last, ids, states, tag, base) = head
         state = cls(customer_id, _profile(profile), [], max_t, {a["alert_id"]: _published(a) for a in alerts})
         if count:
             first, last = (first[0], first[1], first[2]), (last[0], last[1], last[2])
-            state.packed = Packed(rows, count, first, last, ids, states, tag, anons)
+            state.packed = Packed(rows, count, first, last, ids, states, tag, base)
         return state
-
-    def cut_packed(self, keep_from: int, over: int) -> tuple[list[str], set[str]] | None:
-        """Prune the oldest packed events, those before `keep_from` and at least `over` of
-        them, decoding only those and the first one kept; returns the ids of those let go and
-        the anonymous ids no packed event carries any more. None: the last packed event would
-        go too (the caller decodes them all)."""
-        packed = self.packed
-        assert packed is not None
-        raw, pos = packed.raw, 1
-        gone_ids: list[str] = []
-        gone_anons: list[str] = []
-        while True:
-            end = raw.find(b",\n", pos)
-            if end < 0:
-                return None
-            row = orjson.loads(raw[pos:end])[0]
-            if row[_T] >= keep_from and len(gone_ids) >= over:
-                break  # the first one kept
-            gone_ids.append(row[_ID])
-            if row[_ANON]:
-                gone_anons.append(row[_ANON])
-            pos = end + 2
-        cut = len(gone_ids)
-        packed.raw, packed.count, packed.ids = b"[" + raw[pos:], packed.count - cut, packed.ids[cut:]
-        packed.first = (row[_T], row[_CHANNEL], row[_ID])
-        counts, unlinked = packed.anons, set()
-        for fp in gone_anons:
-            counts[fp] -= 1
-            if not counts[fp]:
-                del counts[fp]
-                unlinked.add(fp)
-        return gone_ids, unlinked
 
     @classmethod
     def from_snapshot(cls, data: list[Any]) -> CustomerState:
@@ -269,8 +242,11 @@ class CustomerState:
         )  # fmt: skip
 
 
-_FIELDS = list(Touch.__dataclass_fields__)
-_CHANNEL, _ID, _T, _ANON = (_FIELDS.index(f) for f in ("channel", "event_id", "t", "anonymous"))
+def _plain(states: Any, rules: Rules) -> Any:
+    """Fold states in their stored form (None: not known)."""
+    if type(states) is PlainStates:
+        return states.plain
+    return None if states is None else pack_states(states, rules.detectors)
 
 
 def _row(s: Stored) -> tuple[Any, ...]:
@@ -447,7 +423,18 @@ def _replay(
     only looks back as far as the detectors' windows, whose contents the states hold.) A late
     page view stops the replay at the next event; without this, every late event replayed
     the customer's whole kept history."""
-    states = tail if tail is not None else first_states(rules)
+    if tail is None:  # from the first kept event, from what it was folded from
+        base = state.base
+        if base is None:
+            tail = first_states(rules)
+        elif isinstance(base, PlainStates):
+            tail = unpack_states(base.plain, rules.detectors)
+        else:
+            tail = base
+        start_at = 0
+    else:
+        start_at = start
+    states = tail
     flags: list[Flags] = []
     drafts: dict[str, tuple[tuple[int, str, str], dict[str, Any]]] = {}
     # (by_kind: rules.interested, without a call per event)
@@ -458,9 +445,9 @@ def _replay(
     capped = False
     # whether the new event (events[start]) can be in the "already told us" context of the
     # alerts after it: a contact or an event with fields (the context looks only at those)
-    new = events[start].touch
-    context_changes = new.is_contact or bool(new.fields)
-    for i in range(start if tail is not None else 0, len(events)):
+    # (start past the last event: only the fold, for `CustomerState.unpack`)
+    context_changes = start < len(events) and (events[start].touch.is_contact or bool(events[start].touch.fields))
+    for i in range(start_at, len(events)):
         stored = events[i]
         touch = stored.touch
         if i == start and seeded:
@@ -539,6 +526,7 @@ def _replay(
 
 
 def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tuple[CustomerState, Judgement]:
+    state.rules = rules
     packed = state.packed
     if packed is not None and (packed.states is None or packed.tag != rules.tag):
         state.unpack(rules)  # their fold states are not known (or were made by other rules): replayed
@@ -560,7 +548,6 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
         state.ids_shared = True
     else:
         seen.add(event_id)
-    state.rules = rules
     touch = attach_profile(state, touch)
     late = state.max_t is not None and touch.t < state.max_t - rules.allowed_lateness_days * 86_400_000_000
     new = Stored(touch)
@@ -586,10 +573,15 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
     # continue from the detectors' states before it (None after decoding: a full replay)
     tail: Tail | PlainStates | None = events[start - 1].after if start else None
     if not start:
-        tail = first_states(rules) if packed is None else PlainStates(packed.states)
-    if tail is None and packed is not None:  # no states to continue from: from the first event
+        if packed is None:
+            tail = first_states(rules)
+            state.base = None  # it is folded from the first states
+        else:
+            tail = PlainStates(packed.states)
+    if tail is None and packed is not None:  # decoded with their fold states
         start += state.unpack(rules)
         events = state._events
+        tail = events[start - 1].after
     if tail is not None and in_order and _passes(touch, state, rules, tail):
         new.after = tail  # as _replay would, without a call (and without unpacking them)
         flags, drafts, stop, capped = [NO_FLAGS], NO_DRAFTS, start, False
@@ -650,20 +642,8 @@ def _prune(state: CustomerState, rules: Rules) -> tuple[bool, tuple[str, ...]]:
     unlinked: tuple[str, ...] = ()
     first = state.first_key()
     if first is not None and (first[0] < keep_from or over > 0) and packed is not None:
-        cut_off = state.cut_packed(keep_from, over)
-        if cut_off is None:  # every packed event goes: decoded, and pruned as below
-            state.unpack(rules)
-            events = state._events
-        else:
-            gone_ids, gone = cut_off
-            seen = state.seen
-            if state.ids_shared:
-                state.seen = None
-            elif seen is not None:
-                seen.difference_update(gone_ids)
-            if gone:
-                unlinked = tuple(sorted(gone - links(events)))
-            first = None
+        state.unpack(rules)
+        events = state._events
     if first is not None and (first[0] < keep_from or over > 0):
         cut = bisect_right(events, (keep_from, "", ""), key=_key)  # the first event at or after keep_from
         cut = max(cut, over)
@@ -674,6 +654,8 @@ def _prune(state: CustomerState, rules: Rules) -> tuple[bool, tuple[str, ...]]:
             for s in events[:cut]:
                 seen.discard(s.touch.event_id)
         gone = links(events[:cut])
+        if cut:
+            state.base = events[cut - 1].after  # what the first kept one was folded from
         del events[:cut]
         if gone:
             unlinked = tuple(sorted(gone - links(events)))

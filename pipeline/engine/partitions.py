@@ -239,7 +239,7 @@ class Partitions:
         dropped = 0
         for cid in idle:
             state = part.customers.get(cid)  # as it is now, which may be newer than on disk
-            if state is None or state.max_t is None or not state.events or state.max_t >= before:
+            if state is None or state.max_t is None or state.max_t >= before or not state.has_events():
                 continue
             gone = links(state.events)
             if gone:

@@ -492,6 +492,10 @@ def test_an_event_in_order_is_judged_without_decoding_the_history_read_back() ->
     again, verdict = judge(again, late, RULES, 7)  # among them: decoded, and judged again from the first
     state, expected = judge(state, late, RULES, 7)
     assert again.packed is None and verdict == expected and again == state
+    again = decode(encode(again))
+    redelivered = Touch("C-1", "web", "e1", T0 + 3_600_000_000, "form_submit", place="web:f1")
+    again, verdict = judge(again, redelivered, RULES, 7)  # a duplicate: decoded to be sure, states kept
+    assert verdict.duplicate and decode(encode(again)).packed.states is not None  # type: ignore[union-attr]
 
 
 def test_a_value_stored_in_the_form_before_is_read() -> None:
