@@ -96,7 +96,7 @@ class Packed:
     or pruning cuts them. Decoding a long history for every event was most of the cost of
     keeping states on disk (docs/architecture.md)."""
 
-    raw: bytes  # their JSON array, each event in `to_snapshot`'s form
+    raw: bytes  # their JSON array, each event in `to_snapshot`'s form, one per line (separated by ",\n")
     count: int
     first: tuple[int, str, str]  # order keys of the first and of the last
     last: tuple[int, str, str]
@@ -104,6 +104,7 @@ class Packed:
     states: Any  # the fold states after the last (templates.pack_states); None: not known
     tag: str  # the rules they were folded by (`Rules.tag`)
     base: Any  # the fold states the first was folded from (plain); 0: the first states; None: not known
+    anons: dict[str, int]  # the anonymous-id fingerprints they carry, and on how many of them
 
 
 class CustomerState:
@@ -199,8 +200,12 @@ class CustomerState:
         `to_snapshot`'s form. Events still packed are not decoded: their bytes are kept, and
         the new ones' appended."""
         packed, events, rules = self.packed, self._events, self.rules
-        rows = orjson.dumps([_row(s) for s in events]) if events else b"[]"
+        body = b",\n".join([orjson.dumps(_row(s)) for s in events])
         ids = [s.touch.event_id for s in events]
+        anons: dict[str, int] = {} if packed is None else dict(packed.anons)
+        for s in events:
+            if s.touch.anonymous:
+                anons[s.touch.anonymous] = anons.get(s.touch.anonymous, 0) + 1
         count, states, tag, base = len(events), None, "", None
         first = last = None
         if events and rules is not None:
@@ -209,25 +214,65 @@ class CustomerState:
             base = _plain(self.base, rules) if self.base is not None else 0
         elif events:
             first, last = events[0].key, events[-1].key
-        if packed is not None:
+        if packed is None:
+            rows = b"[" + body + b"]"
+        else:
             first, count, base = packed.first, packed.count + count, packed.base
             if events:
-                rows, ids = packed.raw[:-1] + b"," + rows[1:], packed.ids + ids
+                rows, ids = packed.raw[:-1] + b",\n" + body + b"]", packed.ids + ids
             else:
                 rows, ids, last, states, tag = packed.raw, packed.ids, packed.last, packed.states, packed.tag
         if states is None:
             base = None
-        known = [count, first, last, ids, states, tag, base]
+        known = [count, first, last, ids, states, tag, base, anons]
         return [self.customer_id, self.profile, self.max_t, list(self.alerts.values()), known], rows
 
     @classmethod
     def from_stored(cls, head: list[Any], rows: bytes) -> CustomerState:
-        customer_id, profile, max_t, alerts, (count, first, last, ids, states, tag, base) = head
+        customer_id, profile, max_t, alerts, (count, first, last, ids, states, tag, base, anons) = head
         state = cls(customer_id, _profile(profile), [], max_t, {a["alert_id"]: _published(a) for a in alerts})
         if count:
             first, last = (first[0], first[1], first[2]), (last[0], last[1], last[2])
-            state.packed = Packed(rows, count, first, last, ids, states, tag, base)
+            state.packed = Packed(rows, count, first, last, ids, states, tag, base, anons)
         return state
+
+    def cut_packed(self, keep_from: int, over: int, rules: Rules) -> tuple[list[str], set[str]] | None:
+        """Prune the oldest packed events, those before `keep_from` and at least `over` of
+        them, decoding only those (folded from the base, which becomes the states after the
+        last of them) and the first one kept; returns the ids of those let go and the
+        anonymous ids no packed event carries any more. None: the last packed event would go
+        too, or their states are not known (the caller decodes them all)."""
+        packed = self.packed
+        assert packed is not None
+        if packed.base is None or packed.states is None or packed.tag != rules.tag:
+            return None
+        raw, pos = packed.raw, 1
+        cut: list[Stored] = []
+        while True:
+            end = raw.find(b",\n", pos)
+            if end < 0:
+                return None
+            e = orjson.loads(raw[pos:end])
+            row = e[0]
+            if row[_T] >= keep_from and len(cut) >= over:
+                break  # the first one kept
+            cut.append(_stored(e))
+            pos = end + 2
+        self.base = None if not packed.base else PlainStates(packed.base)
+        _replay(cut, len(cut), self, rules, None)
+        self.base = cut[-1].after
+        packed.base = _plain(self.base, rules)
+        packed.raw, packed.count, packed.ids = b"[" + raw[pos:], packed.count - len(cut), packed.ids[len(cut) :]
+        packed.first = (row[_T], row[_CHANNEL], row[_ID])
+        counts, unlinked = packed.anons, set()
+        for s in cut:
+            fp = s.touch.anonymous
+            if fp:
+                counts[fp] -= 1
+                if not counts[fp]:
+                    del counts[fp]
+                    unlinked.add(fp)
+        return [s.touch.event_id for s in cut], unlinked
 
     @classmethod
     def from_snapshot(cls, data: list[Any]) -> CustomerState:
@@ -240,6 +285,10 @@ class CustomerState:
             customer_id, _profile(profile), [_stored(e) for e in events], max_t,
             {a["alert_id"]: _published(a) for a in alerts},
         )  # fmt: skip
+
+
+_FIELDS = list(Touch.__dataclass_fields__)
+_CHANNEL, _ID, _T = (_FIELDS.index(f) for f in ("channel", "event_id", "t"))
 
 
 def _plain(states: Any, rules: Rules) -> Any:
@@ -642,8 +691,20 @@ def _prune(state: CustomerState, rules: Rules) -> tuple[bool, tuple[str, ...]]:
     unlinked: tuple[str, ...] = ()
     first = state.first_key()
     if first is not None and (first[0] < keep_from or over > 0) and packed is not None:
-        state.unpack(rules)
-        events = state._events
+        cut_off = state.cut_packed(keep_from, over, rules)
+        if cut_off is None:  # every packed event goes: decoded, and pruned as below
+            state.unpack(rules)
+            events = state._events
+        else:
+            gone_ids, gone = cut_off
+            seen = state.seen
+            if state.ids_shared:
+                state.seen = None
+            elif seen is not None:
+                seen.difference_update(gone_ids)
+            if gone:
+                unlinked = tuple(sorted(gone - links(events)))
+            first = None
     if first is not None and (first[0] < keep_from or over > 0):
         cut = bisect_right(events, (keep_from, "", ""), key=_key)  # the first event at or after keep_from
         cut = max(cut, over)

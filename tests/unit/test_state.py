@@ -35,7 +35,7 @@ from pipeline.engine.snapshots import (
     newest_complete,
 )
 from pipeline.engine.state_store import Customers, Decoded, Disk, after, decode, encode
-from pipeline.settings import StateSettings
+from pipeline.settings import StateSettings, load_settings
 from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import MICROS_PER_DAY, Rules, Touch
 
@@ -505,3 +505,28 @@ def test_a_value_stored_in_the_form_before_is_read() -> None:
     assert decode(old) == state
     ((chunk, _),) = encode_stored([old, encode(state)])
     assert decode_chunk(chunk) == [state, state]
+
+
+def test_a_chain_whose_first_contact_was_pruned_after_the_read_back_keeps_it() -> None:
+    """A contact passed on every 6 days; read back; the next one prunes the first (the kept
+    history is 37 days); then a page view comes late among them. Replayed from nothing, the
+    kept contacts would start a chain of their own and their rows be written again; replayed
+    from the fold states stored with them, nothing changes, as in memory."""
+    rules = load_settings().rules_obj
+    day = MICROS_PER_DAY
+
+    def call(i: int, prev: str) -> Touch:
+        return Touch("C-1", "call_center", f"c{i}", T0 + 6 * (i - 1) * day, "call", matter="baggage",
+                     place="call_center:q1", agent_id=f"A{i}", is_contact=True, outcome="unresolved",
+                     previous_contact_id=prev)  # fmt: skip
+
+    memory = CustomerState("C-1")
+    for i in range(1, 8):
+        memory, _ = judge(memory, call(i, f"c{i - 1}" if i > 1 else ""), rules, 0)
+    back = decode(encode(memory))
+    late = Touch("C-1", "web", "v1", T0 + 35 * day + day // 2, "page_view", place="web:home")
+    for touch in (call(8, "c7"), late):
+        memory, expected = judge(memory, touch, rules, 0)
+        back, verdict = judge(back, touch, rules, 0)
+        assert verdict == expected
+    assert [r.touch.event_id for r in verdict.rows] == ["v1"] and back == memory
