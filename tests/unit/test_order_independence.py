@@ -225,13 +225,17 @@ def rule_files(draw: st.DrawFn) -> Rules:
     )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
+#: events, a generated rule file, the fields the CRM knows, and data for further draws
+RULE_FILE_CASES = given(
     evs=events(span_minutes=6 * 24 * 60, booking_types=BOOKING_TYPES),
     rules=rule_files(),
     known=st.lists(st.sampled_from(FIELDS), max_size=2, unique=True),
     data=st.data(),
 )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@RULE_FILE_CASES
 def test_any_rule_file_gives_event_time_results_in_any_arrival_order(
     evs: list[tuple[str, Any]], rules: Rules, known: list[str], data: Any
 ) -> None:
@@ -241,12 +245,7 @@ def test_any_rule_file_gives_event_time_results_in_any_arrival_order(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    evs=events(span_minutes=6 * 24 * 60, booking_types=BOOKING_TYPES),
-    rules=rule_files(),
-    known=st.lists(st.sampled_from(FIELDS), max_size=2, unique=True),
-    data=st.data(),
-)
+@RULE_FILE_CASES
 def test_a_state_read_back_from_disk_continues_as_if_it_had_stayed_in_memory(
     evs: list[tuple[str, Any]], rules: Rules, known: list[str], data: Any
 ) -> None:
@@ -259,12 +258,7 @@ def test_a_state_read_back_from_disk_continues_as_if_it_had_stayed_in_memory(
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    evs=events(span_minutes=6 * 24 * 60, booking_types=BOOKING_TYPES),
-    rules=rule_files(),
-    known=st.lists(st.sampled_from(FIELDS), max_size=2, unique=True),
-    data=st.data(),
-)
+@RULE_FILE_CASES
 def test_the_detectors_states_read_back_are_the_states_written(
     evs: list[tuple[str, Any]], rules: Rules, known: list[str], data: Any
 ) -> None:
@@ -299,12 +293,7 @@ def verdicts(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    evs=events(span_minutes=6 * 24 * 60, booking_types=BOOKING_TYPES),
-    rules=rule_files(),
-    known=st.lists(st.sampled_from(FIELDS), max_size=2, unique=True),
-    data=st.data(),
-)
+@RULE_FILE_CASES
 def test_a_state_read_back_prunes_and_unlinks_as_one_kept_in_memory(
     evs: list[tuple[str, Any]], rules: Rules, known: list[str], data: Any
 ) -> None:
