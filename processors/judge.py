@@ -554,9 +554,10 @@ def _replay(
             aid = alert_id(draft.kind, draft.customer_id, draft.subject, draft.trigger_uid)
             body = alert_body(draft, min(draft.first_t or draft.t, draft.t))
             old = state.alerts.get(aid) if i > start and not context_changes else None
-            if old is not None and "context" in old.body and _same_but_context(old.body, body):
+            if old is not None and old.status == "open" and "context" in old.body and _same_but_context(old.body, body):
                 # the new event is not in this alert's context: what it was still is (a replay
-                # after a late event recomputes many alerts; their contexts are the costly part)
+                # after a late event recomputes many alerts; their contexts are the costly part).
+                # Not a retracted one's: late events may have come into its context since.
                 body["context"] = old.body["context"]
             else:
                 if state.packed is not None:  # in order after packed events: this one is the last

@@ -244,6 +244,39 @@ def test_any_rule_file_gives_event_time_results_in_any_arrival_order(
     assert final_outputs(order, rules, tuple(known)) == final_outputs(in_event_time_order(evs), rules, tuple(known))
 
 
+def test_an_alert_raised_again_after_its_retraction_has_the_context_of_now() -> None:
+    """A late event can retract an alert, later events bring earlier contacts into its
+    context, and a last late event raise it again: its context is that of event-time order,
+    not the one it had before the retraction (found by the property test above)."""
+
+    def call(i: int, at: datetime) -> tuple[str, Any]:
+        ev = ContactEvent(event_id=f"e{i}", occurred_at=at, type="call", customer_id="C", reason="baggage",
+                          agent_id="A1", queue="q1", outcome="resolved")  # fmt: skip
+        return ("call_center", ev)
+
+    evs = [
+        call(0, T0 + timedelta(days=1, minutes=5)),
+        ("web", WebEvent(event_id="e1", occurred_at=T0 + timedelta(days=1, hours=1, minutes=4), type="contact_form",
+                         customer_id="C", reason="baggage")),  # fmt: skip
+        call(2, T0 + timedelta(hours=8, minutes=51)),  # takes e0 from e1 (the e0 → e1 alert is retracted)
+        call(3, T0),
+        ("booking", BookingEvent(event_id="e4", occurred_at=T0 + timedelta(hours=9, minutes=2),
+                                 type="passenger_details", customer_id="C", step="s1")),  # gives e0 back to e1
+    ]  # fmt: skip
+    rules = parse_rule_file({"rules": [{
+        "name": "r0", "template": "sequence", "summary": "{who}: {count} {subject}.",
+        "first": [{"channel": ["web", "call_center"]}], "then": [{"channel": "web"}, {"channel": {"not": "web"}}],
+        "window": "18h", "cooldown": "1h", "max_evidence": 1,
+    }]}).rules  # fmt: skip
+    rule_file = dataclasses.replace(SMALL, friction=tuple(rules))
+    _, arrived = final_outputs(evs, rule_file, ())
+    _, in_time = final_outputs(in_event_time_order(evs), rule_file, ())
+    e1 = next(a for a in arrived.values() if a["trigger"] == "e1")
+    told = [c["event_id"] for c in e1["context"]["previous_contacts"]]
+    assert told == ["e3", "e2", "e0"]
+    assert arrived == in_time
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @RULE_FILE_CASES
 def test_a_state_read_back_from_disk_continues_as_if_it_had_stayed_in_memory(
