@@ -40,7 +40,7 @@ test: setup check ## lint, type-check, unit and integration tests (starts its ow
 test-fuzz: setup ## 10,000 malformed messages among valid ones: all in the DLQ with reasons, no restart (CI)
 	$(BIN)/pytest tests/integration/test_fuzz_deadletter.py -m faults -s
 
-test-faults: setup ## fault injection: SIGKILL before and after snapshots and at 15 moments of one run (once with the disk lost), SIGKILL with the disk kept and lost, a partition moved and back, SIGTERM, broker restart, ClickHouse outage (about 10 min)
+test-faults: setup ## fault injection: SIGKILL before and after snapshots and at 15 moments of one run (once with the disk lost), SIGKILL with the disk kept and lost, a partition moved and back, SIGKILL between the disk and the commit on a quiet stream, SIGTERM, broker restart, ClickHouse outage (about 11 min)
 	$(BIN)/pytest tests/integration/test_faults.py tests/integration/test_kill_anywhere.py tests/integration/test_state_on_disk.py -m "faults and not scaleout" -s
 
 test-scaleout: setup ## two workers on 8 partitions: one killed mid-stream; one killed at 13 moments while the other runs (about 4 min)

@@ -120,6 +120,8 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
         self.consumer: Any = None  # AIOKafkaConsumer, made in the worker's event loop
         self.broken: BaseException | None = None  # a write failed during a rebalance: stop
         self._capped: set[str] = set()  # customers whose cap was logged lately
+        self.commit_every_s = s.worker.commit_interval_s
+        self._owed_at = 0.0  # when owed offsets are looked for next
 
     @property
     def parts(self) -> dict[int, Partition]:
@@ -151,7 +153,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 async with self.lock:
                     if got:
                         await self._batch(got)
-                    if self.out.due(self.insert_rows, self.within_s):
+                    if self.out.due(self.insert_rows, self.within_s) or self._owed():
                         await self._seal()
                     if self.snapshots.wanted(self.parts):
                         self.snapshots.step(self.parts)
@@ -167,6 +169,21 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             self.snapshots.abandon(list(self.parts))
             self.partitions.close()
             await self.consumer.stop()
+
+    def _owed(self) -> bool:
+        """Offsets judged and never committed, with nothing new to judge: a commit refused
+        while the broker was away (or after the group moved on meanwhile, the partition then
+        reloaded from its disk, ahead of its committed offset). No batch would come to carry
+        them, and the lag would never reach zero. Looked for every `worker.commit_interval_s`."""
+        now = time.monotonic()
+        if (
+            self.out.first_at is not None
+            or (self.writing is not None and not self.writing.done())
+            or now < self._owed_at
+        ):
+            return False  # a batch under way commits them
+        self._owed_at = now + self.commit_every_s
+        return any(not p.replaying and p.next_offset > p.committed for p in self.parts.values())
 
     # ------------------------------------------------------------------ rebalances
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:

@@ -19,7 +19,15 @@ from typing import Any
 
 import pytest
 
-from pipeline.kafka.admin import Record, configured_topic, encode_value, producer, send_all, wait_until_processed
+from pipeline.kafka.admin import (
+    Record,
+    configured_topic,
+    consumer_lag,
+    encode_value,
+    producer,
+    send_all,
+    wait_until_processed,
+)
 from pipeline.kafka.admin import read_to_end as read_topic
 from pipeline.ops.workload import generate
 from schemas.alert import FrictionAlert
@@ -197,6 +205,26 @@ def test_broker_restarted_mid_stream(space: Namespace, workload: Workload) -> No
     wait_until_processed(space.settings, timeout_s=600)
     print(f"\nrecovery after a broker restart: caught up {time.monotonic() - started:.1f}s after it")
     assert worker.poll() is None, "the worker died with the broker"
+    verify(space, workload)
+
+
+def test_killed_between_its_disk_and_its_commit_and_nothing_more_comes(space: Namespace, workload: Workload) -> None:
+    """The worker dies after a batch is in its state on disk and before the batch's offsets
+    are committed, and the stream is quiet from then on. Restarted on its disk, it resumes
+    ahead of its committed offsets, and commits them without waiting for another batch to
+    carry them: else its lag never reaches zero."""
+    first = space.start_worker()
+    total = feed(space, workload, upto=1 - 0.5 / len(rest(space, workload, after=0)))  # all but the last
+    wait_until_processed(space.settings, timeout_s=300)
+    assert space.stop_worker(first) == 0  # everything judged is committed
+    dying = space.start_worker(env={"CEM_FAILPOINTS": "judge.persisted"})
+    last = rest(space, workload, after=1 - 0.5 / total)
+    assert len(last) == 1  # one batch: the one the worker dies in is the last
+    send(space, last)
+    assert dying.wait(timeout=120) == -signal.SIGKILL
+    assert consumer_lag(space.settings).by_topic[space.settings.kafka.topics.by_customer] > 0
+    space.start_worker()  # on the same disk; nothing more is sent
+    wait_until_processed(space.settings, timeout_s=90)
     verify(space, workload)
 
 
