@@ -205,6 +205,9 @@ class WorkerSettings(Section):
     producer_batch_bytes: int = Field(
         512 * 1024, ge=16 * 1024, le=8 * 2**20, description="largest producer batch per partition (faust's: 16 KiB)"
     )
+    log_repeats_every_s: float = Field(
+        10.0, ge=0, description="a Kafka client's repeated log message is written once per this many seconds"
+    )
     data_dir: Path = Path(".local/worker")
 
     @property

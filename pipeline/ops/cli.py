@@ -308,15 +308,18 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "warning",
 ) -> None:
     """Run a stream worker (add workers to scale out; each needs its own --web-port)."""
+    import faulthandler
     import logging
 
     import faust
 
     from pipeline.engine import memory
     from pipeline.kafka.admin import preflight
+    from pipeline.ops.logs import quiet_repeats
     from pipeline.worker import Pipeline
     from sinks.clickhouse.client import check_credentials
 
+    faulthandler.enable()  # a crash in a C extension (RocksDB, the compressors) leaves its Python stack in the log
     if web_port is not None:
         os.environ["CEM_WORKER__WEB_PORT"] = str(web_port)
     # the lag probe reconnects every few seconds; its connection chatter is not news
@@ -328,6 +331,7 @@ def worker(
     preflight(s)
     check_credentials(s.clickhouse)  # the writer only: erasure is `cem eraser`'s, with its own role
     pipeline = Pipeline(s)
+    quiet_repeats(s.worker.log_repeats_every_s)
     memory.tune()
     worker = faust.Worker(pipeline.app, loglevel=loglevel)
     # faust's terminal spinner sets the root logger to DEBUG for good (at any log level from
@@ -508,13 +512,13 @@ def alerts_deliver(
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Deliver alerts to the routes' destinations (its own consumer group; safe to restart)."""
-    import logging
 
     from pipeline.ops.delivery import run_delivery
+    from pipeline.ops.logs import service_logging
     from sinks.delivery.config import DEFAULT_ALERTS_CONFIG, load_alerts_config
 
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     s = settings()
+    service_logging(loglevel, s.worker.log_repeats_every_s)
     try:
         cfg = load_alerts_config(config or DEFAULT_ALERTS_CONFIG)
     except ConfigError as e:
@@ -535,12 +539,13 @@ def eraser(
     import logging
 
     from pipeline.ops.eraser import run_eraser
+    from pipeline.ops.logs import service_logging
     from sinks.clickhouse.client import check_credentials
     from sinks.delivery.config import DEFAULT_ALERTS_CONFIG, load_alerts_config
 
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
     s = settings()
+    service_logging(loglevel, s.worker.log_repeats_every_s)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     path = config or DEFAULT_ALERTS_CONFIG
     try:
         ledger = load_alerts_config(path).delivery.ledger_topic if path.exists() else None
@@ -578,11 +583,12 @@ def _sources_service(loglevel: str) -> tuple[Settings, SourcesConfig]:
     file (a config error ends the command with its sentence, exit code 2)."""
     import logging
 
+    from pipeline.ops.logs import service_logging
     from pipeline.sources.settings import load_sources_config
 
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     s = settings()
+    service_logging(loglevel, s.worker.log_repeats_every_s)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     try:
         return s, load_sources_config(s.collector.sources_file)
     except ConfigError as e:

@@ -8,6 +8,7 @@ A missing service is a failure, never a skip.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,39 @@ class Namespace:
     def worker_log(self) -> str:
         path = self.tmp / "worker.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def post_mortem(self, lines: int = 150) -> str:
+        """The live workers' counters and the end of their log, each run of lines alike (a
+        client retrying in a loop) folded into one."""
+        out = ["", "---- post mortem"]
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    stats = self.stats(proc)
+                except OSError as e:
+                    out.append(f"worker {proc.pid}: no stats ({e})")
+                    continue
+                counters = {k: v for k, v in stats.items() if not isinstance(v, dict | list)}
+                out.append(f"worker {proc.pid}: {counters}")
+                out.extend(f"  {k}: {v}" for k, v in stats.items() if isinstance(v, dict | list))
+            else:
+                out.append(f"worker {proc.pid}: exited {proc.returncode}")
+        folded: list[str] = []
+        repeats, last = 0, ""
+        for line in self.worker_log().splitlines():
+            gist = re.sub(r"^\[[^]]*\] \[\d+\] ", "", line)
+            if gist == last:
+                repeats += 1
+                continue
+            if repeats:
+                folded.append(f"    ... {repeats} more alike")
+            folded.append(line)
+            repeats, last = 0, gist
+        if repeats:
+            folded.append(f"    ... {repeats} more alike")
+        out.append(f"---- worker.log, last {lines} of {len(folded)} lines (folded)")
+        out.extend(folded[-lines:])
+        return "\n".join(out)
 
     def start_worker(
         self, web_port: int | None = None, *, env: dict[str, str] | None = None, wait: bool = True
@@ -225,8 +259,22 @@ def space(
     try:
         yield space
     finally:
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(space.post_mortem())  # CI keeps only its console: what the workers were doing
         for proc in space.procs:
             space.stop_worker(proc)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep the test's outcome on it, for `space` to see at teardown."""
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
 
 
 @pytest.fixture
