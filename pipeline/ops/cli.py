@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -651,12 +650,18 @@ def main() -> None:
     from pipeline.kafka.admin import KafkaUnavailable
     from sinks.clickhouse.client import ClickHouseUnavailable, tls_problem
 
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # SIGPIPE stays ignored, as Python leaves it: the services (worker, collector, delivery)
+    # write to sockets whose peer may close at any moment, and with SIGPIPE's default action
+    # such a write killed the process without a word (a worker died when the broker restarted).
+    # A reader of the output that goes away (`cem ... | head`) is handled below instead.
     # clickhouse-driver logs a failed connection with its traceback; where nothing else
     # handles logs (a short command, before the worker sets up its own), the sentence below says it
     logging.getLogger("clickhouse_driver").addHandler(logging.NullHandler())
     try:
         app()
+    except BrokenPipeError:  # the output's reader is gone: stop quietly, as a pipe's writer does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        sys.exit(1)
     except (KafkaUnavailable, ClickHouseUnavailable) as e:  # a sentence, not a traceback
         err.print(f"[red]error[/]: {escape(str(e))}")
         sys.exit(3)

@@ -1,0 +1,52 @@
+"""How `cem` (pipeline/ops/cli.py `main`) meets a peer that goes away: a service writing to a
+socket whose peer closed carries on; a command whose output's reader is gone stops quietly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_service_writing_to_a_socket_its_peer_closed_lives_on() -> None:
+    """What a worker does when the broker restarts: its client writes on a connection the
+    broker has just closed. The client library sees an error and reconnects; with SIGPIPE's
+    default action the process was killed on the spot, without a word in its log."""
+    service = textwrap.dedent(
+        """
+        import socket, sys
+        import pipeline.ops.cli as cli
+
+        def service():
+            ours, broker = socket.socketpair()
+            broker.close()  # the peer goes away
+            try:
+                for _ in range(100):
+                    ours.send(b"x" * 1024)
+            except BrokenPipeError:
+                print("the write failed; the client reconnects")
+
+        cli.app = service
+        cli.main()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", service], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "the write failed; the client reconnects"
+
+
+def test_a_command_whose_reader_goes_away_stops_quietly() -> None:
+    """`cem ... | head`: no traceback, no complaint at exit."""
+    cem = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.ops.cli", "generate", "/dev/stdout", "--customers", "3000"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert cem.stdout is not None and cem.stderr is not None
+    first = cem.stdout.readline()
+    cem.stdout.close()  # the reader goes away
+    assert cem.wait(timeout=120) == 1
+    assert first.startswith(b'{"topic": ')
+    assert cem.stderr.read() == b""
