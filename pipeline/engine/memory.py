@@ -1,4 +1,5 @@
-"""Garbage collection in a worker that holds millions of long-lived objects.
+"""Garbage collection in a worker that holds millions of long-lived objects, and memory
+given back to the system after bursts (`TRIM_EVERY_S`).
 
 The judge keeps every customer's recent events in memory: a few objects per event, millions
 in all, nearly all of them alive for weeks. Python's cyclic collector walks every tracked
@@ -18,8 +19,30 @@ Collecting the young generations before each freeze cost pauses of 50-150 ms.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import time
+from typing import Any
+
+#: How often the worker gives memory freed since back to the system (glibc's malloc_trim).
+#: glibc keeps what a burst freed (a batch's rows, a fetch's buffers) for reuse: measured after
+#: 300,000 touchpoints, 76 of the 192 MiB of the main heap were free and still counted in the
+#: worker's RSS. Trimming after an insert at most once a second took 2-3 ms a time, and the
+#: run's peak RSS went from 416-432 MiB to 402-414 MiB, its RSS at the end to 375-391 MiB.
+TRIM_EVERY_S = 1.0
+
+
+def _libc_trim() -> Any:
+    """glibc's malloc_trim, or None where the C library has none (musl)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_trim = _libc_trim()
+_trimmed_at = 0.0
 
 
 def tune() -> None:
@@ -31,13 +54,16 @@ _frozen_before = False
 
 
 def settle() -> float:
-    """Freeze everything the collector tracks now; returns the seconds it took. The first
-    time, collect everything first: start-up leaves cyclic garbage (faust's, the admin
-    clients')."""
-    global _frozen_before
+    """Freeze everything the collector tracks now, and every `TRIM_EVERY_S` give the memory
+    freed since back to the system; returns the seconds it took. The first time, collect
+    everything first: start-up leaves cyclic garbage (faust's, the admin clients')."""
+    global _frozen_before, _trimmed_at
     started = time.perf_counter()
     if not _frozen_before:
         gc.collect()
         _frozen_before = True
     gc.freeze()
+    if _trim is not None and started - _trimmed_at >= TRIM_EVERY_S:
+        _trim(0)
+        _trimmed_at = time.perf_counter()
     return time.perf_counter() - started

@@ -57,3 +57,19 @@ def test_judging_and_buffering_rows_leave_no_cyclic_garbage(rules: Rules) -> Non
                 rows.add(timeline_row(row, 0))
 
     assert cyclic_garbage(make) == []
+
+
+def test_memory_freed_is_given_back_to_the_system_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.engine import memory
+
+    assert memory._trim is not None  # glibc here: the worker really trims
+    trims: list[int] = []
+    clock = [1000.0]
+    monkeypatch.setattr(memory, "_trim", trims.append)
+    monkeypatch.setattr(memory, "_trimmed_at", 0.0)
+    monkeypatch.setattr(memory.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(memory.gc, "freeze", lambda: None)
+    for _ in range(50):  # an insert every 0.1 s for 5 s
+        memory.settle()
+        clock[0] += 0.1
+    assert len(trims) == 5 and set(trims) == {0}  # malloc_trim(0): every arena, down to the top of the heap
