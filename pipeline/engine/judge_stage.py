@@ -472,7 +472,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
             stored = part.customers.persist()
             if stored is not None:
                 part.persisted_offset = stored
-        if out.persist:
+        if out.persist and out.offsets:  # the moment between the disk and the commit, not a sweep's write
             failpoint("judge.persisted")
         await self._commit(out.offsets)
         if self.writing_out is out:

@@ -36,9 +36,11 @@ TRIM_EVERY_S = 1.0
 def _libc_trim() -> Any:
     """glibc's malloc_trim, or None where the C library has none (musl)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
 
 
 _trim = _libc_trim()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -523,7 +525,8 @@ def alerts_deliver(
     except ConfigError as e:
         err.print(f"[red]config error[/]: {escape(str(e))}")
         raise typer.Exit(2) from None
-    run_delivery(s, cfg)
+    with _as_service():
+        run_delivery(s, cfg)
 
 
 @app.command()
@@ -552,7 +555,8 @@ def eraser(
         err.print(f"[red]config error[/]: {escape(str(e))}")
         raise typer.Exit(2) from None
     check_credentials(s.clickhouse.as_role("eraser"))
-    run_eraser(s, *([ledger] if ledger else []))
+    with _as_service():
+        run_eraser(s, *([ledger] if ledger else []))
 
 
 @app.command()
@@ -574,7 +578,22 @@ def collect(
         err.print("[red]config error[/]: collector.write_keys is empty: no SDK could send (CEM_COLLECTOR__WRITE_KEYS)")
         raise typer.Exit(2)
     stop = asyncio.Event()
-    run_until_signalled(lambda: serve(s, sources, stop), stop.set)
+    with _as_service():
+        run_until_signalled(lambda: serve(s, sources, stop), stop.set)
+
+
+@contextlib.contextmanager
+def _as_service() -> Iterator[None]:
+    """Around a long-running command's work: a connection whose peer went away (EPIPE) is the
+    service's error, logged with its traceback. Left to click, it would be taken for the
+    output's reader gone (`cem ... | head`), and the service would end without a word."""
+    import logging
+
+    try:
+        yield
+    except BrokenPipeError:
+        logging.getLogger("cem").exception("a connection was closed under the service")
+        raise typer.Exit(1) from None
 
 
 def _sources_service(loglevel: str) -> tuple[Settings, SourcesConfig]:
@@ -604,7 +623,8 @@ def adapt(loglevel: Annotated[str, typer.Option(help="Log level.")] = "info") ->
 
     s, sources = _sources_service(loglevel)
     adapter = Adapter(s, sources)
-    run_until_signalled(adapter.run, adapter.stop)
+    with _as_service():
+        run_until_signalled(adapter.run, adapter.stop)
 
 
 @app.command()
@@ -653,15 +673,13 @@ def main() -> None:
     # SIGPIPE stays ignored, as Python leaves it: the services (worker, collector, delivery)
     # write to sockets whose peer may close at any moment, and with SIGPIPE's default action
     # such a write killed the process without a word (a worker died when the broker restarted).
-    # A reader of the output that goes away (`cem ... | head`) is handled below instead.
+    # A reader of the output that goes away (`cem ... | head`) ends the command quietly with
+    # exit code 1 (click does it); for the services, see _as_service.
     # clickhouse-driver logs a failed connection with its traceback; where nothing else
     # handles logs (a short command, before the worker sets up its own), the sentence below says it
     logging.getLogger("clickhouse_driver").addHandler(logging.NullHandler())
     try:
         app()
-    except BrokenPipeError:  # the output's reader is gone: stop quietly, as a pipe's writer does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
-        sys.exit(1)
     except (KafkaUnavailable, ClickHouseUnavailable) as e:  # a sentence, not a traceback
         err.print(f"[red]error[/]: {escape(str(e))}")
         sys.exit(3)

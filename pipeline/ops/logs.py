@@ -5,12 +5,16 @@ and logs every failure: about 3,000 ERROR lines a second per worker were measure
 (`Unable connect to node with id 1`, `Unable to update metadata from [1]`), so a broker away
 for five minutes wrote close to a million lines. The worker lets each such message through
 once per `worker.log_repeats_every_s`, and the next one it lets through says how many it held
-back, so the log still shows that (and for how long) the broker was away.
+back, so the log still shows that (and for how long) the broker was away. (Held-back lines
+are counted on the next one let through: a burst that stops for good leaves its count out.)
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 
 #: the client libraries whose loggers are filtered
 CLIENT_LOGGERS = ("aiokafka", "kafka")
@@ -22,38 +26,56 @@ class Repeats(logging.Filter):
     """Lets each message (a logger and a format string, whatever its arguments) through at
     most once per `every_s` seconds; the next one let through counts those held back."""
 
-    def __init__(self, every_s: float) -> None:
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.every_s = every_s
+        self.clock = clock  # monotonic: a wall clock set back would hold a message back that long
+        self.loggers: list[logging.Logger] = []  # the loggers it was added to
         self._last: dict[tuple[str, str], tuple[float, int]] = {}  # -> (when let through, held back since)
+        self._lock = threading.Lock()  # kafka-python logs from its own threads too
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.INFO:  # debug output is asked for: all of it
+            return True
         key = (record.name, str(record.msg))
-        last = self._last.get(key)
-        if last is not None and record.created - last[0] < self.every_s:
-            self._last[key] = (last[0], last[1] + 1)
-            return False
-        if len(self._last) >= MAX_REMEMBERED:
-            self._last.clear()
-        self._last[key] = (record.created, 0)
+        now = self.clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last[0] < self.every_s:
+                self._last[key] = (last[0], last[1] + 1)
+                return False
+            if len(self._last) >= MAX_REMEMBERED:
+                self._last.clear()
+            self._last[key] = (now, 0)
         if last is not None and last[1]:
             # appended to the format string, not its arguments: no % in it
-            record.msg = f"{record.msg} ({last[1]} more like this in the last {record.created - last[0]:.0f} s)"
+            record.msg = f"{record.msg} ({last[1]} more like this in the last {now - last[0]:.0f} s)"
         return True
+
+    def remove(self) -> None:
+        for logger in self.loggers:
+            logger.removeFilter(self)
+        self.loggers = []
 
 
 def quiet_repeats(every_s: float, prefixes: tuple[str, ...] = CLIENT_LOGGERS) -> Repeats:
     """Filter every logger under `prefixes` that exists now (a logger's own filters apply to
     the records made by it, not by its children: so each one gets it)."""
-    import aiokafka  # noqa: F401  (their modules make their loggers on import)
+    # their modules make their loggers on import; these few are not imported by the packages'
+    import aiokafka  # noqa: F401
+    import aiokafka.admin  # noqa: F401
+    import aiokafka.helpers  # noqa: F401
     import kafka  # noqa: F401
+    import kafka.admin  # noqa: F401
 
     repeats = Repeats(every_s)
     names = [
         n for n in logging.root.manager.loggerDict if n in prefixes or n.startswith(tuple(p + "." for p in prefixes))
     ]
-    for name in [*prefixes, *names]:
-        logging.getLogger(name).addFilter(repeats)
+    for name in dict.fromkeys([*prefixes, *names]):
+        logger = logging.getLogger(name)
+        logger.addFilter(repeats)
+        repeats.loggers.append(logger)
     return repeats
 
 

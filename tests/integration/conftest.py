@@ -102,10 +102,13 @@ class Namespace:
         out = ["", "---- post mortem"]
         for proc in self.procs:
             if proc.poll() is None:
+                if proc.pid not in self.ports:  # an eraser: no stats page
+                    out.append(f"process {proc.pid}: running")
+                    continue
                 try:
                     stats = self.stats(proc)
-                except OSError as e:
-                    out.append(f"worker {proc.pid}: no stats ({e})")
+                except Exception as e:  # a report must never stand in the way of the stops after it
+                    out.append(f"worker {proc.pid}: no stats ({e!r})")
                     continue
                 counters = {k: v for k, v in stats.items() if not isinstance(v, dict | list)}
                 out.append(f"worker {proc.pid}: {counters}")
@@ -259,11 +262,13 @@ def space(
     try:
         yield space
     finally:
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(space.post_mortem())  # CI keeps only its console: what the workers were doing
-        for proc in space.procs:
-            space.stop_worker(proc)
+        try:
+            report = getattr(request.node, "rep_call", None)
+            if report is not None and report.failed:
+                print(space.post_mortem())  # CI keeps only its console: what the workers were doing
+        finally:
+            for proc in space.procs:
+                space.stop_worker(proc)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -50,3 +50,29 @@ def test_a_command_whose_reader_goes_away_stops_quietly() -> None:
     assert cem.wait(timeout=120) == 1
     assert first.startswith(b'{"topic": ')
     assert cem.stderr.read() == b""
+
+
+def test_a_service_a_closed_connection_stops_says_so(tmp_path: Path) -> None:
+    """A BrokenPipeError that escapes a service is its own error, logged with the traceback:
+    click takes any EPIPE for the output's reader gone and would end the service silently."""
+    service = textwrap.dedent(
+        """
+        import pipeline.ops.signals as signals
+
+        def run_until_signalled(*args, **kwargs):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        signals.run_until_signalled = run_until_signalled
+        import sys
+        import pipeline.ops.cli as cli
+        sys.argv = ["cem", "adapt"]
+        cli.main()
+        """
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CEM_FINGERPRINT_SECRET": "x" * 32}
+    done = subprocess.run(
+        [sys.executable, "-c", service], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert "a connection was closed under the service" in done.stderr, done.stderr[-2000:]
+    assert "BrokenPipeError" in done.stderr

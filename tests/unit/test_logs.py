@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import pytest
-
 from pipeline.ops.logs import quiet_repeats
 
 
@@ -18,11 +16,8 @@ class Kept(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def test_a_client_failing_in_a_loop_logs_once_per_interval_and_counts_the_rest(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_client_failing_in_a_loop_logs_once_per_interval_and_counts_the_rest() -> None:
     clock = [1000.0]
-    monkeypatch.setattr("time.time", lambda: clock[0])  # LogRecord.created
     kept = Kept()
     client = logging.getLogger("aiokafka.client")
     other = logging.getLogger("aiokafka.consumer.fetcher")
@@ -30,6 +25,7 @@ def test_a_client_failing_in_a_loop_logs_once_per_interval_and_counts_the_rest(
     for logger in (client, other, ours):
         logger.addHandler(kept)
     repeats = quiet_repeats(10.0)
+    repeats.clock = lambda: clock[0]
     try:
         for i in range(3000):  # a broker away for 30 s, at 100 failures a second
             clock[0] = 1000.0 + i / 100
@@ -40,9 +36,9 @@ def test_a_client_failing_in_a_loop_logs_once_per_interval_and_counts_the_rest(
         clock[0] = 1031.0
         client.error("Unable connect to node with id %s: %s", 1, "[Errno 111] last")
     finally:
+        repeats.remove()
         for logger in (client, other, ours):
             logger.removeHandler(kept)
-            logger.removeFilter(repeats)
     connects = [line for line in kept.lines if line.startswith("Unable connect")]
     assert connects == [
         "Unable connect to node with id 1: [Errno 111] attempt 0",
@@ -53,3 +49,17 @@ def test_a_client_failing_in_a_loop_logs_once_per_interval_and_counts_the_rest(
     # another message of the client's is its own; the pipeline's own lines are never held back
     assert [line for line in kept.lines if line.startswith("Failed fetch")] == ["Failed fetch messages from 1"] * 3
     assert len([line for line in kept.lines if line.startswith("commit failed")]) == 3
+
+
+def test_debug_output_is_never_held_back_and_every_client_logger_is_filtered() -> None:
+    repeats = quiet_repeats(10.0)
+    try:
+        for name in ("aiokafka.admin.client", "aiokafka.conn", "kafka.conn"):
+            assert repeats in logging.getLogger(name).filters, name
+        record = logging.LogRecord("aiokafka.conn", logging.DEBUG, __file__, 1, "sent %s", (1,), None)
+        assert all(repeats.filter(record) for _ in range(5))
+        record = logging.LogRecord("aiokafka.conn", logging.ERROR, __file__, 1, "refused %s", (1,), None)
+        assert [repeats.filter(record) for _ in range(3)] == [True, False, False]
+    finally:
+        repeats.remove()
+    assert not any(repeats in logging.getLogger(n).filters for n in list(logging.root.manager.loggerDict))

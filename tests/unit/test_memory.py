@@ -62,7 +62,8 @@ def test_judging_and_buffering_rows_leave_no_cyclic_garbage(rules: Rules) -> Non
 def test_memory_freed_is_given_back_to_the_system_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.engine import memory
 
-    assert memory._trim is not None  # glibc here: the worker really trims
+    if memory._trim is None:
+        pytest.skip("no glibc here (musl, macOS): nothing to trim with")
     trims: list[int] = []
     clock = [1000.0]
     monkeypatch.setattr(memory, "_trim", trims.append)
