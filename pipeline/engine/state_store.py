@@ -40,6 +40,7 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 from rocksdict import (
     AccessType,
+    BlockBasedIndexType,
     BlockBasedOptions,
     Cache,
     DBCompressionType,
@@ -125,6 +126,15 @@ class Disk:
         table.set_block_cache(self._cache)
         table.set_bloom_filter(10, False)  # a customer seen for the first time costs no disk read
         table.set_cache_index_and_filter_blocks(True)  # inside the budget, not beside it
+        # Partitioned index and filters: a lookup loads the 4 KiB partitions it needs, not the
+        # index and filter of a whole file (megabytes once the files are large). Without them,
+        # a block cache smaller than all the filters thrashed: the identity index read whole
+        # went from 136,000 to 2,000 entries/s after its first million.
+        table.set_index_type(BlockBasedIndexType.two_level_index_search())
+        table.set_partition_filters(True)
+        table.set_metadata_block_size(4096)
+        table.set_pin_top_level_index_and_filter(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
         opts.set_block_based_table_factory(table)
         opts.set_write_buffer_manager(self._buffers)
         opts.set_write_buffer_size(max(1, s.write_buffer_mib // 4) * MiB)
