@@ -2,10 +2,8 @@
 
 `CEM_FAILPOINTS=judge.written:3,snapshot.chunk_sent` makes the worker SIGKILL itself the 3rd
 time it passes `judge.written` (ClickHouse written, offsets not committed yet), or the first
-time it passes `snapshot.chunk_sent`. `judge.written:1:stop` makes it SIGSTOP itself instead:
-the test does something to the world at that moment (stops the broker), then SIGCONTs it.
-Unset (always, outside tests), a failpoint is one dict lookup on an empty dict. The points are
-listed in `POINTS`, so a misspelt name fails at start.
+time it passes `snapshot.chunk_sent`. Unset (always, outside tests), a failpoint is one dict
+lookup on an empty dict. The points are listed in `POINTS`, so a misspelt name fails at start.
 """
 
 from __future__ import annotations
@@ -28,21 +26,15 @@ POINTS = {
 }
 
 
-ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
-
-
-def _parse(spec: str) -> dict[str, tuple[int, signal.Signals]]:
-    armed: dict[str, tuple[int, signal.Signals]] = {}
+def _parse(spec: str) -> dict[str, int]:
+    armed: dict[str, int] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        name, _, rest = item.partition(":")
-        count, _, action = rest.partition(":")
+        name, _, count = item.partition(":")
         if name not in POINTS:
             raise ValueError(f"CEM_FAILPOINTS: unknown failpoint {name!r} (known: {', '.join(sorted(POINTS))})")
         if count and not count.isdigit():
             raise ValueError(f"CEM_FAILPOINTS: {item!r}: the pass to kill at is a number, as in {name}:3")
-        if action and action not in ACTIONS:
-            raise ValueError(f"CEM_FAILPOINTS: {item!r}: the action is one of {', '.join(ACTIONS)}")
-        armed[name] = (int(count or 1), ACTIONS[action or "kill"])
+        armed[name] = int(count or 1)
     return armed
 
 
@@ -50,15 +42,12 @@ _armed = _parse(os.environ.get("CEM_FAILPOINTS", ""))
 
 
 def failpoint(name: str) -> None:
-    """SIGKILL (or SIGSTOP) this process if `name` is armed and this is its armed pass."""
-    armed = _armed.get(name)
-    if armed is None:
+    """SIGKILL this process if `name` is armed and this is its armed pass."""
+    left = _armed.get(name)
+    if left is None:
         return
-    left, sig = armed
     if left > 1:
-        _armed[name] = (left - 1, sig)
+        _armed[name] = left - 1
         return
-    if sig == signal.SIGSTOP:
-        del _armed[name]  # once
-    os.write(2, f"failpoint {name}: {sig.name}\n".encode())
-    os.kill(os.getpid(), sig)
+    os.write(2, f"failpoint {name}: SIGKILL\n".encode())
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -513,7 +513,6 @@ def alerts_deliver(
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Deliver alerts to the routes' destinations (its own consumer group; safe to restart)."""
-
     from pipeline.ops.delivery import run_delivery
     from pipeline.ops.logs import service_logging
     from sinks.delivery.config import DEFAULT_ALERTS_CONFIG, load_alerts_config
