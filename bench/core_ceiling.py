@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from pipeline.engine.rows import timeline_row
 from pipeline.engine.snapshots import encode_stored
 from pipeline.engine.state_store import Customers, Decoded, Disk
 from pipeline.kafka import clients
+from pipeline.kafka.aligned import Aligner
 from pipeline.settings import Settings
 from processors.identity import profile_fingerprints, resolve
 from processors.judge import CustomerState, Profile, apply_profile, judge
@@ -66,6 +67,26 @@ async def _read_all(settings: Settings, topics: list[str], expected: int) -> lis
         return out
     finally:
         await consumer.stop()
+
+
+def _aligned(settings: Settings, records: list[Any]) -> list[Any]:
+    """The records in the order stage A hands them out (pipeline/kafka/aligned.py): fetched a
+    partition's `align_buffered_per_partition` at a time, in timestamp order across partitions."""
+    w = settings.worker
+    aligner = Aligner(frozenset(settings.kafka.topics.channels), max_idle_s=w.align_max_idle_ms / 1000,
+                      per_partition=w.align_buffered_per_partition)  # fmt: skip
+    source: dict[TopicPartition, deque[Any]] = defaultdict(deque)
+    for rec in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
+        source[TopicPartition(rec.topic, rec.partition)].append(rec)
+    out: list[Any] = []
+    while any(source.values()) or aligner.buffered():
+        fetched = {}
+        for tp, left in source.items():
+            if left and aligner.has_room(tp):
+                fetched[tp] = [left.popleft() for _ in range(min(len(left), w.align_buffered_per_partition))]
+        aligner.add(fetched)
+        out += aligner.take(w.batch_size, list(source), lambda tp: bool(source[tp]))
+    return out
 
 
 async def core_ceiling(settings: Settings, expected_profiles: int, expected_touchpoints: int) -> dict[str, Any]:
@@ -110,7 +131,7 @@ async def _measure(
             customers = parts[partition_of(p.customer_id, n_parts)]
             customers.put(apply_profile(customers.get(p.customer_id) or CustomerState(p.customer_id), profile)[0])
     _persist(parts, 1)
-    records = await _read_all(settings, list(t.channels), expected_touchpoints)
+    records = _aligned(settings, await _read_all(settings, list(t.channels), expected_touchpoints))
     await asyncio.sleep(0)
 
     memory.tune()  # as the worker does: at 30k customers the default thresholds cost a third

@@ -161,6 +161,15 @@ class WorkerSettings(Section):
     fetch_max_wait_ms: int = Field(
         20, ge=0, le=5000, description="longest the broker holds a fetch that finds nothing new (latency vs requests)"
     )
+    # The channel topics read in timestamp order across their partitions, as Kafka Streams
+    # does (max.task.idle.ms, buffered.records.per.partition): pipeline/kafka/aligned.py
+    align_max_idle_ms: float = Field(
+        500.0, ge=0, le=60_000,
+        description="longest a channel partition with unfetched records holds back the others' newer ones (0: never)",
+    )  # fmt: skip
+    align_buffered_per_partition: int = Field(
+        1000, ge=1, le=100_000, description="records of a channel partition fetched ahead at most (plus one batch)"
+    )
     commit_interval_s: float = Field(1.0, gt=0)
     max_future_skew_hours: float = Field(24.0, ge=0, description="events further ahead of the clock are rejected")
     # ClickHouse refuses an insert whose rows span more than 100 monthly partitions

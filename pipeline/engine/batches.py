@@ -20,6 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
+from pipeline.kafka.aligned import Aligner
 from pipeline.kafka.reading import commit
 
 log = logging.getLogger("cem.source")
@@ -34,6 +35,7 @@ class BatchSource:
         batch_size: int,
         on_commit_failure: Callable[[], None] = lambda: None,
         held: frozenset[str] = frozenset(),
+        aligner: Aligner | None = None,
     ) -> None:
         self.topics, self.batch_size = topics, batch_size
         self.config = consumer_config
@@ -43,6 +45,8 @@ class BatchSource:
         self.committed: dict[TopicPartition, int] = {}  # what this consumer last committed
         self.joined = False  # has been given its partitions (possibly none) at least once
         self.held = set(held)  # topics whose partitions stay paused until `release()`
+        # its topics' records handed out in timestamp order (pipeline/kafka/aligned.py)
+        self.aligner = aligner
 
     def release(self) -> None:
         """Start reading the held topics."""
@@ -113,8 +117,35 @@ class BatchSource:
         return out, False, {tp.partition for tp in tps}
 
     async def _next(self) -> list[Any]:
-        got = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_size)
-        return [r for records in got.values() for r in records]
+        aligner = self.aligner
+        if aligner is None:
+            got = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_size)
+            return [r for records in got.values() for r in records]
+        # Wait for records only when none can go now: held back by a partition whose next
+        # records are not fetched yet, as long as that may hold them.
+        if aligner.held_until is not None:
+            timeout_ms = max(1, int((aligner.held_until - time.monotonic()) * 1000))
+        else:
+            timeout_ms = 0 if aligner.buffered() else 500
+        wanted = [tp for tp in self.consumer.assignment() if aligner.has_room(tp)]
+        if wanted or not aligner.buffered():  # (no partitions named: all of them, none assigned)
+            got = await self.consumer.getmany(*wanted, timeout_ms=timeout_ms, max_records=self.batch_size)
+        else:
+            got = {}
+        out = aligner.add(got)
+        aligned = [tp for tp in self.consumer.assignment() if tp.topic in aligner.topics and tp.topic not in self.held]
+        return out + aligner.take(self.batch_size - len(out), aligned, self._behind)
+
+    def _behind(self, tp: TopicPartition) -> bool:
+        """Whether the broker has records of `tp` that this consumer has not fetched: its
+        position before the high watermark of the last fetch (unknown before the first)."""
+        subscription = self.consumer._subscription  # aiokafka's own `highwater()` reads it so
+        if not subscription.is_assigned(tp):
+            return False
+        state = subscription.subscription.assignment.state_value(tp)
+        if state.highwater is None or not state.has_valid_position:
+            return True
+        return bool(state.position < state.highwater)
 
     async def lag(self) -> dict[str, int]:
         """Messages not yet committed on this consumer's partitions, per topic (from the
@@ -127,6 +158,8 @@ class BatchSource:
             done = self.committed.get(tp)
             if done is None:
                 done = await self.consumer.position(tp)
+                if self.aligner is not None:
+                    done -= self.aligner.buffered(tp)  # fetched, not handed out yet
             out[tp.topic] = out.get(tp.topic, 0) + max(0, (high or 0) - done)
         return out
 
@@ -153,7 +186,8 @@ class _Joined(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
         self.source = source
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        pass
+        if self.source.aligner is not None:
+            self.source.aligner.drop(revoked)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.source.joined = True

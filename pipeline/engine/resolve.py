@@ -30,6 +30,7 @@ from pipeline.engine.decode import Rejected, decode_profile, decode_touchpoint
 from pipeline.engine.failpoints import failpoint
 from pipeline.engine.rekey import pack
 from pipeline.kafka import clients
+from pipeline.kafka.aligned import Aligner
 from pipeline.kafka.reading import end_offsets_of
 from processors.identity import profile_fingerprints, resolve
 from processors.model import OTHER_MATTER
@@ -62,6 +63,11 @@ class ResolveStage:
             batch_size=s.worker.batch_size,
             on_commit_failure=self._count_commit_failure,
             held=frozenset(self.topics.channels),  # until the CRM profiles are in the identity index
+            aligner=Aligner(
+                frozenset(self.topics.channels),
+                max_idle_s=s.worker.align_max_idle_ms / 1000,
+                per_partition=s.worker.align_buffered_per_partition,
+            ),
         )
 
     async def run(self) -> None:
