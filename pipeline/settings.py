@@ -161,6 +161,10 @@ class WorkerSettings(Section):
     fetch_max_wait_ms: int = Field(
         20, ge=0, le=5000, description="longest the broker holds a fetch that finds nothing new (latency vs requests)"
     )
+    fetch_partition_bytes: int = Field(
+        256 * 1024, ge=16 * 1024, le=64 * 2**20,
+        description="most a fetch brings of one partition; a consumer holds up to one fetch per partition (memory)",
+    )  # fmt: skip
     # The channel topics read in timestamp order across their partitions, as Kafka Streams
     # does (max.task.idle.ms, buffered.records.per.partition): pipeline/kafka/aligned.py
     align_max_idle_ms: float = Field(

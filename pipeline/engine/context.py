@@ -33,7 +33,10 @@ class Context:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = Stats()
-        fetch = {"fetch_max_wait_ms": settings.worker.fetch_max_wait_ms}  # see clients.group_consumer
+        fetch = {  # see clients.group_consumer
+            "fetch_max_wait_ms": settings.worker.fetch_max_wait_ms,
+            "max_partition_fetch_bytes": settings.worker.fetch_partition_bytes,
+        }
         self.disk = Disk(settings.state_dir, settings.state, settings.secret)  # every RocksDB database of the worker
         self.member = self.disk.member_id() if settings.worker.static_membership else None  # its groups' member id
         self.index = IdentityIndex(
