@@ -161,8 +161,11 @@ class WorkerSettings(Section):
     fetch_max_wait_ms: int = Field(
         20, ge=0, le=5000, description="longest the broker holds a fetch that finds nothing new (latency vs requests)"
     )
+    # Kafka's max.partition.fetch.bytes. A record batch larger than this comes only as the
+    # first partition of a fetch response (KIP-74): keep it above every producer's batches
+    # (librdkafka's are up to 1,000,000 bytes; cem's own up to producer_batch_bytes).
     fetch_partition_bytes: int = Field(
-        256 * 1024, ge=16 * 1024, le=64 * 2**20,
+        2**20, ge=16 * 1024, le=64 * 2**20,
         description="most a fetch brings of one partition; a consumer holds up to one fetch per partition (memory)",
     )  # fmt: skip
     # The channel topics read in timestamp order across their partitions, as Kafka Streams

@@ -25,6 +25,8 @@ from pipeline.kafka.reading import commit
 
 log = logging.getLogger("cem.source")
 
+HELD_POLL_MS = 50  # how often records held back for timestamp order look again
+
 
 class BatchSource:
     def __init__(
@@ -121,14 +123,18 @@ class BatchSource:
         if aligner is None:
             got = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_size)
             return [r for records in got.values() for r in records]
-        # Wait for records only when none can go now: held back by a partition whose next
-        # records are not fetched yet, as long as that may hold them.
+        # Wait for records only when none can go now. Held back by a partition whose next records
+        # are not fetched yet, look again soon: a fetch may find it at its end, which brings no
+        # record to wake the wait.
         if aligner.held_until is not None:
-            timeout_ms = max(1, int((aligner.held_until - time.monotonic()) * 1000))
+            timeout_ms = max(1, min(HELD_POLL_MS, int((aligner.held_until - time.monotonic()) * 1000)))
         else:
             timeout_ms = 0 if aligner.buffered() else 500
-        wanted = [tp for tp in self.consumer.assignment() if aligner.has_room(tp)]
-        if wanted or not aligner.buffered():  # (no partitions named: all of them, none assigned)
+        assigned = self.consumer.assignment()
+        wanted = [tp for tp in assigned if aligner.has_room(tp)]
+        if len(wanted) == len(assigned):  # all of them, and any this consumer gets meanwhile
+            got = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.batch_size)
+        elif wanted:
             got = await self.consumer.getmany(*wanted, timeout_ms=timeout_ms, max_records=self.batch_size)
         else:
             got = {}

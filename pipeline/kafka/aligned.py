@@ -84,7 +84,8 @@ class Aligner:
             return False
         since = self._since.setdefault(tp, now)
         if now - since < self.max_idle_s:
-            self.held_until = since + self.max_idle_s
+            until = since + self.max_idle_s
+            self.held_until = until if self.held_until is None else min(self.held_until, until)
             return True
         return False
 
@@ -95,9 +96,11 @@ class Aligner:
         now = self.clock()
         self.held_until = None
         buffers = self._buffers
-        for tp in assigned:
-            if tp.topic in self.topics and not buffers.get(tp) and self._holding(tp, behind, now):
-                return []
+        # every partition that holds the others back is asked, so that their waits run side by
+        # side: k partitions away delay the others max_idle_s once, not k times
+        empty = [tp for tp in assigned if tp.topic in self.topics and not buffers.get(tp)]
+        if any([self._holding(tp, behind, now) for tp in empty]):  # (a list: each one asked)
+            return []
         heads = [(b[0].timestamp, i, tp) for i, (tp, b) in enumerate(buffers.items()) if b]
         heapq.heapify(heads)
         out: list[Any] = []

@@ -70,6 +70,23 @@ def test_a_partition_behind_its_end_holds_the_others_back_for_max_idle_at_most()
     assert a.held_until is None
 
 
+def test_partitions_behind_at_once_wait_side_by_side_not_one_after_another() -> None:
+    clock = Clock()
+    a = Aligner(CHANNELS, max_idle_s=0.5, per_partition=100, clock=clock)
+    other = TopicPartition("web", 1)
+    a.add({WEB: recs(WEB, 10)})
+    behind = {BOOKING, other}  # say their leader is away: nothing of them comes
+    assert a.take(100, [WEB, BOOKING, other], behind.__contains__) == []
+    assert a.held_until == 100.5
+    clock.now = 100.5
+    assert stamps(a.take(100, [WEB, BOOKING, other], behind.__contains__)) == [("web", 10)]
+    # taken away and given back: waited for afresh
+    a.drop([BOOKING])
+    a.add({WEB: recs(WEB, 11, first=1)})
+    assert a.take(100, [WEB, BOOKING, other], behind.__contains__) == []
+    assert a.held_until == 101.0
+
+
 def test_a_partition_emptied_while_behind_ends_the_batch_there() -> None:
     a = Aligner(CHANNELS, max_idle_s=5.0, per_partition=100, clock=Clock())
     a.add({WEB: recs(WEB, 1, 2, 3, 4), BOOKING: recs(BOOKING, 2)})
