@@ -13,6 +13,9 @@ aiokafka, then every step the two stages do in Python, in one process:
   rows     the timeline rows for ClickHouse
   snapshot the whole stored state read and joined into chunks once, as a snapshot does
            (its share per touchpoint)
+  gc       what the judge made frozen after each pack and each insert, as stage B does
+           (pipeline/engine/memory.py); the collections themselves fall in the steps that
+           set them off
 
 No broker writes and no ClickHouse: this is the ceiling for any design that runs cem's core
 in Python on this machine, and its breakdown says where the time per event goes.
@@ -47,7 +50,7 @@ from processors.normalize import to_touch
 from schemas.profile import ProfileSnapshot
 from sinks.clickhouse.writer import now_seconds
 
-STEPS = ("decode", "resolve", "rekey", "judge", "state", "rows", "snapshot")
+STEPS = ("decode", "resolve", "rekey", "judge", "state", "rows", "snapshot", "gc")
 
 
 async def _read_all(settings: Settings, topics: list[str], expected: int) -> list[Any]:
@@ -170,8 +173,14 @@ async def _measure(
         packs = pack(resolved, n_parts)
         items = [(partition, item) for partition, value in packs for item in read_items(value)]
         spent["rekey"] += clock() - t3
+        last = None
         for partition, item in items:
             assert isinstance(item, Touch)
+            if partition != last:  # a pack judged, as stage B freezes after each
+                t4 = clock()
+                memory.freeze()
+                spent["gc"] += clock() - t4
+                last = partition
             t4 = clock()
             customers = parts[partition]
             cid = item.customer_id
@@ -189,7 +198,10 @@ async def _measure(
         if pending >= settings.worker.insert_rows:
             t8 = clock()
             _persist(parts, i + 2)
-            spent["state"] += clock() - t8
+            t8b = clock()
+            spent["state"] += t8b - t8
+            memory.settle()  # as stage B does once an insert is written
+            spent["gc"] += clock() - t8b
             pending = 0
     t9 = clock()
     _persist(parts, len(records) + 2)

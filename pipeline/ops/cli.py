@@ -333,7 +333,7 @@ def worker(
     check_credentials(s.clickhouse)  # the writer only: erasure is `cem eraser`'s, with its own role
     pipeline = Pipeline(s)
     quiet_repeats(s.worker.log_repeats_every_s)
-    memory.tune()
+    memory.tune(s.worker.gc_full_every_s)
     worker = faust.Worker(pipeline.app, loglevel=loglevel)
     # faust's terminal spinner sets the root logger to DEBUG for good (at any log level from
     # warning up), so every debug call in faust, aiokafka and clickhouse-driver builds a log

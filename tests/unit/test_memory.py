@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import weakref
+from pathlib import Path
 
 import pytest
 from clickhouse_driver.columns.service import get_column_by_spec
@@ -11,7 +14,8 @@ from clickhouse_driver.context import Context
 
 import sinks.clickhouse.client  # noqa: F401  # makes the driver's column back-references weak
 from pipeline.engine.rows import timeline_row
-from pipeline.settings import RulesSettings
+from pipeline.engine.state_store import Customers, Decoded, Disk
+from pipeline.settings import RulesSettings, StateSettings
 from processors.judge import CustomerState, judge
 from processors.model import Rules, Touch
 from sinks.clickhouse.writer import TIMELINE_COLUMNS, Columns
@@ -74,3 +78,60 @@ def test_memory_freed_is_given_back_to_the_system_at_most_once_per_interval(monk
         memory.settle()
         clock[0] += 0.1
     assert len(trims) == 5 and set(trims) == {0}  # malloc_trim(0): every arena, down to the top of the heap
+
+
+def test_reading_states_back_from_disk_and_sealing_them_leave_no_cyclic_garbage(tmp_path: Path) -> None:
+    """The judge freezes after every message: the state store's path must make no cycles either."""
+    settings = StateSettings()
+    disk = Disk(tmp_path, settings, b"test-secret")
+    customers = Customers(0, asyncio.run(disk.open("p0")), Decoded(2), disk.secret, disk.key_id)
+    rules = Rules()
+
+    def make() -> None:
+        for i in range(40):
+            cid = f"C-{i % 5}"  # more customers than the cache holds: states are read back
+            at = 1_772_700_000_000_000 + i * 3_600_000_000
+            touch = Touch(cid, "web", f"w{i}", at, "form", fields=("email",), place=f"web:p{i % 3}")
+            state, _ = judge(customers.get(cid) or CustomerState(cid), touch, rules, 0)
+            customers.put(state)
+            if i % 7 == 6:
+                for _ in customers.encoding():
+                    pass
+                customers.seal(i, at)
+                customers.persist()
+
+    try:
+        assert cyclic_garbage(make) == []
+        assert customers.count() == 5  # it did judge and store them
+    finally:
+        customers.close()
+
+
+def test_frozen_cyclic_garbage_is_collected_once_per_full_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.engine import memory
+
+    class Node:
+        me: object
+
+    clock = [5000.0]
+    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(memory, "_frozen_before", True)
+    monkeypatch.setattr(memory, "_trim", None)
+    memory.tune(600)
+    try:
+        node = Node()
+        node.me = node  # a cycle, then garbage: only the collector can free it
+        gone = weakref.ref(node)
+        del node
+        memory.freeze()
+        gc.collect()
+        assert gone() is not None  # frozen: the collector leaves it alone
+        clock[0] += 599
+        memory.settle()
+        assert gone() is not None
+        clock[0] += 1
+        memory.settle()  # the full interval is over: everything held is looked at
+        assert gone() is None
+    finally:
+        gc.unfreeze()
+        memory.tune()
