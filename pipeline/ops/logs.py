@@ -5,8 +5,9 @@ and logs every failure: about 3,000 ERROR lines a second per worker were measure
 (`Unable connect to node with id 1`, `Unable to update metadata from [1]`), so a broker away
 for five minutes wrote close to a million lines. The worker lets each such message through
 once per `worker.log_repeats_every_s`, and the next one it lets through says how many it held
-back, so the log still shows that (and for how long) the broker was away. (Held-back lines
-are counted on the next one let through: a burst that stops for good leaves its count out.)
+back, so the log still shows that (and for how long) the broker was away. A burst that stops
+has its count written once its interval is over, by a thread that looks every interval
+(`Repeats.flush`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Callable
 CLIENT_LOGGERS = ("aiokafka", "kafka")
 #: distinct messages remembered at most (format strings are few; forgetting one only lets it through again)
 MAX_REMEMBERED = 1000
+#: marks the line that carries a count `Repeats.flush` wrote: never held back itself
+SUMMARY = "cem_repeats_summary"
 
 
 class Repeats(logging.Filter):
@@ -31,28 +34,55 @@ class Repeats(logging.Filter):
         self.every_s = every_s
         self.clock = clock  # monotonic: a wall clock set back would hold a message back that long
         self.loggers: list[logging.Logger] = []  # the loggers it was added to
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # -> (when let through, held back since)
+        # -> (when let through, held back since, the level of the last held back)
+        self._last: dict[tuple[str, str], tuple[float, int, int]] = {}
         self._lock = threading.Lock()  # kafka-python logs from its own threads too
+        self._stop = threading.Event()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.INFO:  # debug output is asked for: all of it
-            return True
+        if record.levelno < logging.INFO or getattr(record, SUMMARY, False):
+            return True  # debug output is asked for: all of it
         key = (record.name, str(record.msg))
         now = self.clock()
         with self._lock:
             last = self._last.get(key)
             if last is not None and now - last[0] < self.every_s:
-                self._last[key] = (last[0], last[1] + 1)
+                self._last[key] = (last[0], last[1] + 1, record.levelno)
                 return False
             if len(self._last) >= MAX_REMEMBERED:
                 self._last.clear()
-            self._last[key] = (now, 0)
+            self._last[key] = (now, 0, record.levelno)
         if last is not None and last[1]:
             # appended to the format string, not its arguments: no % in it
             record.msg = f"{record.msg} ({last[1]} more like this in the last {now - last[0]:.0f} s)"
         return True
 
+    def flush(self) -> None:
+        """Write the count of each message held back whose interval is over: the burst
+        stopped, and no next line would carry it."""
+        now = self.clock()
+        due = []
+        with self._lock:
+            for key, (when, held, level) in self._last.items():
+                if held and now - when >= self.every_s:
+                    due.append((key, when, held, level))
+                    self._last[key] = (when, 0, level)
+        for (name, msg), when, held, level in due:
+            # the format string without its arguments: the held-back lines' differ
+            logging.getLogger(name).log(level, "%s (%d more like this in the last %.0f s)", msg, held, now - when,
+                                        extra={SUMMARY: True})  # fmt: skip
+
+    def start(self) -> None:
+        """Flush every interval from a thread of its own, until `remove`."""
+        threading.Thread(target=self._flushing, name="log-repeats", daemon=True).start()
+
+    def _flushing(self) -> None:
+        while not self._stop.wait(max(self.every_s, 0.1)):
+            self.flush()
+
     def remove(self) -> None:
+        self._stop.set()
+        self.flush()
         for logger in self.loggers:
             logger.removeFilter(self)
         self.loggers = []
@@ -69,6 +99,8 @@ def quiet_repeats(every_s: float, prefixes: tuple[str, ...] = CLIENT_LOGGERS) ->
     import kafka.admin  # noqa: F401
 
     repeats = Repeats(every_s)
+    if every_s > 0:
+        repeats.start()
     names = [
         n for n in logging.root.manager.loggerDict if n in prefixes or n.startswith(tuple(p + "." for p in prefixes))
     ]

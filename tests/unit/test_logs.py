@@ -63,3 +63,31 @@ def test_debug_output_is_never_held_back_and_every_client_logger_is_filtered() -
     finally:
         repeats.remove()
     assert not any(repeats in logging.getLogger(n).filters for n in list(logging.root.manager.loggerDict))
+
+
+def test_the_count_of_a_burst_that_stops_is_written_once_its_interval_is_over() -> None:
+    clock = [1000.0]
+    kept = Kept()
+    client = logging.getLogger("aiokafka.client")
+    client.addHandler(kept)
+    repeats = quiet_repeats(10.0)
+    repeats.clock = lambda: clock[0]
+    try:
+        for i in range(50):  # a broker away for half a second, then back for good
+            clock[0] = 1000.0 + i / 100
+            client.error("Unable connect to node with id %s: %s", 1, f"attempt {i}")
+        repeats.flush()
+        assert kept.lines == ["Unable connect to node with id 1: attempt 0"]  # its interval is not over
+        clock[0] = 1012.0
+        repeats.flush()
+        repeats.flush()  # written once
+        clock[0] = 1013.0
+        client.error("Unable connect to node with id %s: %s", 1, "again")  # a new burst: a new count
+    finally:
+        repeats.remove()
+        client.removeHandler(kept)
+    assert kept.lines == [
+        "Unable connect to node with id 1: attempt 0",
+        "Unable connect to node with id %s: %s (49 more like this in the last 12 s)",
+        "Unable connect to node with id 1: again",
+    ]
