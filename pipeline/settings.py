@@ -249,14 +249,14 @@ class StateSettings(Section):
 
     dir: Path | None = Field(None, description="where the databases live; default: <worker.data_dir>/state")
     cache_customers: int = Field(
-        10_000, ge=100, le=10_000_000, description="customers' states kept decoded in memory (most recently used)"
+        5_000, ge=100, le=10_000_000, description="customers' states kept decoded in memory (most recently used)"
     )
     block_cache_mib: int = Field(32, ge=8, le=65_536, description="RocksDB block cache, shared by every database")
     write_buffer_mib: int = Field(
         32, ge=8, le=65_536, description="RocksDB memtables of every database together (write buffer manager)"
     )
     identity_cache_entries: int = Field(
-        50_000, ge=0, le=50_000_000, description="identity index entries kept in memory (most recently used)"
+        20_000, ge=0, le=50_000_000, description="identity index entries kept in memory (most recently used)"
     )
     compression: Literal["lz4", "zstd", "none"] = "lz4"
     cleanup_delay_s: float = Field(
