@@ -13,9 +13,9 @@ aiokafka, then every step the two stages do in Python, in one process:
   rows     the timeline rows for ClickHouse
   snapshot the whole stored state read and joined into chunks once, as a snapshot does
            (its share per touchpoint)
-  gc       what the judge made frozen after each pack and each insert, as stage B does
-           (pipeline/engine/memory.py); the collections themselves fall in the steps that
-           set them off
+  gc       what the worker holds frozen after each insert (by size or by age, as stage B
+           seals), as the worker does (pipeline/engine/memory.py); the collections
+           themselves fall in the steps that set them off
 
 No broker writes and no ClickHouse: this is the ceiling for any design that runs cem's core
 in Python on this machine, and its breakdown says where the time per event goes.
@@ -142,7 +142,7 @@ async def _measure(
     clock = time.perf_counter
     now = datetime.now(UTC)
     max_future = timedelta(hours=settings.worker.max_future_skew_hours)
-    started = clock()
+    started = sealed_at = clock()
     pending = 0
     for i in range(0, len(records), settings.worker.batch_size):
         wall = now_seconds()
@@ -173,14 +173,8 @@ async def _measure(
         packs = pack(resolved, n_parts)
         items = [(partition, item) for partition, value in packs for item in read_items(value)]
         spent["rekey"] += clock() - t3
-        last = None
         for partition, item in items:
             assert isinstance(item, Touch)
-            if partition != last:  # a pack judged, as stage B freezes after each
-                t4 = clock()
-                memory.freeze()
-                spent["gc"] += clock() - t4
-                last = partition
             t4 = clock()
             customers = parts[partition]
             cid = item.customer_id
@@ -195,14 +189,15 @@ async def _measure(
             rows.extend(timeline_row(r, wall) for r in verdict.rows)
             spent["rows"] += clock() - t7
         pending += len(rows)
-        if pending >= settings.worker.insert_rows:
+        # sealed as stage B seals: by size, or by the age of what is pending
+        if pending >= settings.worker.insert_rows or clock() - sealed_at >= settings.worker.batch_within_s:
             t8 = clock()
             _persist(parts, i + 2)
             t8b = clock()
             spent["state"] += t8b - t8
             memory.settle()  # as stage B does once an insert is written
             spent["gc"] += clock() - t8b
-            pending = 0
+            pending, sealed_at = 0, clock()
     t9 = clock()
     _persist(parts, len(records) + 2)
     spent["state"] += clock() - t9

@@ -36,7 +36,6 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from pydantic import ValidationError
 
-from pipeline.engine import memory
 from pipeline.engine.alerts import alert_message
 from pipeline.engine.clickhouse_output import ClickHouseOutput
 from pipeline.engine.context import Context, Stopping, where
@@ -224,7 +223,6 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 if record.offset >= part.replay_until:
                     self.out.touched()
                 await self._apply(part, record, now, now_us)
-                memory.freeze()  # what it made, left alone by the collector (pipeline/engine/memory.py)
                 part.next_offset = record.offset + 1
                 if part.replaying:
                     failpoint("judge.replaying")

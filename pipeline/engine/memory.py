@@ -7,25 +7,17 @@ object of a generation when it collects it, and these objects soon reach the old
 its collections walk them all again and again: a pause of a second per 1.4 million objects
 here, which put the p99 event -> alert latency of a full benchmark run at 2.4 s.
 
-So the worker freezes what it holds (`gc.freeze()`: the collector leaves frozen objects alone
-for good; it costs nothing, whatever their number) after each ClickHouse insert and after a
-partition's state is loaded. Freezing an object that later becomes cyclic garbage would keep
-it for good, so the hot path makes none: the one source there was, clickhouse-driver's
-columns, has its cycle made weak (sinks/clickhouse/client.py). The young generations are
-still collected as usual between two freezes, for whatever else makes cycles; measured over
-a run of 190,000 touchpoints, the frozen garbage was a few connections to the stats page.
-Collecting the young generations before each freeze cost pauses of 50-150 ms.
-
-With the state on disk the judge no longer holds millions of objects for weeks, but it
-still makes them faster than anything else: each state read back is a few hundred objects,
-alive until the decoded-state cache lets it go, and a young collection walks each of them
-once and finds nothing. Where freezes are far apart that adds up: the core benchmark (a3),
-freezing every 20,000 rows, spent 14 % of its time in 3,450 such collections; the worker,
-freezing after each insert (twice a second under load), showed none in a profile. So the
-judge also freezes after each message it applies (`freeze`, O(1)): the collector walks
-nothing the hot path made, however far apart the inserts. What frozen cyclic garbage there
-is (none in the hot path: tests/unit/test_memory.py) is bounded by a whole collection every
-`worker.gc_full_every_s` (`settle`): a pause of about a second per million objects held.
+So the worker freezes what it holds (`gc.freeze()`: the collector leaves frozen objects alone;
+it costs nothing, whatever their number) after each ClickHouse insert and after a
+partition's state is loaded. Freezing an object that later becomes cyclic garbage keeps it,
+so the hot path makes none: the one source there was, clickhouse-driver's columns, has its
+cycle made weak (sinks/clickhouse/client.py). The young generations are still collected as
+usual between two freezes, for whatever else makes cycles; measured over a run of 190,000
+touchpoints, the frozen garbage was a few connections to the stats page. Collecting the
+young generations before each freeze cost pauses of 50-150 ms. What is frozen as garbage
+all the same is kept until a whole collection: one every `worker.gc_full_every_s`
+(`settle`) bounds it, at the cost of a pause of about a second per million objects held
+(about a million in the core benchmark, `make bench`'s (a3)).
 """
 
 from __future__ import annotations
@@ -74,13 +66,6 @@ def tune(full_every_s: float = _full_every_s) -> None:
 
 
 _frozen_before = False
-
-
-def freeze() -> None:
-    """Freeze what was made since the last freeze, without walking it (the first `settle`
-    collects start-up's garbage before anything is frozen)."""
-    if _frozen_before:
-        gc.freeze()
 
 
 def settle() -> float:

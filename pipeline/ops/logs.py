@@ -12,6 +12,7 @@ has its count written once its interval is over, by a thread that looks every in
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -36,6 +37,7 @@ class Repeats(logging.Filter):
         self.loggers: list[logging.Logger] = []  # the loggers it was added to
         # -> (when let through, held back since, the level of the last held back)
         self._last: dict[tuple[str, str], tuple[float, int, int]] = {}
+        self._latest: dict[tuple[str, str], str] = {}  # the text of the last held back, for `flush`
         self._lock = threading.Lock()  # kafka-python logs from its own threads too
         self._stop = threading.Event()
 
@@ -48,28 +50,30 @@ class Repeats(logging.Filter):
             last = self._last.get(key)
             if last is not None and now - last[0] < self.every_s:
                 self._last[key] = (last[0], last[1] + 1, record.levelno)
+                self._latest[key] = record.getMessage()
                 return False
             if len(self._last) >= MAX_REMEMBERED:
                 self._last.clear()
+                self._latest.clear()
             self._last[key] = (now, 0, record.levelno)
         if last is not None and last[1]:
             # appended to the format string, not its arguments: no % in it
             record.msg = f"{record.msg} ({last[1]} more like this in the last {now - last[0]:.0f} s)"
         return True
 
-    def flush(self) -> None:
-        """Write the count of each message held back whose interval is over: the burst
-        stopped, and no next line would carry it."""
+    def flush(self, *, all_held: bool = False) -> None:
+        """Write the count of each message held back whose interval is over (or of every one,
+        `all_held`): the burst stopped, and no next line would carry it. The line is the last
+        one held back, with the count."""
         now = self.clock()
         due = []
         with self._lock:
             for key, (when, held, level) in self._last.items():
-                if held and now - when >= self.every_s:
-                    due.append((key, when, held, level))
+                if held and (all_held or now - when >= self.every_s):
+                    due.append((key[0], self._latest.pop(key, key[1]), when, held, level))
                     self._last[key] = (when, 0, level)
-        for (name, msg), when, held, level in due:
-            # the format string without its arguments: the held-back lines' differ
-            logging.getLogger(name).log(level, "%s (%d more like this in the last %.0f s)", msg, held, now - when,
+        for name, text, when, held, level in due:
+            logging.getLogger(name).log(level, "%s (%d more like this in the last %.0f s)", text, held, now - when,
                                         extra={SUMMARY: True})  # fmt: skip
 
     def start(self) -> None:
@@ -82,7 +86,7 @@ class Repeats(logging.Filter):
 
     def remove(self) -> None:
         self._stop.set()
-        self.flush()
+        self.flush(all_held=True)
         for logger in self.loggers:
             logger.removeFilter(self)
         self.loggers = []
@@ -101,6 +105,7 @@ def quiet_repeats(every_s: float, prefixes: tuple[str, ...] = CLIENT_LOGGERS) ->
     repeats = Repeats(every_s)
     if every_s > 0:
         repeats.start()
+        atexit.register(repeats.remove)  # the last counts, before logging shuts down (registered before)
     names = [
         n for n in logging.root.manager.loggerDict if n in prefixes or n.startswith(tuple(p + "." for p in prefixes))
     ]

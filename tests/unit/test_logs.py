@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from pipeline.ops.logs import quiet_repeats
 
@@ -88,6 +89,33 @@ def test_the_count_of_a_burst_that_stops_is_written_once_its_interval_is_over() 
         client.removeHandler(kept)
     assert kept.lines == [
         "Unable connect to node with id 1: attempt 0",
-        "Unable connect to node with id %s: %s (49 more like this in the last 12 s)",
+        "Unable connect to node with id 1: attempt 49 (49 more like this in the last 12 s)",
         "Unable connect to node with id 1: again",
+    ]
+
+
+def test_a_thread_writes_the_counts_and_removing_the_filter_writes_those_left() -> None:
+    kept = Kept()
+    client = logging.getLogger("aiokafka.client")
+    fetcher = logging.getLogger("aiokafka.consumer.fetcher")
+    for logger in (client, fetcher):
+        logger.addHandler(kept)
+    repeats = quiet_repeats(0.2)  # the real clock, and its thread
+    try:
+        for i in range(5):
+            client.error("Unable connect to node with id %s: %s", 1, f"attempt {i}")
+        deadline = time.monotonic() + 5
+        while len(kept.lines) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(kept.lines) == 2 and kept.lines[0] == "Unable connect to node with id 1: attempt 0"
+        assert kept.lines[1].startswith("Unable connect to node with id 1: attempt 4 (4 more like this in the last")
+        for i in range(3):
+            fetcher.error("Failed fetch messages from %s", i)
+    finally:
+        repeats.remove()  # its interval is not over: written all the same
+        for logger in (client, fetcher):
+            logger.removeHandler(kept)
+    assert kept.lines[2:] == [
+        "Failed fetch messages from 0",
+        "Failed fetch messages from 2 (2 more like this in the last 0 s)",
     ]
