@@ -224,8 +224,8 @@ class WorkerSettings(Section):
     log_repeats_every_s: float = Field(
         10.0, ge=0, description="a Kafka client's repeated log message is written once per this many seconds"
     )
-    # The judge freezes what it makes instead of letting the collector walk it
-    # (pipeline/engine/memory.py); this bounds the cyclic garbage frozen meanwhile.
+    # The worker freezes what it holds after each insert instead of letting the collector walk
+    # it (pipeline/engine/memory.py); this bounds the cyclic garbage frozen with it.
     gc_full_every_s: float = Field(
         3600.0, ge=60, le=7 * 86_400,
         description="how often everything held is looked at for cyclic garbage: a pause of ~1 s per million objects",

@@ -56,6 +56,7 @@ class Repeats(logging.Filter):
                 self._last.clear()
                 self._latest.clear()
             self._last[key] = (now, 0, record.levelno)
+            self._latest.pop(key, None)  # this line carries the count
         if last is not None and last[1]:
             # appended to the format string, not its arguments: no % in it
             record.msg = f"{record.msg} ({last[1]} more like this in the last {now - last[0]:.0f} s)"

@@ -118,6 +118,8 @@ def test_frozen_cyclic_garbage_is_collected_once_per_full_interval(monkeypatch: 
     monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(memory, "_frozen_before", True)
     monkeypatch.setattr(memory, "_trim", None)
+    monkeypatch.setattr(memory, "_full_every_s", memory._full_every_s)  # put back after the test
+    monkeypatch.setattr(memory, "_full_at", memory._full_at)
     memory.tune(600)
     try:
         node = Node()
@@ -135,5 +137,4 @@ def test_frozen_cyclic_garbage_is_collected_once_per_full_interval(monkeypatch: 
         assert gone() is None
     finally:
         gc.unfreeze()
-        memory.tune()
         gc.set_threshold(*thresholds)
