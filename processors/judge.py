@@ -193,12 +193,14 @@ class CustomerState:
         before chains were kept have no chain: it is then "", and the next replay sets it)."""
         return [self.customer_id, self.profile, self.max_t, [_row(s) for s in self.events], list(self.alerts.values())]
 
-    def stored(self) -> tuple[list[Any], bytes]:
+    def stored(self, repack: bool = False) -> tuple[list[Any], bytes]:
         """The stored form (pipeline/engine/state_store.py), in two parts: [customer_id, profile,
         max_t, alerts, [count, first key, last key, event ids, fold states after the last,
         rules tag, fold states before the first]], and the events' JSON array in
         `to_snapshot`'s form. Events still packed are not decoded: their bytes are kept, and
-        the new ones' appended."""
+        the new ones' appended. With `repack`, the state then holds its events as that form,
+        as a state read back would: a state kept in memory across seals would otherwise
+        encode every event decoded since it was read, again at each seal."""
         packed, events, rules = self.packed, self._events, self.rules
         body = b",\n".join([orjson.dumps(_row(s)) for s in events])
         ids = [s.touch.event_id for s in events]
@@ -225,6 +227,10 @@ class CustomerState:
         if states is None:
             base = None
         known = [count, first, last, ids, states, tag, base, anons]
+        if repack and count:
+            assert first is not None and last is not None
+            self.packed = Packed(rows, count, first, last, ids, states, tag, base, anons)
+            self._events, self.base = [], None
         return [self.customer_id, self.profile, self.max_t, list(self.alerts.values()), known], rows
 
     @classmethod

