@@ -249,10 +249,7 @@ class StateSettings(Section):
 
     dir: Path | None = Field(None, description="where the databases live; default: <worker.data_dir>/state")
     cache_customers: int = Field(
-        5_000,
-        ge=100,
-        le=10_000_000,
-        description="customers' states kept decoded in memory (those used again kept longest)",
+        5_000, ge=100, le=10_000_000, description="customers' states kept decoded in memory (most recently used)"
     )
     block_cache_mib: int = Field(32, ge=8, le=65_536, description="RocksDB block cache, shared by every database")
     write_buffer_mib: int = Field(

@@ -89,9 +89,10 @@ class PlainStates:
 
 @dataclass(slots=True)
 class Packed:
-    """The kept events of a state read back from its stored form (`CustomerState.stored`),
-    still encoded. An event that comes in order after them (the common case) is judged from
-    what is known of them here, without decoding them; they are decoded
+    """The kept events of a state read back from its stored form (`CustomerState.stored`), or
+    of a state sealed since it was read (`stored(repack=True)`), still encoded. An event that
+    comes in order after them (the common case) is judged from what is known of them here,
+    without decoding them; they are decoded
     (`CustomerState.unpack`) when an event goes among them, an alert's context looks at them,
     or pruning cuts them. Decoding a long history for every event was most of the cost of
     keeping states on disk (docs/architecture.md)."""

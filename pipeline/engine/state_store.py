@@ -213,62 +213,34 @@ class Disk:
 
 class Decoded:
     """Recently used states, decoded, across the worker's partitions: at most `capacity`,
-    as a segmented LRU. A state read back (`put` of a new key) waits on probation; read
-    again while there (`get`), it moves to the protected part (`PROTECTED` of the
-    capacity), whose least recently used go back to probation's front. What leaves is
-    probation's least recently used (they are on disk). Most customers come once in a long
-    while: with one LRU they pushed out the few who come often. At 5,000 states over
-    `make bench`'s workload the hits went from 18 % to 28 % of reads (as a plain LRU of
-    10,000)."""
-
-    PROTECTED = 0.8
+    the least recently used let go first (they are on disk)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._protected_max = int(capacity * self.PROTECTED)
-        self._probation: OrderedDict[tuple[int, str], CustomerState] = OrderedDict()
-        self._protected: OrderedDict[tuple[int, str], CustomerState] = OrderedDict()
+        self._states: OrderedDict[tuple[int, str], CustomerState] = OrderedDict()
 
     def get(self, key: tuple[int, str]) -> CustomerState | None:
-        state = self._protected.get(key)
+        state = self._states.get(key)
         if state is not None:
-            self._protected.move_to_end(key)
-            return state
-        state = self._probation.pop(key, None)
-        if state is not None:
-            protected = self._protected
-            protected[key] = state
-            if len(protected) > self._protected_max:
-                old, demoted = protected.popitem(last=False)
-                self._probation[old] = demoted  # probation's most recent: it was used lately
+            self._states.move_to_end(key)
         return state
 
     def put(self, key: tuple[int, str], state: CustomerState) -> None:
-        """A state read back, or changed (where it is: a change is not a second use)."""
-        if key in self._protected:
-            self._protected[key] = state
-            self._protected.move_to_end(key)
-            return
-        probation = self._probation
-        probation[key] = state
-        probation.move_to_end(key)
-        if len(probation) + len(self._protected) > self.capacity:
-            if len(probation) > 1:
-                probation.popitem(last=False)
-            else:
-                self._protected.popitem(last=False)
+        states = self._states
+        states[key] = state
+        states.move_to_end(key)
+        while len(states) > self.capacity:
+            states.popitem(last=False)
 
     def drop(self, key: tuple[int, str]) -> None:
-        if self._probation.pop(key, None) is None:
-            self._protected.pop(key, None)
+        self._states.pop(key, None)
 
     def drop_partition(self, partition: int) -> None:
-        for states in (self._probation, self._protected):
-            for key in [k for k in states if k[0] == partition]:
-                del states[key]
+        for key in [k for k in self._states if k[0] == partition]:
+            del self._states[key]
 
     def __len__(self) -> int:
-        return len(self._probation) + len(self._protected)
+        return len(self._states)
 
 
 class Customers:

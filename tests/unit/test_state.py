@@ -40,6 +40,7 @@ from processors.judge import CustomerState, Profile, apply_profile, judge
 from processors.model import MICROS_PER_DAY, Rules, Touch
 
 RULES = Rules()
+PRUNING = Rules(max_events_per_customer=3)  # the oldest events cut off early and often
 T0 = 1_772_000_000_000_000
 CUSTOMERS = ("C-1", "C-2", "C-3")
 
@@ -348,16 +349,17 @@ def test_states_sealed_read_back_and_kept_in_memory_judge_as_states_never_stored
 ) -> None:
     """Through the store (a small cache: states read back, and states kept in memory across
     seals, which hold their events as stored after a seal), every verdict and the final
-    states are those of states that never left memory."""
+    states are those of states that never left memory; also when pruning cuts the oldest."""
     customers = store(tmp_path_factory.mktemp("db"), capacity=data.draw(st.integers(1, 4), label="cache"))
+    rules = data.draw(st.sampled_from([RULES, PRUNING]), label="rules")
     plain: dict[str, CustomerState] = {}
     for offset, m in enumerate(log, 1):
         kind, payload = m
         if kind == "touch":
             a, b = fresh(m)[1], fresh(m)[1]
             cid = payload.customer_id
-            expected = judge(plain.setdefault(cid, CustomerState(cid)), a, RULES, 0)[1]
-            state, verdict = judge(customers.get(cid) or CustomerState(cid), b, RULES, 0)
+            expected = judge(plain.setdefault(cid, CustomerState(cid)), a, rules, 0)[1]
+            state, verdict = judge(customers.get(cid) or CustomerState(cid), b, rules, 0)
             customers.put(state)
             assert (verdict.rows, verdict.alerts) == (expected.rows, expected.alerts)
         elif kind == "profile":
@@ -375,25 +377,12 @@ def test_states_sealed_read_back_and_kept_in_memory_judge_as_states_never_stored
             customers.persist()
     stored = {cid: s for cid in CUSTOMERS if (s := customers.get(cid)) is not None}
     for cid, state in stored.items():  # what is known of the events too (ids, fold states, ...)
-        if state.has_events():
+        # (not after pruning: a read-back state folds its states again from its base, and
+        # they may differ from those kept in memory while every verdict agrees, as asserted)
+        if state.has_events() and rules is RULES:
             assert orjson.loads(orjson.dumps(state.stored()[0])) == orjson.loads(orjson.dumps(plain[cid].stored()[0]))
     assert view(stored) == view(plain)  # (after: it decodes the events without the rules' fold states)
     customers.close()
-
-
-def test_a_customer_used_again_outlasts_many_seen_once() -> None:
-    cache = Decoded(10)
-    often, once = CustomerState("often"), CustomerState("once")
-    cache.put((0, "often"), often)
-    cache.put((0, "once"), once)
-    cache.put((0, "once"), once)  # changed by the judge: not a second use
-    assert cache.get((0, "often")) is often  # used again: protected
-    for n in range(20):
-        cache.put((0, f"new-{n}"), CustomerState(f"new-{n}"))
-    assert cache.get((0, "often")) is often
-    assert cache.get((0, "once")) is None  # let go with the others seen once
-    assert [cache.get((0, f"new-{n}")) is not None for n in range(20)] == [False] * 11 + [True] * 9
-    assert len(cache) == 10
 
 
 @settings(max_examples=200, deadline=None)
