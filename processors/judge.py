@@ -199,9 +199,11 @@ class CustomerState:
         max_t, alerts, [count, first key, last key, event ids, fold states after the last,
         rules tag, fold states before the first]], and the events' JSON array in
         `to_snapshot`'s form. Events still packed are not decoded: their bytes are kept, and
-        the new ones' appended. With `repack`, the state then holds its events as that form,
-        as a state read back would: a state kept in memory across seals would otherwise
-        encode every event decoded since it was read, again at each seal."""
+        the new ones' appended. With `repack`, a state read back then holds its events as that
+        form, the new ones too: kept in memory across seals, it would otherwise encode every
+        event decoded since it was read, again at each seal. A state whose events are all
+        decoded keeps them (a late event went among them: folding them all again after each
+        seal took a hot customer with late events twice the time per event)."""
         packed, events, rules = self.packed, self._events, self.rules
         body = b",\n".join([orjson.dumps(_row(s)) for s in events])
         ids = [s.touch.event_id for s in events]
@@ -228,7 +230,7 @@ class CustomerState:
         if states is None:
             base = None
         known = [count, first, last, ids, states, tag, base, anons]
-        if repack and count:
+        if repack and packed is not None and events:
             assert first is not None and last is not None
             self.packed = Packed(rows, count, first, last, ids, states, tag, base, anons)
             self._events, self.base = [], None
