@@ -78,7 +78,7 @@ OPEN_RETRY_S = 10.0  # a database is still locked by a process that is exiting
 
 
 def encode(state: CustomerState, repack: bool = False) -> bytes:
-    """With `repack`, the state holds its events encoded after this (`CustomerState.stored`)."""
+    """With `repack`, a state read back holds its new events encoded too after this (`CustomerState.stored`)."""
     max_t = state.max_t if state.has_events() and state.max_t is not None else -1
     head, events = state.stored(repack)
     before = orjson.dumps(head)
