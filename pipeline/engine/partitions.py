@@ -30,7 +30,11 @@ from processors.judge import links
 
 log = logging.getLogger("cem.judge")
 
-SWEEP_BATCH = 2_000  # stored customers looked at per sweep call (a few ms: their values are not decoded)
+SWEEP_BATCH = 2_000  # stored customers looked at per sweep call at most (their values are not decoded)
+# and for about this long: the call holds the event loop, stage A's too. Reading 2,000 stored
+# states took 6 ms from a quiet database, and was in 40-80 ms stalls of a loaded worker's loop
+# at 100,000 customers (make bench's latency phase).
+SWEEP_SLICE_S = 0.005
 
 
 class Partitions:
@@ -199,9 +203,9 @@ class Partitions:
     def sweep(self, unlink: Callable[[str, tuple[str, ...]], None]) -> int:
         """Let go of customers idle for longer than the kept history (window + allowed
         lateness) behind their partition's newest event: an anonymous visitor or an unknown
-        customer whole, a CRM customer's events and alerts (the profile stays). A few
-        thousand stored customers per call, read from the disk without decoding; a round
-        over every partition every `worker.idle_sweep_s`."""
+        customer whole, a CRM customer's events and alerts (the profile stays). Per call, at
+        most `SWEEP_BATCH` stored customers and about `SWEEP_SLICE_S`, read from the disk
+        without decoding; a round over every partition every `worker.idle_sweep_s`."""
         now = time.monotonic()
         if now < self._sweep_at:
             return 0
@@ -215,21 +219,23 @@ class Partitions:
                 return 0
         part = self.parts.get(queue[0])
         idle: list[str] = []
-        looked = 0
+        finished = True
         if part is not None and not part.replaying:
             before = part.stream_t - self.horizon_us
+            until = time.perf_counter() + SWEEP_SLICE_S
+            looked = 0
             entries = part.customers.values(self._sweep_from)
             try:
                 for key, value in entries:
-                    looked += 1
-                    if looked > SWEEP_BATCH:
-                        self._sweep_from = key
+                    if looked >= SWEEP_BATCH or (looked % 64 == 63 and time.perf_counter() >= until):
+                        self._sweep_from, finished = key, False  # the next call goes on from here
                         break
+                    looked += 1
                     if 0 <= max_t_of(value) < before:
                         idle.append(decode(value).customer_id)
             finally:
                 entries.close()
-        if part is None or part.replaying or looked <= SWEEP_BATCH:
+        if finished:
             queue.popleft()  # this partition is done
             self._sweep_from = PREFIX
             if not queue:
