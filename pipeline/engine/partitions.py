@@ -31,9 +31,8 @@ from processors.judge import links
 log = logging.getLogger("cem.judge")
 
 SWEEP_BATCH = 2_000  # stored customers looked at per sweep call at most (their values are not decoded)
-# and for about this long: the call holds the event loop, stage A's too. Reading 2,000 stored
-# states took 6 ms from a quiet database, and was in 40-80 ms stalls of a loaded worker's loop
-# at 100,000 customers (make bench's latency phase).
+# and for about this long: the call holds the event loop, stage A's too (2,000 stored states,
+# 6 ms to read from a quiet database, showed up inside 40-80 ms stalls of a loaded worker's loop)
 SWEEP_SLICE_S = 0.005
 
 
