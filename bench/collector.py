@@ -30,6 +30,7 @@ from pathlib import Path
 import aiohttp
 import psutil  # type: ignore[import-untyped]
 
+from bench.cleanup import clean_up
 from pipeline.kafka.admin import create_topics
 from pipeline.settings import Topics, load_settings
 
@@ -160,6 +161,7 @@ def main() -> None:
     finally:
         collector.terminate()
         collector.wait(timeout=30)
+        clean_up(settings, tag)  # its topics: a run writes a few million events to them
     p50, p99 = quantile(times, 0.50) * 1000, quantile(times, 0.99) * 1000
     print(f"collector, one core, batches of {BATCH}, {args.concurrency} connections, acks=all:")
     print(f"  throughput: {rate:,.0f} events/s acknowledged (target >= 20,000); refused requests: {refused}")

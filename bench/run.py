@@ -40,6 +40,7 @@ from kafka.admin import NewTopic
 from rich.console import Console
 from rich.table import Table
 
+from bench.cleanup import clean_up
 from bench.core_ceiling import core_ceiling
 from bench.hot_customer import hot_customer
 from bench.rules import compare as compare_rules
@@ -551,6 +552,8 @@ def main() -> None:
                         help="cem workers for (c), one per core by default; (c1) always runs one")  # fmt: skip
     parser.add_argument("--touchpoints", type=int, help="override the scale's touchpoints")
     parser.add_argument("--customers", type=int, help="override the scale's customers")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the run's topics, databases and worker data (removed by default)")  # fmt: skip
     args = parser.parse_args()
     scale = QUICK if args.quick else FULL
     if args.touchpoints:
@@ -558,6 +561,17 @@ def main() -> None:
     if args.customers:
         scale.customers = args.customers
     run = namespace()
+    step(f"run {run.tag}: topics bench{run.tag}.*, databases bench_{run.tag}*, .local/bench/{run.tag}*")
+    try:
+        measure(run, scale, args)
+    finally:
+        if args.keep:
+            step(f"kept; remove with: python -m bench.cleanup --tag {run.tag}")
+        else:
+            step(f"removed {clean_up(run.settings, run.tag)}")
+
+
+def measure(run: Run, scale: Scale, args: argparse.Namespace) -> None:
     step(f"generating {scale.touchpoints:,} touchpoints over {scale.customers:,} customers")
     t0 = time.monotonic()
     wl = generate(scale.touchpoints, scale.customers)

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.cleanup import clean_up
 from bench.run import ROOT, Run, Watched, create_bench_topics, namespace, produce, stats, step
 from bench.workload import generate
 from pipeline.kafka.admin import wait_until_processed
@@ -116,10 +117,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", default="100000,1000000,3000000", help="customers in all after each step")
     parser.add_argument("--chunk", type=int, default=50_000, help="customers generated at a time")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the run's topics, database and worker data (removed by default)")  # fmt: skip
     args = parser.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
 
     run = namespace()
+    step(f"run {run.tag}: topics bench{run.tag}.*, database bench_{run.tag}, .local/bench/{run.tag}")
+    try:
+        measure(run, steps, args.chunk)
+    finally:
+        if args.keep:
+            step(f"kept; remove with: python -m bench.cleanup --tag {run.tag}")
+        else:
+            step(f"removed {clean_up(run.settings, run.tag)}")
+
+
+def measure(run: Run, steps: list[int], chunk: int) -> None:
     # the worker's data apart from the logs beside it, which a wiped disk must not take along
     run.env["CEM_WORKER__DATA_DIR"] = str(Path(run.env["CEM_WORKER__DATA_DIR"]) / "data")
     create_bench_topics(run.settings)
@@ -135,7 +149,7 @@ def main() -> None:
             w.stop()
         step(f"step {k + 1}: producing {new:,} customers, a profile and about {TOUCHPOINTS_PER_CUSTOMER} "
              "touchpoints each")  # fmt: skip
-        sent = add_customers(run, held, new, args.chunk, f"S{k}")
+        sent = add_customers(run, held, new, chunk, f"S{k}")
         held = total
         started = time.monotonic()
         procs = start_worker(run, f"step{k}")
