@@ -20,7 +20,7 @@ from pipeline.engine.rekey import partition_of_key
 from pipeline.kafka import clients
 from pipeline.settings import Settings
 
-#: the largest message the snapshot topic takes (a chunk is ~2 MiB before compression)
+#: the largest message the snapshot topic takes (a chunk is ~256 KiB before compression)
 SNAPSHOT_MESSAGE_BYTES = 16 * 2**20
 #: the largest message cem writes anywhere else: under Kafka's default limit of 1 MB per
 #: message (broker `message.max.bytes`, the producer's request), with room for framing
