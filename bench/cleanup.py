@@ -21,7 +21,6 @@ from pipeline.settings import Settings, load_settings
 from sinks.clickhouse.client import connect
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / ".local" / "bench"
-KEPT = {".log", ".txt", ".json"}  # logs and reports, small; the data beside them goes
 
 
 @dataclass
@@ -71,23 +70,19 @@ def clean_up(settings: Settings, tag: str = "", root: Path = BENCH_DIR) -> Remov
 
 
 def remove_data(tag: str = "", root: Path = BENCH_DIR) -> int:
-    """Delete the data under `root` of the run `tag` (all runs when empty), keeping logs and
-    reports; returns the bytes freed."""
+    """Delete the data under `root` of the run `tag` (all runs when empty); returns the bytes
+    freed. A run's logs and reports are the files right in its directory (`<tag>/*.log`);
+    everything in a directory below is data (a worker's RocksDB holds `.log` files of its own),
+    and so is a Faust app's whole `<app id>-data`."""
     if not root.exists():
         return 0
     freed = 0
-    for top in root.iterdir():
-        if tag not in top.name:
+    for top in sorted(root.iterdir()):
+        if tag not in top.name or not top.is_dir():
             continue
-        paths = [top] if top.is_file() else sorted(top.rglob("*"), reverse=True)  # files before their dirs
-        for p in paths:
-            if p.is_file() and p.suffix not in KEPT:
-                freed += p.stat().st_size
-                p.unlink()
-            elif p.is_dir() and not any(p.iterdir()):
-                p.rmdir()
-        if top.is_dir() and not any(top.iterdir()):
-            shutil.rmtree(top, ignore_errors=True)
+        for data in [top] if top.name.endswith("-data") else [p for p in top.iterdir() if p.is_dir()]:
+            freed += sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
+            shutil.rmtree(data, ignore_errors=True)
     return freed
 
 

@@ -34,8 +34,9 @@ def test_a_run_removes_its_own_and_nothing_else(space: Namespace, tmp_path: Path
         ch.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
     root = tmp_path / "bench"
     for tag in (ours, other):
-        (root / tag / "0").mkdir(parents=True)
-        (root / tag / "0" / "000012.sst").write_bytes(b"x" * 4096)
+        (root / tag / "w0" / "state" / "0").mkdir(parents=True)
+        (root / tag / "w0" / "state" / "0" / "000012.sst").write_bytes(b"x" * 4000)
+        (root / tag / "w0" / "state" / "0" / "000013.log").write_bytes(b"w" * 96)  # RocksDB's write-ahead log
         (root / tag / "main-worker0.log").write_text("log\n")
         (root / f"bench-baseline-{tag}-data" / "v1").mkdir(parents=True)
         (root / f"bench-baseline-{tag}-data" / "v1" / "table.db").write_bytes(b"y" * 1024)
@@ -54,7 +55,9 @@ def test_a_run_removes_its_own_and_nothing_else(space: Namespace, tmp_path: Path
         ours,
         f"{ours}/main-worker0.log",
     ]
-    assert (root / other / "0" / "000012.sst").exists() and (root / f"bench-baseline-{other}-data").exists()
+    assert (root / other / "w0" / "state" / "0" / "000012.sst").exists() and (
+        root / f"bench-baseline-{other}-data"
+    ).exists()
 
     clean_up(space.settings, other, root)
     assert {r[0] for r in ch.execute("SELECT name FROM system.databases") if other in r[0]} == set()
