@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 import psutil  # type: ignore[import-untyped]
 
-from bench.cleanup import clean_up
+from bench.cleanup import claim, clean_up, release
 from pipeline.kafka.admin import create_topics
 from pipeline.settings import Topics, load_settings
 
@@ -124,9 +124,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0, help="length of each phase")
     ap.add_argument("--concurrency", type=int, default=8, help="connections posting at once (phase 1)")
     ap.add_argument("--port", type=int, default=0, help="the collector's port (default: a free one)")
+    ap.add_argument("--keep", action="store_true", help="keep the run's topics (removed by default)")
     args = ap.parse_args()
 
     tag = uuid.uuid4().hex[:6]
+    claim(tag)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for name in Topics.model_fields:  # a namespace of its own: nothing else reads these topics
         env[f"CEM_KAFKA__TOPICS__{name.upper()}"] = f"bench-collector-{tag}.{name}"
@@ -160,8 +162,16 @@ def main() -> None:
         times = asyncio.run(latency(url, pool, rate / 2, args.seconds))
     finally:
         collector.terminate()
-        collector.wait(timeout=30)
-        clean_up(settings, tag)  # its topics: a run writes a few million events to them
+        try:
+            collector.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            collector.kill()
+            collector.wait()
+        if args.keep:
+            print(f"kept; remove with: python -m bench.cleanup --tag {tag}")
+        else:  # its topics: a run writes a few million events to them
+            print(f"removed {clean_up(settings, tag)}")
+        release(tag)
     p50, p99 = quantile(times, 0.50) * 1000, quantile(times, 0.99) * 1000
     print(f"collector, one core, batches of {BATCH}, {args.concurrency} connections, acks=all:")
     print(f"  throughput: {rate:,.0f} events/s acknowledged (target >= 20,000); refused requests: {refused}")

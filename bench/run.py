@@ -28,7 +28,8 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from kafka.admin import NewTopic
 from rich.console import Console
 from rich.table import Table
 
-from bench.cleanup import clean_up
+from bench.cleanup import claim, clean_up, release
 from bench.core_ceiling import core_ceiling
 from bench.hot_customer import hot_customer
 from bench.rules import compare as compare_rules
@@ -208,6 +209,7 @@ class Watched:
         self.log = log
         self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT)  # noqa: S603
         self.peak_rss = 0
+        STARTED.append(self)
 
     def sample(self) -> int:
         try:
@@ -225,6 +227,29 @@ class Watched:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+STARTED: list[Watched] = []  # every child process: a run that fails stops them before its cleanup
+
+
+@contextmanager
+def namespaced(run: Run, keep: bool) -> Iterator[None]:
+    """The run's topics, databases and data removed at its end, whatever the end (unless
+    `keep`), once every process it started has stopped; the run marked as in progress
+    meanwhile, for `make bench-clean`."""
+    claim(run.tag)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the cleanup runs on a kill too
+    step(f"run {run.tag}: its topics, groups and databases are named after it, its data in .local/bench/{run.tag}*")
+    try:
+        yield
+    finally:
+        for w in STARTED:
+            w.stop()
+        if keep:
+            step(f"kept; remove with: python -m bench.cleanup --tag {run.tag}")
+        else:
+            step(f"removed {clean_up(run.settings, run.tag)}")
+        release(run.tag)
 
 
 def wait_for(
@@ -561,14 +586,8 @@ def main() -> None:
     if args.customers:
         scale.customers = args.customers
     run = namespace()
-    step(f"run {run.tag}: topics bench{run.tag}.*, databases bench_{run.tag}*, .local/bench/{run.tag}*")
-    try:
+    with namespaced(run, args.keep):
         measure(run, scale, args)
-    finally:
-        if args.keep:
-            step(f"kept; remove with: python -m bench.cleanup --tag {run.tag}")
-        else:
-            step(f"removed {clean_up(run.settings, run.tag)}")
 
 
 def measure(run: Run, scale: Scale, args: argparse.Namespace) -> None:

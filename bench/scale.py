@@ -24,8 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.cleanup import clean_up
-from bench.run import ROOT, Run, Watched, create_bench_topics, namespace, produce, stats, step
+from bench.run import ROOT, Run, Watched, create_bench_topics, namespace, namespaced, produce, stats, step
 from bench.workload import generate
 from pipeline.kafka.admin import wait_until_processed
 from sinks.clickhouse.client import connect
@@ -123,14 +122,8 @@ def main() -> None:
     steps = [int(s) for s in args.steps.split(",")]
 
     run = namespace()
-    step(f"run {run.tag}: topics bench{run.tag}.*, database bench_{run.tag}, .local/bench/{run.tag}")
-    try:
+    with namespaced(run, args.keep):
         measure(run, steps, args.chunk)
-    finally:
-        if args.keep:
-            step(f"kept; remove with: python -m bench.cleanup --tag {run.tag}")
-        else:
-            step(f"removed {clean_up(run.settings, run.tag)}")
 
 
 def measure(run: Run, steps: list[int], chunk: int) -> None:
