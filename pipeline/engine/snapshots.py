@@ -59,7 +59,7 @@ READABLE = (1, 2)  # a worker of before reads only 1: it passes the snapshots of
 CHUNK_BYTES = 256 * 2**10
 MANIFEST = "m"
 RETRY_S = 30.0  # after a failed snapshot
-STEP_S = 0.005  # of chunks encoded at a time: the judge and stage A wait meanwhile
+STEP_S = 0.025  # of chunks encoded at a time: the judge waits meanwhile, stage A gets the loop between two
 GAP_S = 2.0  # between two snapshots
 
 
@@ -163,7 +163,7 @@ class Walk:
     customers: int = 0
     raw_bytes: int = 0
     wire_bytes: int = 0
-    per_chunk: int = 500  # customers; adjusted so that chunks come out near CHUNK_BYTES
+    per_chunk: int = CHUNK_BYTES // 4096  # customers; adjusted so that chunks come out near CHUNK_BYTES
     done: bool = False
     sender: asyncio.Task[None] | None = None
 
@@ -226,9 +226,10 @@ class Snapshots:
                 if self.sending is walk:
                     self.sending = None
 
-    def step(self, parts: dict[int, Partition]) -> None:
+    async def step(self, parts: dict[int, Partition]) -> None:
         """Start a snapshot if one is due, or encode the next chunks of the one under way, for
-        about `STEP_S`."""
+        about `STEP_S`, letting the event loop through between two chunks. The caller holds
+        the judge's lock: nothing abandons the walk meanwhile."""
         now = time.monotonic()
         if self.walk is None:
             if not self.wanted(parts):
@@ -247,6 +248,7 @@ class Snapshots:
                 walk.outbox.put_nowait(None)
                 self.walk = None
                 return
+            await asyncio.sleep(0)  # a chunk holds the loop a few ms; stage A may have waited as long
 
     def _chunk(self, walk: Walk) -> bool:
         """Encode the next chunk; False when there are no more customers."""
