@@ -228,8 +228,9 @@ class Snapshots:
 
     async def step(self, parts: dict[int, Partition]) -> None:
         """Start a snapshot if one is due, or encode the next chunks of the one under way, for
-        about `STEP_S`, letting the event loop through between two chunks. The caller holds
-        the judge's lock: nothing abandons the walk meanwhile."""
+        about `STEP_S` of encoding (and at most `4 * STEP_S` in all), letting the event loop
+        through between two chunks. The caller holds the judge's lock, so only the walk's own
+        sender can let it go meanwhile (a failed send)."""
         now = time.monotonic()
         if self.walk is None:
             if not self.wanted(parts):
@@ -242,13 +243,18 @@ class Snapshots:
             walk.sender = asyncio.create_task(self._send(walk), name=f"snapshot {part.number}")
             self.walk = self.sending = walk
         walk = self.walk
-        while time.monotonic() - now < STEP_S:
+        encoding = 0.0  # stage A's turns between two chunks are not the snapshot's budget
+        while encoding < STEP_S and time.monotonic() - now < 4 * STEP_S:
+            started = time.monotonic()
             if not self._chunk(walk):
                 walk.close()
                 walk.outbox.put_nowait(None)
                 self.walk = None
                 return
+            encoding += time.monotonic() - started
             await asyncio.sleep(0)  # a chunk holds the loop a few ms; stage A may have waited as long
+            if self.walk is not walk:
+                return  # its sender failed meanwhile, and let it go
 
     def _chunk(self, walk: Walk) -> bool:
         """Encode the next chunk; False when there are no more customers."""
