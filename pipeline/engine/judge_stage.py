@@ -156,7 +156,7 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                     if self.out.due(self.insert_rows, self.within_s) or self._owed():
                         await self._seal()
                     if self.snapshots.wanted(self.parts):
-                        self.snapshots.step(self.parts)
+                        await self.snapshots.step(self.parts)
                     if self.partitions.sweep(self._unlink_idle):
                         self.out.touched()  # what it changed is sealed soon
             async with self.lock:

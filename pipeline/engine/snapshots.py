@@ -59,7 +59,7 @@ READABLE = (1, 2)  # a worker of before reads only 1: it passes the snapshots of
 CHUNK_BYTES = 256 * 2**10
 MANIFEST = "m"
 RETRY_S = 30.0  # after a failed snapshot
-STEP_S = 0.005  # of chunks encoded at a time: the judge and stage A wait meanwhile
+STEP_S = 0.025  # of chunks encoded at a time: the judge waits meanwhile, stage A gets the loop between two
 GAP_S = 2.0  # between two snapshots
 
 
@@ -163,7 +163,7 @@ class Walk:
     customers: int = 0
     raw_bytes: int = 0
     wire_bytes: int = 0
-    per_chunk: int = 500  # customers; adjusted so that chunks come out near CHUNK_BYTES
+    per_chunk: int = CHUNK_BYTES // 4096  # customers; adjusted so that chunks come out near CHUNK_BYTES
     done: bool = False
     sender: asyncio.Task[None] | None = None
 
@@ -226,9 +226,11 @@ class Snapshots:
                 if self.sending is walk:
                     self.sending = None
 
-    def step(self, parts: dict[int, Partition]) -> None:
+    async def step(self, parts: dict[int, Partition]) -> None:
         """Start a snapshot if one is due, or encode the next chunks of the one under way, for
-        about `STEP_S`."""
+        about `STEP_S` of encoding (and at most `4 * STEP_S` in all), letting the event loop
+        through between two chunks. The caller holds the judge's lock, so only the walk's own
+        sender can let it go meanwhile (a failed send)."""
         now = time.monotonic()
         if self.walk is None:
             if not self.wanted(parts):
@@ -241,12 +243,18 @@ class Snapshots:
             walk.sender = asyncio.create_task(self._send(walk), name=f"snapshot {part.number}")
             self.walk = self.sending = walk
         walk = self.walk
-        while time.monotonic() - now < STEP_S:
+        encoding = 0.0  # stage A's turns between two chunks are not the snapshot's budget
+        while encoding < STEP_S and time.monotonic() - now < 4 * STEP_S:
+            started = time.monotonic()
             if not self._chunk(walk):
                 walk.close()
                 walk.outbox.put_nowait(None)
                 self.walk = None
                 return
+            encoding += time.monotonic() - started
+            await asyncio.sleep(0)  # a chunk holds the loop a few ms; stage A may have waited as long
+            if self.walk is not walk:
+                return  # its sender failed meanwhile, and let it go
 
     def _chunk(self, walk: Walk) -> bool:
         """Encode the next chunk; False when there are no more customers."""

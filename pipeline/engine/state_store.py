@@ -73,7 +73,8 @@ _HEAD = struct.Struct(">qI")  # max_t, and the length of the JSON before the eve
 _OLD_FORM = ord("[")  # a value of the form before: the JSON right after max_t
 KEYS_HELD = 2_500  # per partition; a key costs ~250 bytes held, ~1 us made again
 # states encoded between two turns of the event loop (~12 ms). The judge holds its lock all
-# through the seal, so finer steps make it wait longer (100: p50 108 ms in a full run)
+# through the seal, so finer steps may make it wait longer (tried: 100, one full run, p50
+# 108 ms against 65 in the run before)
 ENCODE_STEP = 500
 MEMBER_ID = re.compile(r"cem-[0-9a-f]{32}")
 OPEN_RETRY_S = 10.0  # a database is still locked by a process that is exiting

@@ -205,7 +205,7 @@ def snapshot(part: Partition, live_keys: Any = _no_keys, between: Any = None) ->
 
     async def run() -> None:
         for n in range(100):
-            snaps.step({0: part})
+            await snaps.step({0: part})
             for _ in range(5):
                 await asyncio.sleep(0)  # the sender's turn
             if between is not None:
@@ -267,7 +267,7 @@ def test_a_snapshot_begun_before_a_batch_is_persisted_does_not_hold_it(tmp_path:
 
     async def run() -> None:
         monkeypatch.setattr("pipeline.engine.snapshots.STEP_S", 0.0)
-        snaps.step({0: part})  # begun: nothing encoded yet
+        await snaps.step({0: part})  # begun: nothing encoded yet
         assert snaps.walk is not None and snaps.walk.customers == 0
         for i in range(50):
             judged(customers, f"C-{i}", 1)
@@ -278,7 +278,7 @@ def test_a_snapshot_begun_before_a_batch_is_persisted_does_not_hold_it(tmp_path:
         customers.db.flush()
         monkeypatch.setattr("pipeline.engine.snapshots.STEP_S", 1.0)
         while snaps.walk is not None or snaps.sending is not None:
-            snaps.step({0: part})
+            await snaps.step({0: part})
             await asyncio.sleep(0)
 
     asyncio.run(run())
@@ -490,7 +490,7 @@ def test_an_erasure_during_a_snapshot_ends_it_and_leaves_the_files(tmp_path: Pat
     )  # type: ignore[arg-type, return-value]
 
     async def run() -> None:
-        snaps.step({0: part})  # a walk holds a RocksDB iterator now
+        await snaps.step({0: part})  # a walk holds a RocksDB iterator now
         assert snaps.sending is not None
         snaps.abandon({0})  # what the judge does on an erasure
         customers.pop("C-gone-4711", erasure=True)
@@ -598,3 +598,36 @@ def test_a_chain_whose_first_contact_was_pruned_after_the_read_back_keeps_it() -
         back, verdict = judge(back, touch, rules, 0)
         assert verdict == expected
     assert [r.touch.event_id for r in verdict.rows] == ["v1"] and back == memory
+
+
+def test_a_snapshot_lets_the_event_loop_through_between_its_chunks(tmp_path: Path, monkeypatch: Any) -> None:
+    """Stage A shares the judge's event loop: a step of a snapshot must not hold it for all
+    the chunks it encodes."""
+    customers = store(tmp_path)
+    for i in range(200):
+        judged(customers, f"C-{i}")
+    customers.seal(5, T0)
+    part = Partition(0, customers, touches_since=200, persisted_offset=customers.persist() or 0)
+    sends = FakeSends()
+    snaps = Snapshots("t", lambda: sends, min_touchpoints=1, interval_s=300, counters=Counter(), live_keys=_no_keys)  # type: ignore[arg-type, return-value]
+    monkeypatch.setattr("pipeline.engine.snapshots.CHUNK_BYTES", 1)  # chunks of 10 customers after the first
+    monkeypatch.setattr("pipeline.engine.snapshots.STEP_S", 60.0)  # one step encodes them all
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def run() -> int:
+        task = asyncio.create_task(other())
+        await asyncio.sleep(0)
+        before = turns
+        await snaps.step({0: part})
+        assert snaps.walk is None  # all encoded in this one step
+        task.cancel()
+        return turns - before
+
+    # 64 customers in the first chunk (its size is not known yet), then chunks of 10: 14 chunks
+    assert asyncio.run(run()) >= 14
