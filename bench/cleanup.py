@@ -23,7 +23,9 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,10 +155,40 @@ def remove_data(tag: str = "", root: Path = BENCH_DIR, busy: set[str] | None = N
         if t is None or (tag and t != tag) or t in (busy or set()) or not top.is_dir():
             continue
         for data in [top] if top.name.endswith("-data") else [p for p in top.iterdir() if p.is_dir()]:
-            size = sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
+            size = disk_bytes(data)
             shutil.rmtree(data)
             freed += size
     return freed
+
+
+@contextlib.contextmanager
+def namespaced(
+    tag: str,
+    settings: Settings,
+    keep: bool,
+    *,
+    stop: Callable[[], None] = lambda: None,
+    say: Callable[[str], None] = print,
+) -> Iterator[None]:
+    """The run `tag` marked as in progress meanwhile (for `make bench-clean`), and its topics,
+    groups, databases and data removed at its end, whatever the end (unless `keep`), once
+    `stop` has stopped every process it started."""
+    claim(tag)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the cleanup runs on a kill too
+    say(f"run {tag}: its topics, groups and databases are named after it, its data in .local/bench/{tag}*")
+    try:
+        yield
+    finally:
+        stop()
+        if keep:
+            say(f"kept; remove with: python -m bench.cleanup --tag {tag}")
+        else:
+            say(f"removed {clean_up(settings, tag)}")
+        release(tag)
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 import psutil  # type: ignore[import-untyped]
 
-from bench.cleanup import claim, clean_up, release
+from bench.cleanup import namespaced
 from pipeline.kafka.admin import create_topics
 from pipeline.settings import Topics, load_settings
 
@@ -128,13 +128,30 @@ def main() -> None:
     args = ap.parse_args()
 
     tag = uuid.uuid4().hex[:6]
-    claim(tag)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for name in Topics.model_fields:  # a namespace of its own: nothing else reads these topics
         env[f"CEM_KAFKA__TOPICS__{name.upper()}"] = f"bench-collector-{tag}.{name}"
     os.environ.update({k: v for k, v in env.items() if k.startswith("CEM_KAFKA__TOPICS__")})
     settings = load_settings()
-    create_topics(settings)
+    with namespaced(tag, settings, args.keep):  # its topics: a run writes a few million events to them
+        create_topics(settings)
+        rate, refused, busy, times = measure(args, env)
+    p50, p99 = quantile(times, 0.50) * 1000, quantile(times, 0.99) * 1000
+    print(f"collector, one core, batches of {BATCH}, {args.concurrency} connections, acks=all:")
+    print(f"  throughput: {rate:,.0f} events/s acknowledged (target >= 20,000); refused requests: {refused}")
+    print(
+        f"  the collector used {busy:.0%} of its core meanwhile: {rate / max(busy, 0.01):,.0f} events per CPU-second "
+        "(the rate of a core of its own; the machine is shared)"
+    )
+    print(
+        f"  ack latency at {rate / 2:,.0f} events/s ({rate / 2 / BATCH:,.0f} requests/s): "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (target <= 50), max {times[-1] * 1000:.1f} ms, n={len(times)}"
+    )
+
+
+def measure(args: argparse.Namespace, env: dict[str, str]) -> tuple[float, int, float, list[float]]:
+    """The collector started on its core, its throughput, its share of the core, and the ack
+    latencies at half that rate; the collector stopped whatever happens."""
     port = args.port or _free_port()
     env |= {
         "CEM_COLLECTOR__WRITE_KEYS": json.dumps({"bench": KEY}),
@@ -167,22 +184,7 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             collector.kill()
             collector.wait()
-        if args.keep:
-            print(f"kept; remove with: python -m bench.cleanup --tag {tag}")
-        else:  # its topics: a run writes a few million events to them
-            print(f"removed {clean_up(settings, tag)}")
-        release(tag)
-    p50, p99 = quantile(times, 0.50) * 1000, quantile(times, 0.99) * 1000
-    print(f"collector, one core, batches of {BATCH}, {args.concurrency} connections, acks=all:")
-    print(f"  throughput: {rate:,.0f} events/s acknowledged (target >= 20,000); refused requests: {refused}")
-    print(
-        f"  the collector used {busy:.0%} of its core meanwhile: {rate / max(busy, 0.01):,.0f} events per CPU-second "
-        "(the rate of a core of its own; the machine is shared)"
-    )
-    print(
-        f"  ack latency at {rate / 2:,.0f} events/s ({rate / 2 / BATCH:,.0f} requests/s): "
-        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (target <= 50), max {times[-1] * 1000:.1f} ms, n={len(times)}"
-    )
+    return rate, refused, busy, times
 
 
 def _free_port() -> int:

@@ -28,8 +28,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from kafka.admin import NewTopic
 from rich.console import Console
 from rich.table import Table
 
-from bench.cleanup import claim, clean_up, release
+from bench.cleanup import namespaced
 from bench.core_ceiling import core_ceiling
 from bench.hot_customer import hot_customer
 from bench.rules import compare as compare_rules
@@ -232,24 +231,9 @@ class Watched:
 STARTED: list[Watched] = []  # every child process: a run that fails stops them before its cleanup
 
 
-@contextmanager
-def namespaced(run: Run, keep: bool) -> Iterator[None]:
-    """The run's topics, databases and data removed at its end, whatever the end (unless
-    `keep`), once every process it started has stopped; the run marked as in progress
-    meanwhile, for `make bench-clean`."""
-    claim(run.tag)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the cleanup runs on a kill too
-    step(f"run {run.tag}: its topics, groups and databases are named after it, its data in .local/bench/{run.tag}*")
-    try:
-        yield
-    finally:
-        for w in STARTED:
-            w.stop()
-        if keep:
-            step(f"kept; remove with: python -m bench.cleanup --tag {run.tag}")
-        else:
-            step(f"removed {clean_up(run.settings, run.tag)}")
-        release(run.tag)
+def stop_started() -> None:
+    for w in STARTED:
+        w.stop()
 
 
 def wait_for(
@@ -586,7 +570,7 @@ def main() -> None:
     if args.customers:
         scale.customers = args.customers
     run = namespace()
-    with namespaced(run, args.keep):
+    with namespaced(run.tag, run.settings, args.keep, stop=stop_started, say=step):
         measure(run, scale, args)
 
 

@@ -24,7 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.run import ROOT, Run, Watched, create_bench_topics, namespace, namespaced, produce, stats, step
+from bench.cleanup import disk_bytes, namespaced
+from bench.run import ROOT, Run, Watched, create_bench_topics, namespace, produce, stats, step, stop_started
 from bench.workload import generate
 from pipeline.kafka.admin import wait_until_processed
 from sinks.clickhouse.client import connect
@@ -32,10 +33,6 @@ from sinks.clickhouse.migrate import migrate
 
 TOUCHPOINTS_PER_CUSTOMER = 3
 Procs = list[tuple[Watched, int]]
-
-
-def disk_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
 def add_customers(run: Run, first: int, count: int, chunk: int, label: str) -> int:
@@ -122,7 +119,7 @@ def main() -> None:
     steps = [int(s) for s in args.steps.split(",")]
 
     run = namespace()
-    with namespaced(run, args.keep):
+    with namespaced(run.tag, run.settings, args.keep, stop=stop_started, say=step):
         measure(run, steps, args.chunk)
 
 

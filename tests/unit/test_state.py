@@ -198,10 +198,24 @@ class FakeSends:
         pass
 
 
+def snapshots_to(sends: FakeSends, live_keys: Any = _no_keys) -> Snapshots:
+    """A snapshot writer sending to `sends`, for which any partition with a change is due."""
+    return Snapshots("t", lambda: sends, min_touchpoints=1, interval_s=300, counters=Counter(), live_keys=live_keys)  # type: ignore[arg-type, return-value]
+
+
+def sealed(tmp_path: Path, n: int) -> Partition:
+    """Partition 0 with customers C-0 .. C-<n-1> judged, sealed at offset 5 and persisted."""
+    customers = store(tmp_path)
+    for i in range(n):
+        judged(customers, f"C-{i}")
+    customers.seal(5, T0)
+    return Partition(0, customers, touches_since=n, persisted_offset=customers.persist() or 0)
+
+
 def snapshot(part: Partition, live_keys: Any = _no_keys, between: Any = None) -> FakeSends:
     """Snapshot partition 0 to its end; `between(n)` runs after each step."""
     sends = FakeSends()
-    snaps = Snapshots("t", lambda: sends, min_touchpoints=1, interval_s=300, counters=Counter(), live_keys=live_keys)  # type: ignore[arg-type, return-value]
+    snaps = snapshots_to(sends, live_keys)
 
     async def run() -> None:
         for n in range(100):
@@ -257,13 +271,10 @@ def test_a_snapshot_is_the_written_state_at_the_offset_on_disk(tmp_path: Path) -
 def test_a_snapshot_begun_before_a_batch_is_persisted_does_not_hold_it(tmp_path: Path, monkeypatch: Any) -> None:
     """A snapshot is read over many batches; what they persist meanwhile (changed, new and
     deleted customers) must not reach it, or it would not be the state at its offset."""
-    customers = store(tmp_path)
-    for i in range(50):
-        judged(customers, f"C-{i}")
-    customers.seal(5, T0)
-    part = Partition(0, customers, touches_since=50, persisted_offset=customers.persist() or 0)
+    part = sealed(tmp_path, 50)
+    customers = part.customers
     sends = FakeSends()
-    snaps = Snapshots("t", lambda: sends, min_touchpoints=1, interval_s=300, counters=Counter(), live_keys=_no_keys)  # type: ignore[arg-type, return-value]
+    snaps = snapshots_to(sends)
 
     async def run() -> None:
         monkeypatch.setattr("pipeline.engine.snapshots.STEP_S", 0.0)
@@ -485,9 +496,7 @@ def test_an_erasure_during_a_snapshot_ends_it_and_leaves_the_files(tmp_path: Pat
     customers.seal(2, T0)
     part.persisted_offset = customers.persist() or 0
     customers.db.flush()
-    snaps = Snapshots(
-        "t", lambda: FakeSends(), min_touchpoints=1, interval_s=300, counters=Counter(), live_keys=_no_keys
-    )  # type: ignore[arg-type, return-value]
+    snaps = snapshots_to(FakeSends())
 
     async def run() -> None:
         await snaps.step({0: part})  # a walk holds a RocksDB iterator now
@@ -603,13 +612,8 @@ def test_a_chain_whose_first_contact_was_pruned_after_the_read_back_keeps_it() -
 def test_a_snapshot_lets_the_event_loop_through_between_its_chunks(tmp_path: Path, monkeypatch: Any) -> None:
     """Stage A shares the judge's event loop: a step of a snapshot must not hold it for all
     the chunks it encodes."""
-    customers = store(tmp_path)
-    for i in range(200):
-        judged(customers, f"C-{i}")
-    customers.seal(5, T0)
-    part = Partition(0, customers, touches_since=200, persisted_offset=customers.persist() or 0)
-    sends = FakeSends()
-    snaps = Snapshots("t", lambda: sends, min_touchpoints=1, interval_s=300, counters=Counter(), live_keys=_no_keys)  # type: ignore[arg-type, return-value]
+    part = sealed(tmp_path, 200)
+    snaps = snapshots_to(FakeSends())
     monkeypatch.setattr("pipeline.engine.snapshots.CHUNK_BYTES", 1)  # chunks of 10 customers after the first
     monkeypatch.setattr("pipeline.engine.snapshots.STEP_S", 60.0)  # one step encodes them all
     turns = 0
