@@ -177,7 +177,13 @@ class WorkerSettings(Section):
     align_buffered_per_partition: int = Field(
         1000, ge=1, le=100_000, description="records of a channel partition fetched ahead at most (plus one batch)"
     )
-    commit_interval_s: float = Field(1.0, gt=0)
+    # Stage A's commits are round trips its next batch would wait for (7-8 ms each at 4,000
+    # touchpoints/s): finished batches are committed together (pipeline/engine/batches.py)
+    commit_interval_s: float = Field(
+        1.0, gt=0, le=60,
+        description="how often stage A commits the touchpoints it forwarded (CRM profiles at once); "
+        "a crash forwards at most this much again, which the judge drops",
+    )  # fmt: skip
     max_future_skew_hours: float = Field(24.0, ge=0, description="events further ahead of the clock are rejected")
     # ClickHouse refuses an insert whose rows span more than 100 monthly partitions
     # (max_partitions_per_insert_block): 3,000 days keep a batch's events within 99 months.

@@ -38,6 +38,8 @@ class BatchSource:
         on_commit_failure: Callable[[], None] = lambda: None,
         held: frozenset[str] = frozenset(),
         aligner: Aligner | None = None,
+        commit_every_s: float = 0.0,
+        commit_at_once: frozenset[str] = frozenset(),
     ) -> None:
         self.topics, self.batch_size = topics, batch_size
         self.config = consumer_config
@@ -45,6 +47,13 @@ class BatchSource:
         self.on_commit_failure = on_commit_failure  # e.g. a metric
         self._uncommitted: dict[TopicPartition, int] = {}  # a failed commit, retried with the next
         self.committed: dict[TopicPartition, int] = {}  # what this consumer last committed
+        # A commit is a round trip the next batch would wait for: finished batches are committed
+        # together at most every `commit_every_s` (a crash forwards them again, which the judge
+        # drops as seen), except those holding a record of `commit_at_once` (other workers wait
+        # for that commit), and before the partitions go or the consumer stops.
+        self.commit_every_s = commit_every_s
+        self.commit_at_once = commit_at_once
+        self._commit_due = 0.0
         self.joined = False  # has been given its partitions (possibly none) at least once
         self.held = set(held)  # topics whose partitions stay paused until `release()`
         # its topics' records handed out in timestamp order (pipeline/kafka/aligned.py)
@@ -73,7 +82,9 @@ class BatchSource:
                 if batch:
                     yield batch
                 elif self._uncommitted:
-                    await self.commit([])
+                    await self.commit([], now=True)
+            if self._uncommitted:
+                await self.commit([], now=True)
         finally:
             await self.consumer.stop()
 
@@ -169,31 +180,39 @@ class BatchSource:
             out[tp.topic] = out.get(tp.topic, 0) + max(0, (high or 0) - done)
         return out
 
-    async def commit(self, batch: list[Any]) -> None:
-        """Commit past every record of a finished batch. If the partitions moved to another
-        worker meanwhile, the commit fails and the new owner forwards them again; if the
-        broker is away, the offsets are committed with the next batch (or when the topics go
-        quiet). Either way it is logged and counted, and harmless, since the judge drops
-        duplicates."""
+    async def commit(self, batch: list[Any], *, now: bool = False) -> None:
+        """Commit past every record of a finished batch: at once if `now`, if it holds a record
+        of `commit_at_once`, or if the last commit is `commit_every_s` old; otherwise with a
+        later one. If the partitions moved to another worker meanwhile, the commit fails and
+        the new owner forwards them again; if the broker is away, the offsets are committed
+        with the next batch (or when the topics go quiet). Either way it is logged and
+        counted, and harmless, since the judge drops duplicates."""
         offsets = dict(self._uncommitted)
         for r in batch:
             tp = TopicPartition(r.topic, r.partition)
             offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+            now = now or r.topic in self.commit_at_once
+        if not now and time.monotonic() < self._commit_due:
+            self._uncommitted = offsets
+            return
         self._uncommitted = {}
         done = await commit(self.consumer, offsets, self.on_commit_failure)
         if done == "yes":
             self.committed.update(offsets)
+            self._commit_due = time.monotonic() + self.commit_every_s
         elif done == "later":
-            self._uncommitted = offsets
+            self._uncommitted = offsets | self._uncommitted  # and any committed meanwhile
 
 
 class _Joined(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     def __init__(self, source: BatchSource) -> None:
         self.source = source
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
+    async def on_partitions_revoked(self, revoked: Any) -> None:
         if self.source.aligner is not None:
             self.source.aligner.drop(revoked)
+        if self.source._uncommitted:  # finished batches not committed yet: not done again by the next owner
+            await self.source.commit([], now=True)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.source.joined = True

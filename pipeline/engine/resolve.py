@@ -63,6 +63,9 @@ class ResolveStage:
             batch_size=s.worker.batch_size,
             on_commit_failure=self._count_commit_failure,
             held=frozenset(self.topics.channels),  # until the CRM profiles are in the identity index
+            commit_every_s=s.worker.commit_interval_s,
+            # other workers wait for this commit before they resolve (`_profiles_indexed`)
+            commit_at_once=frozenset({self.topics.profiles}),
             aligner=Aligner(
                 frozenset(self.topics.channels),
                 max_idle_s=s.worker.align_max_idle_ms / 1000,
@@ -209,7 +212,7 @@ class ResolveStage:
     async def _send(self, packs: list[tuple[int, bytes]], entries: dict[str, str], parked: list[Message]) -> None:
         sends = self.ctx.sends()
         for partition, value in packs:
-            await sends.send(self.topics.by_customer, value, partition=partition)
+            await sends.send_at_once(self.topics.by_customer, value, partition)
         for key, original, headers in parked:
             await sends.send(self.topics.deadletter, original, key=key, headers=headers)
         # write-through: this worker already resolves with them, the others once they read them

@@ -59,6 +59,17 @@ class Sends:
     ) -> None:  # fmt: skip
         self._acks.append(await self.producer.send(topic, value, key=key, partition=partition, headers=headers))
 
+    async def send_at_once(self, topic: str, value: bytes, partition: int) -> None:
+        """One message in a producer batch of its own, which leaves without lingering: for a
+        caller that waits for the acknowledgement right after (stage A's packs), where
+        `worker.producer_linger_ms` would only delay it."""
+        batch = self.producer.create_batch()
+        if batch.append(key=None, value=value, timestamp=None) is None:  # larger than a batch
+            await self.send(topic, value, partition=partition)
+            return
+        batch.close()
+        self._acks.append(await self.producer.send_batch(batch, topic, partition=partition))
+
     async def send_keyed(self, topic: str, messages: Sequence[tuple[bytes, bytes | None]]) -> None:
         """Many (key, value) messages, in producer batches per partition (order per key kept)."""
         if not messages:
