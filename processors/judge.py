@@ -59,10 +59,6 @@ class Stored:
     # stored (`CustomerState.stored`); a replay after decoding rebuilds the others. The
     # contacts fold's state first, then one per detector, in the order of `Rules.detectors`.
     after: tuple[Any, ...] | PlainStates | None = field(default=None, repr=False, compare=False)
-    # its row as stored (`_encoded`): a state whose events stay decoded across seals (a new
-    # customer's, or any after a late event) would otherwise encode every one of them at each
-    # seal; cleared when the row changes
-    encoded: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> tuple[int, str, str]:
@@ -209,7 +205,7 @@ class CustomerState:
         decoded keeps them (a late event went among them: folding them all again after each
         seal took a hot customer with late events twice the time per event)."""
         packed, events, rules = self.packed, self._events, self.rules
-        body = b",\n".join([_encoded(s) for s in events])
+        body = b",\n".join([orjson.dumps(_row(s)) for s in events])
         ids = [s.touch.event_id for s in events]
         anons: dict[str, int] = {} if packed is None else dict(packed.anons)
         for s in events:
@@ -313,13 +309,6 @@ def _plain(states: Any, rules: Rules) -> Any:
 
 def _row(s: Stored) -> tuple[Any, ...]:
     return (s.touch.to_row(), s.friction, s.reentered, s.revision, s.contact, s.chain)
-
-
-def _encoded(s: Stored) -> bytes:
-    raw = s.encoded
-    if raw is None:
-        raw = s.encoded = orjson.dumps(_row(s))
-    return raw
 
 
 def _stored(e: list[Any]) -> Stored:
@@ -673,7 +662,6 @@ def judge(state: CustomerState, touch: Touch, rules: Rules, now_us: int) -> tupl
         ):
             stored.friction, stored.reentered, stored.contact, stored.chain = friction, reentered, contact, chain
             stored.revision += 1
-            stored.encoded = None
             rows.append(RowVersion(stored.touch, friction, reentered, stored.revision, contact, chain))
 
     alerts: list[AlertVersion] = []
