@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := scripts/stack.sh
 
-.PHONY: help setup stack-install up down status demo test test-fuzz test-faults test-scaleout test-cluster bench bench-quick bench-scale bench-clean bench-collector test-unit test-integration lint typecheck check clean wipe
+.PHONY: help setup stack-install up down status demo test test-fuzz test-faults test-scaleout test-cluster bench bench-quick bench-scale bench-clean bench-collector bench-latency test-unit test-integration lint typecheck check clean wipe
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench-quick: up ## the benchmark at 55k touchpoints (about a minute), for everyd
 
 bench-scale: up ## the state as customers grow, 100k -> 1M -> 3M in one run: RSS, disk, touchpoints/s, recovery after SIGKILL (an hour or more)
 	$(BIN)/python -m bench.scale $(if $(STEPS),--steps $(STEPS))
+
+bench-latency: up ## event -> alert latency of two forms in turns on one deployment: B_ROOT=<another checkout> and/or B_ENV="CEM_...=value" (about 20 minutes)
+	$(BIN)/python -m bench.latency $(if $(B_ROOT),--b-root $(B_ROOT)) $(foreach e,$(B_ENV),--b-env $(e)) $(if $(ORDER),--order $(ORDER))
 
 bench-clean: ## remove what earlier benchmark runs left on the local stack (topics, databases, worker data; not logs)
 	$(BIN)/python -m bench.cleanup
