@@ -81,10 +81,9 @@ class BatchSource:
                 batch = await self._next()
                 if batch:
                     yield batch
-                elif self._uncommitted:
-                    await self.commit([], now=True)
-            if self._uncommitted:
-                await self.commit([], now=True)
+                else:
+                    await self.commit_finished()
+            await self.commit_finished()
         finally:
             await self.consumer.stop()
 
@@ -201,7 +200,12 @@ class BatchSource:
             self.committed.update(offsets)
             self._commit_due = time.monotonic() + self.commit_every_s
         elif done == "later":
-            self._uncommitted = offsets | self._uncommitted  # and any committed meanwhile
+            self._uncommitted = offsets | self._uncommitted  # and any finished meanwhile (newer)
+
+    async def commit_finished(self) -> None:
+        """Commit every finished batch not committed yet, whatever the interval."""
+        if self._uncommitted:
+            await self.commit([], now=True)
 
 
 class _Joined(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -211,8 +215,7 @@ class _Joined(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
     async def on_partitions_revoked(self, revoked: Any) -> None:
         if self.source.aligner is not None:
             self.source.aligner.drop(revoked)
-        if self.source._uncommitted:  # finished batches not committed yet: not done again by the next owner
-            await self.source.commit([], now=True)
+        await self.source.commit_finished()  # not done again by the next owner
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.source.joined = True
