@@ -16,7 +16,6 @@ and the loop stalls the workers counted. Compare the forms phase by phase, not a
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -27,51 +26,31 @@ import orjson
 from bench import run as bench_run
 from bench.cleanup import namespaced
 from bench.workload import generate
-from pipeline.kafka.admin import end_offsets, read_to_end, wait_until_processed
+from pipeline.kafka.admin import wait_until_processed
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.migrate import migrate
 
-CHANNELS = ("cem.touchpoints.web", "cem.touchpoints.callcenter", "cem.touchpoints.booking")
 EVENT_ID = 2  # a touch row's field (processors.model.Touch.to_row)
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(p * len(values)))], 1) if values else float("nan")
 
 
 def phase(run: bench_run.Run, rate: float, seconds: float, prefix: str) -> dict[str, Any]:
     """One latency phase of new customers at `rate` touchpoints/s (as `bench.run.latency`),
     with each alert's latency split at the internal topic."""
-    t = run.settings.kafka.topics
-    wl = generate(int(rate * seconds), max(1_000, int(rate * seconds / 10)), seed=5, prefix=prefix)
-    names = dict(zip(CHANNELS, t.channels, strict=True))
-    bench_run.produce(run, wl.profiles)
-    wait_until_processed(run.settings, timeout_s=300)
-    starts = {topic: end_offsets(run.settings, topic) for topic in [*t.channels, t.by_customer, t.alerts]}
-    achieved = asyncio.run(bench_run._paced(run, [(names[topic], value) for topic, _, value in wl.touchpoints], rate))
-    wait_until_processed(run.settings, timeout_s=300)
-
-    def new(topic: str) -> list[Any]:
-        return [r for r in read_to_end(run.settings, topic) if r.offset >= starts[topic].get(r.partition, 0)]
-
-    appended = {orjson.loads(r.value)["event_id"]: r.timestamp for topic in t.channels for r in new(topic)}
+    ph = bench_run.paced_phase(run, rate, seconds, prefix)
+    appended = ph.appended
     packed: dict[str, int] = {}  # event id -> when its pack was made (the internal topic's CreateTime)
-    for r in new(t.by_customer):
+    for r in ph.since(run.settings.kafka.topics.by_customer):
         for item in orjson.loads(r.value).get("items", []):
             if isinstance(item, list) and item[EVENT_ID] in appended:
                 packed.setdefault(item[EVENT_ID], r.timestamp)
-    published: dict[str, tuple[int, str]] = {}
-    for r in new(t.alerts):
-        alert = orjson.loads(r.value)
-        if alert["trigger_event_id"] in appended:
-            published.setdefault(alert["alert_id"], (r.timestamp, alert["trigger_event_id"]))
-    total = [float(at - appended[e]) for at, e in published.values()]
-    stage_a = [float(packed[e] - appended[e]) for _, e in published.values() if e in packed]
-    stage_b = [float(at - packed[e]) for at, e in published.values() if e in packed]
+    published = ph.published.values()
+    total = [float(at - appended[e]) for at, e in published]
+    stage_a = [float(packed[e] - appended[e]) for _, e in published if e in packed]
+    stage_b = [float(at - packed[e]) for at, e in published if e in packed]
     every_a = [float(packed[e] - appended[e]) for e in packed]
+    pct = bench_run.pct
     return {
-        "rate_per_s": round(achieved), "alerts": len(total), "p50_ms": pct(total, 0.5), "p99_ms": pct(total, 0.99),
+        "rate_per_s": round(ph.rate_per_s), "alerts": len(total), "p50_ms": pct(total, 0.5), "p99_ms": pct(total, 0.99),
         "max_ms": max(total) if total else None,
         "stage_a_p50_ms": pct(stage_a, 0.5), "stage_a_p99_ms": pct(stage_a, 0.99),
         "stage_b_p50_ms": pct(stage_b, 0.5), "stage_b_p99_ms": pct(stage_b, 0.99),

@@ -418,37 +418,59 @@ def precision_recall(run: Run, wl: Workload) -> dict[str, Any]:
     }
 
 
+CHANNELS = ("cem.touchpoints.web", "cem.touchpoints.callcenter", "cem.touchpoints.booking")  # the workload's names
+
+
+@dataclass
+class Phase:
+    """What a latency phase sent and what came of it."""
+
+    rate_per_s: float  # achieved
+    touchpoints: int
+    appended: dict[str, int]  # event id -> when the broker appended it (LogAppendTime)
+    published: dict[str, tuple[int, str]]  # alert id -> (its first publication, the trigger's event id)
+    since: Callable[[str], list[Any]]  # the records a topic got since the phase began
+
+
+def paced_phase(run: Run, rate: float, seconds: float, prefix: str) -> Phase:
+    """New customers (ids starting with `prefix`) with the benchmark's own mix of traffic:
+    their CRM profiles in first, then their touchpoints at `rate` per second, until every
+    worker has caught up."""
+    t = run.settings.kafka.topics
+    wl = generate(int(rate * seconds), max(1_000, int(rate * seconds / 10)), seed=5, prefix=prefix)
+    names = dict(zip(CHANNELS, t.channels, strict=True))
+    produce(run, wl.profiles)
+    wait_until_processed(run.settings, timeout_s=300)
+    starts = {topic: end_offsets(run.settings, topic) for topic in [*t.channels, t.by_customer, t.alerts]}
+    achieved = asyncio.run(_paced(run, [(names[topic], value) for topic, _, value in wl.touchpoints], rate))
+    wait_until_processed(run.settings, timeout_s=300)
+
+    def since(topic: str) -> list[Any]:
+        return [r for r in read_to_end(run.settings, topic) if r.offset >= starts[topic].get(r.partition, 0)]
+
+    appended = {orjson.loads(r.value)["event_id"]: r.timestamp for topic in t.channels for r in since(topic)}
+    published: dict[str, tuple[int, str]] = {}
+    for rec in since(t.alerts):
+        alert = orjson.loads(rec.value)
+        if alert["trigger_event_id"] in appended:
+            published.setdefault(alert["alert_id"], (rec.timestamp, alert["trigger_event_id"]))
+    return Phase(achieved, len(wl.touchpoints), appended, published, since)
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(p * len(values)))], 1) if values else float("nan")
+
+
 def latency(run: Run, rate: float, seconds: float) -> dict[str, Any]:
     """Event -> alert latency with the benchmark's own mix of traffic, for new customers, at
     `rate` touchpoints/s. An event counts from the moment the broker appended it to its
     topic (the bench's topics keep LogAppendTime, so the load generator's own queueing is
     not counted) to the moment the worker published the alert it triggered."""
-    t = run.settings.kafka.topics
-    wl = generate(int(rate * seconds), max(1_000, int(rate * seconds / 10)), seed=5, prefix=f"L{run.tag}")
-    names = dict(zip(("cem.touchpoints.web", "cem.touchpoints.callcenter", "cem.touchpoints.booking"), t.channels,
-                     strict=True))  # fmt: skip
-    produce(run, wl.profiles)
-    wait_until_processed(run.settings, timeout_s=300)
-    starts = {topic: end_offsets(run.settings, topic) for topic in t.channels}
-    achieved = asyncio.run(_paced(run, [(names[topic], value) for topic, _, value in wl.touchpoints], rate))
-    wait_until_processed(run.settings, timeout_s=300)
-    appended: dict[str, int] = {}
-    for topic in t.channels:
-        for rec in read_to_end(run.settings, topic):
-            if rec.offset >= starts[topic].get(rec.partition, 0):
-                appended[orjson.loads(rec.value)["event_id"]] = rec.timestamp
-    published: dict[str, tuple[int, str]] = {}  # alert id -> (first publication, trigger)
-    for rec in read_to_end(run.settings, t.alerts):
-        alert = orjson.loads(rec.value)
-        if alert["trigger_event_id"] in appended and alert["alert_id"] not in published:
-            published[alert["alert_id"]] = (rec.timestamp, alert["trigger_event_id"])
-    lat = sorted(float(at - appended[trigger]) for at, trigger in published.values())
-
-    def pct(p: float) -> float:
-        return round(lat[min(len(lat) - 1, int(p * len(lat)))], 1) if lat else float("nan")
-
-    return {"rate_per_s": round(achieved), "touchpoints": len(wl.touchpoints), "alerts": len(lat),
-            "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": round(max(lat), 1) if lat else None,
+    phase = paced_phase(run, rate, seconds, f"L{run.tag}")
+    lat = [float(at - phase.appended[trigger]) for at, trigger in phase.published.values()]
+    return {"rate_per_s": round(phase.rate_per_s), "touchpoints": phase.touchpoints, "alerts": len(lat),
+            "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), "max_ms": round(max(lat), 1) if lat else None,
             "mean_ms": round(statistics.fmean(lat), 1) if lat else None}  # fmt: skip
 
 
