@@ -72,10 +72,11 @@ _MAX_T = struct.Struct(">q")
 _HEAD = struct.Struct(">qI")  # max_t, and the length of the JSON before the events
 _OLD_FORM = ord("[")  # a value of the form before: the JSON right after max_t
 KEYS_HELD = 2_500  # per partition; a key costs ~250 bytes held, ~1 us made again
-# states encoded between two turns of the event loop (~12 ms). The judge holds its lock all
-# through the seal, so finer steps may make it wait longer (tried: 100, one full run, p50
-# 108 ms against 65 in the run before)
-ENCODE_STEP = 500
+# encoding between two turns of the event loop: stage A runs meanwhile (the judge holds its
+# lock all through the seal). Counted in time, not states: a state with many events decoded
+# takes far longer than one read back (500 states a turn held the loop for 60-200 ms); 5 ms
+# slices cost memory (docs/benchmarks.md)
+ENCODE_SLICE_S = 0.015
 MEMBER_ID = re.compile(r"cem-[0-9a-f]{32}")
 OPEN_RETRY_S = 10.0  # a database is still locked by a process that is exiting
 
@@ -310,16 +311,19 @@ class Customers:
         return state
 
     # ---------------------------------------------------------------- to disk
-    def encoding(self, step: int = ENCODE_STEP) -> Iterator[None]:
-        """Encode the changed states ahead of `seal`, yielding every `step` of them, so that the
-        caller can let the event loop through (an encoding costs ~25 us). Nothing may change
-        them between this and the seal."""
+    def encoding(self, slice_s: float = ENCODE_SLICE_S) -> Iterator[None]:
+        """Encode the changed states ahead of `seal`, yielding after every `slice_s` of it, so
+        that the caller can let the event loop through. Nothing may change them between this
+        and the seal."""
         encoded = self._encoded = {}
-        for n, (cid, state) in enumerate(self.dirty.items(), 1):
+        clock = time.perf_counter
+        until = clock() + slice_s
+        for cid, state in self.dirty.items():
             if state is not None:
                 encoded[cid] = encode(state, repack=True)
-            if n % step == 0:
+            if clock() >= until:
                 yield
+                until = clock() + slice_s
 
     def seal(self, next_offset: int, stream_t: int) -> None:
         """Encode what changed, as it is now (or as `encoding` did), to be persisted with this

@@ -382,7 +382,7 @@ def test_states_sealed_read_back_and_kept_in_memory_judge_as_states_never_stored
             customers.pop(payload, erasure=True)
         if data.draw(st.booleans(), label=f"sealed after {offset}"):
             if data.draw(st.booleans(), label="encoded ahead"):
-                for _ in customers.encoding(step=1):
+                for _ in customers.encoding(slice_s=0):
                     pass
             customers.seal(offset, T0)
             customers.persist()
