@@ -59,8 +59,8 @@ bench-quick: up ## the benchmark at 55k touchpoints (about a minute), for everyd
 bench-scale: up ## the state as customers grow, 100k -> 1M -> 3M in one run: RSS, disk, touchpoints/s, recovery after SIGKILL (an hour or more)
 	$(BIN)/python -m bench.scale $(if $(STEPS),--steps $(STEPS))
 
-bench-latency: up ## event -> alert latency of two forms in turns on one deployment: B_ROOT=<another checkout> and/or B_ENV="CEM_...=value" (about 20 minutes)
-	$(BIN)/python -m bench.latency $(if $(B_ROOT),--b-root $(B_ROOT)) $(foreach e,$(B_ENV),--b-env $(e)) $(if $(ORDER),--order $(ORDER))
+bench-latency: up ## event -> alert latency of two forms in turns on one deployment: B_ROOT=<another checkout> and/or B_ENV="CEM_...=value", RATE=<touchpoints/s> (about 15 minutes)
+	$(BIN)/python -m bench.latency $(if $(B_ROOT),--b-root $(B_ROOT)) $(foreach e,$(B_ENV),--b-env $(e)) $(if $(ORDER),--order $(ORDER)) $(if $(RATE),--rate $(RATE))
 
 bench-clean: ## remove what earlier benchmark runs left on the local stack (topics, databases, worker data; not logs)
 	$(BIN)/python -m bench.cleanup

@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE", help="a setting of form B")
     ap.add_argument("--a-env", action="append", default=[], metavar="NAME=VALUE", help="a setting of form A")
     ap.add_argument("--order", default="ABBAAB", help="the phases' forms in turn")
-    ap.add_argument("--rate", type=float, default=4000, help="touchpoints/s in each phase (about half of (c))")
+    ap.add_argument("--rate", type=float, default=5800, help="touchpoints/s a phase: half of (c), quiet")
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--backlog", type=int, default=300_000, help="touchpoints judged first (10 per customer)")
     ap.add_argument("--keep", action="store_true", help="leave the run's topics, databases and data")
