@@ -35,6 +35,7 @@ class Context:
         self.stats = Stats()
         fetch = {  # see clients.group_consumer
             "fetch_max_wait_ms": settings.worker.fetch_max_wait_ms,
+            "fetch_min_bytes": settings.worker.fetch_min_bytes,
             "max_partition_fetch_bytes": settings.worker.fetch_partition_bytes,
         }
         self.disk = Disk(settings.state_dir, settings.state, settings.secret)  # every RocksDB database of the worker

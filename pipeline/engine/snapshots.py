@@ -58,8 +58,14 @@ READABLE = (1, 2)  # a worker of before reads only 1: it passes the snapshots of
 #: (~3 ms here; 80-200 ms under load at 2 MiB, the latency's tail)
 CHUNK_BYTES = 256 * 2**10
 MANIFEST = "m"
+STORED_FIELDS = 6  # of an entry in the stored form (`CustomerState.stored`); `to_snapshot`'s has 5
 RETRY_S = 30.0  # after a failed snapshot
 STEP_S = 0.025  # of chunks encoded at a time: the judge waits meanwhile, stage A gets the loop between two
+# A step may take this share of the judge's work that came before it, up to STEP_MAX_S: a
+# worker on a backlog judges for a second or so between two steps, and at STEP_S a step its
+# partitions' first snapshots took minutes each (a lost disk then replayed their whole logs)
+SHARE = 0.1
+STEP_MAX_S = 0.25
 GAP_S = 2.0  # between two snapshots
 
 
@@ -226,12 +232,14 @@ class Snapshots:
                 if self.sending is walk:
                     self.sending = None
 
-    async def step(self, parts: dict[int, Partition]) -> None:
+    async def step(self, parts: dict[int, Partition], worked_s: float = 0.0) -> None:
         """Start a snapshot if one is due, or encode the next chunks of the one under way, for
-        about `STEP_S` of encoding (and at most `4 * STEP_S` in all), letting the event loop
+        about `STEP_S` of encoding or `SHARE` of `worked_s` (the judge's work since the step
+        before), whichever is more, and at most four times that in all, letting the event loop
         through between two chunks. The caller holds the judge's lock, so only the walk's own
         sender can let it go meanwhile (a failed send)."""
         now = time.monotonic()
+        budget = max(STEP_S, min(STEP_MAX_S, SHARE * worked_s))
         if self.walk is None:
             if not self.wanted(parts):
                 return
@@ -244,7 +252,7 @@ class Snapshots:
             self.walk = self.sending = walk
         walk = self.walk
         encoding = 0.0  # stage A's turns between two chunks are not the snapshot's budget
-        while encoding < STEP_S and time.monotonic() - now < 4 * STEP_S:
+        while encoding < budget and time.monotonic() - now < 4 * budget:
             started = time.monotonic()
             if not self._chunk(walk):
                 walk.close()
@@ -382,10 +390,17 @@ async def load(part: Partition, found: Found, committed: int | None, log_start: 
         part.next_offset = manifest["from_offset"]
         previous = None
         for value in chunks:
-            states = decode_chunk(value)
-            part.stream_t = max([part.stream_t, *(s.max_t or 0 for s in states)])
-            previous = customers.load(states, previous)
-            await asyncio.sleep(0)  # a chunk takes a few ms to decode: let heartbeats and batches through
+            entries = orjson.loads(zlib.decompress(value))
+            if all(len(e) == STORED_FIELDS for e in entries):
+                # stored values joined (`encode_stored`): whole customers, written as they are
+                part.stream_t = max([part.stream_t, *(e[2] or 0 for e in entries)])
+                customers.load_stored(entries)
+                previous = None  # a customer spread over entries has them all in the other form
+            else:
+                states = [CustomerState.from_snapshot(e) for e in entries]
+                part.stream_t = max([part.stream_t, *(s.max_t or 0 for s in states)])
+                previous = customers.load(states, previous)
+            await asyncio.sleep(0)  # a chunk takes a few ms: let heartbeats and batches through
         part.held = manifest["customers"]
         source = f"snapshot {manifest['snapshot']}"
     else:

@@ -411,6 +411,20 @@ class Customers:
         self.db.write(batch)
         return previous
 
+    def load_stored(self, entries: list[list[Any]]) -> None:
+        """Write loaded states given as the stored form's JSON, parsed (a snapshot chunk of
+        stored values: six values each), without decoding them into states: each value is
+        made again as `encode` made it. Decoding every event of a lost disk's snapshots, and
+        encoding them again, took minutes at 1M customers."""
+        batch = WriteBatch(raw_mode=True)
+        for customer_id, profile, max_t, alerts, known, events in entries:
+            before = orjson.dumps([customer_id, profile, max_t, alerts, known])
+            rows = b"[" + b",\n".join([orjson.dumps(e) for e in events]) + b"]"  # as `CustomerState.stored`
+            newest = max_t if known[0] and max_t is not None else -1
+            batch.put(self.key_of(customer_id), _HEAD.pack(newest, len(before)) + before[:-1] + b"," + rows + b"]")
+        self.held += len(entries)
+        self.db.write(batch)
+
     def built(self, next_offset: int, stream_t: int) -> None:
         batch = WriteBatch(raw_mode=True)
         batch.put(OFFSET_KEY, self._meta(next_offset, stream_t, self.held))

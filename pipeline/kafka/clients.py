@@ -79,6 +79,7 @@ def group_consumer(settings: Settings, group_id: str, member: str | None = None)
         # that arrives meanwhile for the consumer's other partitions waits for the next fetch:
         # with Kafka's default of 500 ms, touchpoints waited up to 600 ms before stage A saw them.
         "fetch_max_wait_ms": w.fetch_max_wait_ms,
+        "fetch_min_bytes": w.fetch_min_bytes,
         # a consumer holds up to one fetch per partition until it is handed out (memory)
         "max_partition_fetch_bytes": w.fetch_partition_bytes,
     }

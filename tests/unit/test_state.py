@@ -635,3 +635,61 @@ def test_a_snapshot_lets_the_event_loop_through_between_its_chunks(tmp_path: Pat
 
     # 64 customers in the first chunk (its size is not known yet), then chunks of 10: 14 chunks
     assert asyncio.run(run()) >= 14
+
+
+def test_a_snapshot_step_takes_a_share_of_the_judges_work_before_it(tmp_path: Path, monkeypatch: Any) -> None:
+    """A worker on a backlog judges for a second or so between two steps: its steps grow with
+    that (up to a cap), or its partitions' first snapshots would take minutes each."""
+    part = sealed(tmp_path, 200)
+    snaps = snapshots_to(FakeSends())
+    monkeypatch.setattr("pipeline.engine.snapshots.CHUNK_BYTES", 1)  # chunks of 10 customers after the first
+    monkeypatch.setattr("pipeline.engine.snapshots.STEP_S", 0.0)
+
+    async def run() -> tuple[int, int, bool]:
+        await snaps.step({0: part}, worked_s=0.0)  # begun; a step of no budget encodes nothing
+        assert snaps.walk is not None
+        idle = snaps.walk.chunks
+        await snaps.step({0: part}, worked_s=0.0)
+        still = snaps.walk is not None and snaps.walk.chunks
+        await snaps.step({0: part}, worked_s=10.0)  # 1 s of work: a step of up to STEP_MAX_S
+        return idle, int(still), snaps.walk is None
+
+    idle, still, done = asyncio.run(run())
+    assert (idle, still) == (0, 0)
+    assert done  # 15 chunks of a few customers: well within the capped share
+
+
+def test_a_snapshot_of_stored_values_loads_back_the_same_bytes_without_decoding(tmp_path: Path) -> None:
+    """A lost disk is rebuilt from stored values as they were (a profile, alerts, packed
+    events, a customer with no events): the same database, byte for byte, and no state decoded."""
+    customers = store(tmp_path / "a")
+    history = _history(12)
+    assert history.alerts
+    customers.put(history)
+    quiet = CustomerState("C-quiet")
+    apply_profile(quiet, Profile(2, "silver", ("email",)))
+    customers.put(quiet)
+    for i in range(40):
+        judged(customers, f"C-{i + 10}", i % 3)
+    customers.seal(5, T0)
+    part = Partition(0, customers, touches_since=50, persisted_offset=customers.persist() or 0)
+    sends = snapshot(part)
+    chunks = {k: v for k, v in sends.sent if v is not None}
+    before = list(customers.values())
+
+    loaded = Partition(0, store(tmp_path / "b"))
+    decoded = 0
+    real = CustomerState.from_snapshot
+
+    def counted(data: list[Any]) -> CustomerState:
+        nonlocal decoded
+        decoded += 1
+        return real(data)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CustomerState, "from_snapshot", staticmethod(counted))
+        source = asyncio.run(load(loaded, Found(0, chunks), committed=5, log_start=0))
+    assert source.startswith("snapshot ") and decoded == 0
+    assert list(loaded.customers.values()) == before and loaded.customers.count() == 42
+    assert loaded.customers.stored() == (5, max(history.max_t or 0, T0 + 2))
+    assert decode(dict(before)[loaded.customers.key_of("C-1")]) == history
