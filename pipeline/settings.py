@@ -166,7 +166,7 @@ class WorkerSettings(Section):
     # needs: at half load, 64 KiB took 10 % off the workers' CPU (docs/benchmarks.md). The
     # cost: a quiet topic's records wait up to fetch_max_wait_ms at the broker.
     fetch_min_bytes: int = Field(
-        64 * 2**10, ge=1, le=64 * 2**20,
+        64 * 2**10, ge=1, le=2**20,  # far above what a fetch brings, every fetch would wait
         description="the broker answers a fetch once this much is there, or after fetch_max_wait_ms",
     )  # fmt: skip
     # Kafka's max.partition.fetch.bytes. A record batch larger than this comes only as the

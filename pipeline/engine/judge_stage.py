@@ -150,14 +150,14 @@ class JudgeStage(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
                 got = await self.consumer.getmany(timeout_ms=int(wait_s * 1000), max_records=MAX_MESSAGES)
                 if self.broken is not None:
                     raise WriteFailed(repr(self.broken)) from self.broken
-                worked = time.monotonic()
+                worked = time.thread_time()  # the loop's CPU, not its waits (an insert, a retry)
                 async with self.lock:
                     if got:
                         await self._batch(got)
                     if self.out.due(self.insert_rows, self.within_s) or self._owed():
                         await self._seal()
                     if self.snapshots.wanted(self.parts):
-                        await self.snapshots.step(self.parts, time.monotonic() - worked)
+                        await self.snapshots.step(self.parts, time.thread_time() - worked)
                     if self.partitions.sweep(self._unlink_idle):
                         self.out.touched()  # what it changed is sealed soon
             async with self.lock:

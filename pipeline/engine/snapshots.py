@@ -61,9 +61,10 @@ MANIFEST = "m"
 STORED_FIELDS = 6  # of an entry in the stored form (`CustomerState.stored`); `to_snapshot`'s has 5
 RETRY_S = 30.0  # after a failed snapshot
 STEP_S = 0.025  # of chunks encoded at a time: the judge waits meanwhile, stage A gets the loop between two
-# A step may take this share of the judge's work that came before it, up to STEP_MAX_S: a
-# worker on a backlog judges for a second or so between two steps, and at STEP_S a step its
-# partitions' first snapshots took minutes each (a lost disk then replayed their whole logs)
+# A step may take this share of the event loop's CPU since the step before, up to STEP_MAX_S:
+# a worker on a backlog judges for a second or so between two steps, and at STEP_S a step its
+# partitions' first snapshots took minutes each (a lost disk then replayed their whole logs).
+# CPU, not time: a judge waiting on a slow ClickHouse must not hold its lock longer for it.
 SHARE = 0.1
 STEP_MAX_S = 0.25
 GAP_S = 2.0  # between two snapshots
@@ -234,7 +235,7 @@ class Snapshots:
 
     async def step(self, parts: dict[int, Partition], worked_s: float = 0.0) -> None:
         """Start a snapshot if one is due, or encode the next chunks of the one under way, for
-        about `STEP_S` of encoding or `SHARE` of `worked_s` (the judge's work since the step
+        about `STEP_S` of encoding or `SHARE` of `worked_s` (the event loop's CPU since the step
         before), whichever is more, and at most four times that in all, letting the event loop
         through between two chunks. The caller holds the judge's lock, so only the walk's own
         sender can let it go meanwhile (a failed send)."""
