@@ -27,6 +27,9 @@ from processors.templates import NO_ROOT, NO_VERDICT, contacts_step, pack_states
 from processors.told_us import already_told_us
 
 ALERT_NAMESPACE = uuid.UUID("6f1d8c52-2f43-4f0e-9a57-8e3cf1a0c2b1")
+# between two events of the stored form's JSON array: never inside one (orjson escapes a
+# newline in a string), so the oldest can be cut off by bytes (`CustomerState.cut_packed`)
+EVENT_SEP = b",\n"
 
 
 @functools.lru_cache(maxsize=65_536)  # replays draft the same alerts again; uuid5 is a SHA-1
@@ -205,7 +208,7 @@ class CustomerState:
         decoded keeps them (a late event went among them: folding them all again after each
         seal took a hot customer with late events twice the time per event)."""
         packed, events, rules = self.packed, self._events, self.rules
-        body = b",\n".join([orjson.dumps(_row(s)) for s in events])
+        body = EVENT_SEP.join([orjson.dumps(_row(s)) for s in events])
         ids = [s.touch.event_id for s in events]
         anons: dict[str, int] = {} if packed is None else dict(packed.anons)
         for s in events:
@@ -224,7 +227,7 @@ class CustomerState:
         else:
             first, count, base = packed.first, packed.count + count, packed.base
             if events:
-                rows, ids = packed.raw[:-1] + b",\n" + body + b"]", packed.ids + ids
+                rows, ids = packed.raw[:-1] + EVENT_SEP + body + b"]", packed.ids + ids
             else:
                 rows, ids, last, states, tag = packed.raw, packed.ids, packed.last, packed.states, packed.tag
         if states is None:
@@ -258,7 +261,7 @@ class CustomerState:
         raw, pos = packed.raw, 1
         cut: list[Stored] = []
         while True:
-            end = raw.find(b",\n", pos)
+            end = raw.find(EVENT_SEP, pos)
             if end < 0:
                 return None
             e = orjson.loads(raw[pos:end])

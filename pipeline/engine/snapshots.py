@@ -392,15 +392,13 @@ async def load(part: Partition, found: Found, committed: int | None, log_start: 
         previous = None
         for value in chunks:
             entries = orjson.loads(zlib.decompress(value))
+            part.stream_t = max([part.stream_t, *(e[2] or 0 for e in entries)])  # max_t, in both forms
             if all(len(e) == STORED_FIELDS for e in entries):
                 # stored values joined (`encode_stored`): whole customers, written as they are
-                part.stream_t = max([part.stream_t, *(e[2] or 0 for e in entries)])
                 customers.load_stored(entries)
                 previous = None  # a customer spread over entries has them all in the other form
             else:
-                states = [CustomerState.from_snapshot(e) for e in entries]
-                part.stream_t = max([part.stream_t, *(s.max_t or 0 for s in states)])
-                previous = customers.load(states, previous)
+                previous = customers.load([CustomerState.from_snapshot(e) for e in entries], previous)
             await asyncio.sleep(0)  # a chunk takes a few ms: let heartbeats and batches through
         part.held = manifest["customers"]
         source = f"snapshot {manifest['snapshot']}"

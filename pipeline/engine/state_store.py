@@ -51,7 +51,7 @@ from rocksdict import (
     WriteBufferManager,
 )
 
-from processors.judge import CustomerState
+from processors.judge import EVENT_SEP, CustomerState
 
 if TYPE_CHECKING:
     from pipeline.settings import StateSettings
@@ -85,7 +85,11 @@ def encode(state: CustomerState, repack: bool = False) -> bytes:
     """With `repack`, a state read back holds its new events encoded too after this (`CustomerState.stored`)."""
     max_t = state.max_t if state.has_events() and state.max_t is not None else -1
     head, events = state.stored(repack)
-    before = orjson.dumps(head)
+    return _value(max_t, orjson.dumps(head), events)
+
+
+def _value(max_t: int, before: bytes, events: bytes) -> bytes:
+    """`max_t`, then the head's JSON (`before`) with the events' JSON array as its last item."""
     return _HEAD.pack(max_t, len(before)) + before[:-1] + b"," + events + b"]"
 
 
@@ -419,9 +423,9 @@ class Customers:
         batch = WriteBatch(raw_mode=True)
         for customer_id, profile, max_t, alerts, known, events in entries:
             before = orjson.dumps([customer_id, profile, max_t, alerts, known])
-            rows = b"[" + b",\n".join([orjson.dumps(e) for e in events]) + b"]"  # as `CustomerState.stored`
+            rows = b"[" + EVENT_SEP.join([orjson.dumps(e) for e in events]) + b"]"
             newest = max_t if known[0] and max_t is not None else -1
-            batch.put(self.key_of(customer_id), _HEAD.pack(newest, len(before)) + before[:-1] + b"," + rows + b"]")
+            batch.put(self.key_of(customer_id), _value(newest, before, rows))
         self.held += len(entries)
         self.db.write(batch)
 
